@@ -1,0 +1,412 @@
+//! Spillable collections: an external hash aggregation map and an external sorter. Both keep
+//! records in memory under the task's execution memory grant and spill sorted runs to disk when
+//! the grant is refused, then merge the runs when iterated.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::hash::Hash;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+
+use hashbrown::hash_map::Entry;
+use hashbrown::HashMap;
+use rustc_hash::FxBuildHasher;
+
+use crate::data::{stable_hash, Data, SizeSampler};
+use crate::error::{Error, Result};
+use crate::stream::{ChunkDecoder, StreamWriter};
+use crate::storage::MemoryConsumer;
+use crate::task::TaskContext;
+
+/// How often (in inserts) memory use is checked.
+const CHECK_EVERY: u64 = 64;
+
+/// A spill file, deleted when dropped.
+pub(crate) struct SpillFile {
+    pub(crate) path: PathBuf,
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A new spill file path for this task.
+pub(crate) fn spill_path(tc: &TaskContext, kind: &str) -> Result<PathBuf> {
+    let dir = tc.env().local_dir.join("spill");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let n = tc.env().next_file_id();
+    Ok(dir.join(format!("{kind}-{}-{n}.spill", tc.task_attempt_id)))
+}
+
+/// Writes records to a new spill file; returns it and its size in bytes.
+pub(crate) fn write_spill<'r, R: serde::Serialize + 'r>(
+    tc: &TaskContext,
+    kind: &str,
+    records: impl Iterator<Item = R>,
+) -> Result<(SpillFile, u64)> {
+    let path = spill_path(tc, kind)?;
+    let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+    let spill = SpillFile { path: path.clone() };
+    let mut w = StreamWriter::new(BufWriter::with_capacity(1 << 16, file), tc.env().codec, &path);
+    for r in records {
+        w.write(&r)?;
+    }
+    let n = w.position();
+    let n = n.max(w.end_segment()?);
+    w.finish()?;
+    Ok((spill, n))
+}
+
+fn open_run<T: serde::de::DeserializeOwned>(path: &Path) -> Result<ChunkDecoder<BufReader<File>, T>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(ChunkDecoder::new(BufReader::with_capacity(1 << 16, f), path))
+}
+
+/// Sort key of an aggregation map entry: (partition, key hash).
+type MapOrder = (u32, u64);
+
+/// An external hash aggregation map (Spark's `ExternalAppendOnlyMap`): combines values by key in
+/// memory and spills runs sorted by (partition, key hash) when memory is refused. Iterating
+/// merges the runs, combining entries whose keys are equal.
+pub(crate) struct SpillableMap<'a, K, C> {
+    map: HashMap<K, C, FxBuildHasher>,
+    sampler: SizeSampler,
+    ops: u64,
+    mem: MemoryConsumer<'a>,
+    tc: &'a TaskContext,
+    spills: Vec<SpillFile>,
+    part_of: Box<dyn Fn(&K) -> usize + 'a>,
+}
+
+impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
+    /// `part_of` gives the output partition of a key (constant 0 on the reduce side).
+    pub(crate) fn new(tc: &'a TaskContext, part_of: Box<dyn Fn(&K) -> usize + 'a>) -> Self {
+        SpillableMap {
+            map: HashMap::with_hasher(FxBuildHasher),
+            sampler: SizeSampler::new(),
+            ops: 0,
+            mem: MemoryConsumer::new(tc),
+            tc,
+            spills: Vec::new(),
+            part_of,
+        }
+    }
+
+    /// Inserts `x` under `k`: `create(x)` for a new key, `merge(c, x)` for an existing one.
+    #[inline]
+    pub(crate) fn insert<X>(&mut self, k: K, x: X, create: impl FnOnce(X) -> C, merge: impl FnOnce(C, X) -> C) -> Result<()> {
+        self.ops += 1;
+        let sample = self.ops % CHECK_EVERY == 0 || self.ops < 16;
+        match self.map.entry(k) {
+            Entry::Occupied(e) => {
+                let e = e.replace_entry_with(|_, c| Some(merge(c, x)));
+                if sample {
+                    if let Entry::Occupied(e) = e {
+                        self.sampler.add(&(e.key(), e.get()));
+                    }
+                }
+            }
+            Entry::Vacant(v) => {
+                let c = create(x);
+                if sample {
+                    self.sampler.add(&(v.key(), &c));
+                }
+                v.insert(c);
+            }
+        }
+        if self.ops % CHECK_EVERY == 0 {
+            self.maybe_spill()?;
+        }
+        Ok(())
+    }
+
+    fn estimated_bytes(&self) -> u64 {
+        // Entries plus the table's own slots.
+        self.map.len() as u64 * (self.sampler.per_record() + 16)
+    }
+
+    fn maybe_spill(&mut self) -> Result<()> {
+        let used = self.estimated_bytes();
+        if self.mem.ensure(used) {
+            return Ok(());
+        }
+        self.spill(used)
+    }
+
+    fn sorted_entries(&mut self) -> Vec<(MapOrder, K, C)> {
+        let part_of = &self.part_of;
+        let mut v: Vec<(MapOrder, K, C)> =
+            self.map.drain().map(|(k, c)| (((part_of)(&k) as u32, stable_hash(&k)), k, c)).collect();
+        v.sort_unstable_by_key(|e| e.0);
+        v
+    }
+
+    fn spill(&mut self, used: u64) -> Result<()> {
+        if self.map.is_empty() {
+            return Ok(());
+        }
+        let entries = self.sorted_entries();
+        let (file, bytes) = write_spill(self.tc, "agg", entries.iter().map(|(_, k, c)| (k, c)))?;
+        drop(entries);
+        self.map = HashMap::with_hasher(FxBuildHasher);
+        self.spills.push(file);
+        self.tc.add_spill(used, bytes);
+        self.mem.release_all();
+        Ok(())
+    }
+
+    /// Whether anything was spilled (iteration order is then by partition).
+    pub(crate) fn spilled(&self) -> bool {
+        !self.spills.is_empty()
+    }
+
+    /// Iterates all (partition, key, combiner) entries, combining across spills with `merge`.
+    /// When anything was spilled the entries come in partition order; otherwise in no order.
+    pub(crate) fn into_iter(
+        mut self,
+        merge: impl Fn(C, C) -> C + 'a,
+    ) -> Result<Box<dyn Iterator<Item = (usize, K, C)> + 'a>> {
+        if self.spills.is_empty() {
+            let map = std::mem::take(&mut self.map);
+            let part_of = std::mem::replace(&mut self.part_of, Box::new(|_| 0));
+            return Ok(Box::new(map.into_iter().map(move |(k, c)| ((part_of)(&k), k, c))));
+        }
+        let mem = self.sorted_entries();
+        let mut runs: Vec<Run<'a, K, C>> = Vec::new();
+        for s in &self.spills {
+            runs.push(Run::File(open_run(&s.path)?));
+        }
+        runs.push(Run::Mem(Box::new(mem.into_iter().map(|(_, k, c)| (k, c)))));
+        let spills = std::mem::take(&mut self.spills);
+        let part_of = std::mem::replace(&mut self.part_of, Box::new(|_| 0));
+        let mut merger = HashMerge { runs, heads: Vec::new(), heap: BinaryHeap::new(), part_of, merge: Box::new(merge), pending: Vec::new(), tc: self.tc, _spills: spills };
+        merger.prime();
+        Ok(Box::new(merger))
+    }
+}
+
+enum Run<'a, K, C> {
+    File(ChunkDecoder<BufReader<File>, (K, C)>),
+    Mem(Box<dyn Iterator<Item = (K, C)> + 'a>),
+}
+
+impl<K: Data, C: Data> Run<'_, K, C> {
+    fn next(&mut self) -> Result<Option<(K, C)>> {
+        match self {
+            Run::File(d) => d.next_record(),
+            Run::Mem(it) => Ok(it.next()),
+        }
+    }
+}
+
+struct HashMerge<'a, K, C> {
+    runs: Vec<Run<'a, K, C>>,
+    heads: Vec<Option<(K, C)>>,
+    heap: BinaryHeap<Reverse<(MapOrder, usize)>>,
+    part_of: Box<dyn Fn(&K) -> usize + 'a>,
+    merge: Box<dyn Fn(C, C) -> C + 'a>,
+    pending: Vec<(usize, K, C)>,
+    tc: &'a TaskContext,
+    _spills: Vec<SpillFile>,
+}
+
+impl<K: Data + Hash + Eq, C: Data> HashMerge<'_, K, C> {
+    fn order(&self, k: &K) -> MapOrder {
+        ((self.part_of)(k) as u32, stable_hash(k))
+    }
+
+    fn advance(&mut self, run: usize) {
+        match self.runs[run].next() {
+            Ok(Some(kc)) => {
+                let o = self.order(&kc.0);
+                self.heads[run] = Some(kc);
+                self.heap.push(Reverse((o, run)));
+            }
+            Ok(None) => self.heads[run] = None,
+            Err(e) => {
+                self.heads[run] = None;
+                self.tc.fail(e);
+            }
+        }
+    }
+
+    fn prime(&mut self) {
+        self.heads = (0..self.runs.len()).map(|_| None).collect();
+        for r in 0..self.runs.len() {
+            self.advance(r);
+        }
+    }
+}
+
+impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
+    type Item = (usize, K, C);
+    fn next(&mut self) -> Option<(usize, K, C)> {
+        loop {
+            if let Some(x) = self.pending.pop() {
+                return Some(x);
+            }
+            if self.tc.should_stop() {
+                return None;
+            }
+            let Reverse((order, run)) = self.heap.pop()?;
+            let mut group: Vec<(K, C)> = Vec::with_capacity(2);
+            let take = |this: &mut Self, run: usize, group: &mut Vec<(K, C)>| {
+                if let Some((k, c)) = this.heads[run].take() {
+                    match group.iter().position(|(g, _)| *g == k) {
+                        Some(i) => {
+                            let (gk, gc) = group.swap_remove(i);
+                            group.push((gk, (this.merge)(gc, c)));
+                        }
+                        None => group.push((k, c)),
+                    }
+                }
+                this.advance(run);
+            };
+            take(self, run, &mut group);
+            while let Some(Reverse((o, r))) = self.heap.peek().copied() {
+                if o != order {
+                    break;
+                }
+                self.heap.pop();
+                take(self, r, &mut group);
+            }
+            let part = order.0 as usize;
+            self.pending.extend(group.into_iter().map(|(k, c)| (part, k, c)));
+        }
+    }
+}
+
+/// An external sorter for key/value records (Spark's `ExternalSorter` with an ordering): sorts
+/// in memory, spilling sorted runs when memory is refused, and merges runs when iterated.
+pub(crate) struct ExternalSorter<'a, K, V> {
+    buf: Vec<(K, V)>,
+    sampler: SizeSampler,
+    mem: MemoryConsumer<'a>,
+    tc: &'a TaskContext,
+    spills: Vec<SpillFile>,
+    ascending: bool,
+}
+
+fn cmp_keys<K: Ord>(a: &K, b: &K, ascending: bool) -> Ordering {
+    if ascending {
+        a.cmp(b)
+    } else {
+        b.cmp(a)
+    }
+}
+
+impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
+    pub(crate) fn new(tc: &'a TaskContext, ascending: bool) -> Self {
+        ExternalSorter { buf: Vec::new(), sampler: SizeSampler::new(), mem: MemoryConsumer::new(tc), tc, spills: Vec::new(), ascending }
+    }
+
+    pub(crate) fn insert(&mut self, kv: (K, V)) -> Result<()> {
+        let n = self.buf.len() as u64;
+        if n < 16 || n % CHECK_EVERY == 0 {
+            self.sampler.add(&kv);
+        }
+        self.buf.push(kv);
+        if n % CHECK_EVERY == 0 {
+            let used = self.buf.capacity() as u64 * std::mem::size_of::<(K, V)>() as u64
+                + self.buf.len() as u64 * self.sampler.per_record().saturating_sub(std::mem::size_of::<(K, V)>() as u64);
+            if !self.mem.ensure(used) {
+                self.spill(used)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sort_buf(&mut self) {
+        let asc = self.ascending;
+        self.buf.sort_by(|a, b| cmp_keys(&a.0, &b.0, asc));
+    }
+
+    fn spill(&mut self, used: u64) -> Result<()> {
+        self.sort_buf();
+        let buf = std::mem::take(&mut self.buf);
+        let (file, bytes) = write_spill(self.tc, "sort", buf.iter())?;
+        drop(buf);
+        self.spills.push(file);
+        self.tc.add_spill(used, bytes);
+        self.mem.release_all();
+        Ok(())
+    }
+
+    /// Iterates all records in key order.
+    pub(crate) fn into_iter(mut self) -> Result<Box<dyn Iterator<Item = (K, V)> + 'a>> {
+        self.sort_buf();
+        let buf = std::mem::take(&mut self.buf);
+        if self.spills.is_empty() {
+            return Ok(Box::new(buf.into_iter()));
+        }
+        let mut runs: Vec<Run<'a, K, V>> = Vec::new();
+        for s in &self.spills {
+            runs.push(Run::File(open_run(&s.path)?));
+        }
+        runs.push(Run::Mem(Box::new(buf.into_iter())));
+        let mut m = SortMerge { runs, heap: BinaryHeap::new(), ascending: self.ascending, tc: self.tc, _spills: std::mem::take(&mut self.spills) };
+        for r in 0..m.runs.len() {
+            m.advance(r);
+        }
+        Ok(Box::new(m))
+    }
+}
+
+struct Head<K, V> {
+    k: K,
+    v: V,
+    run: usize,
+    ascending: bool,
+}
+
+impl<K: Ord, V> PartialEq for Head<K, V> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl<K: Ord, V> Eq for Head<K, V> {}
+impl<K: Ord, V> PartialOrd for Head<K, V> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<K: Ord, V> Ord for Head<K, V> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: reverse so the smallest key (in sort order) comes first;
+        // ties go to the earlier run, keeping the merge stable.
+        cmp_keys(&o.k, &self.k, self.ascending).then(o.run.cmp(&self.run))
+    }
+}
+
+struct SortMerge<'a, K, V> {
+    runs: Vec<Run<'a, K, V>>,
+    heap: BinaryHeap<Head<K, V>>,
+    ascending: bool,
+    tc: &'a TaskContext,
+    _spills: Vec<SpillFile>,
+}
+
+impl<K: Data + Ord, V: Data> SortMerge<'_, K, V> {
+    fn advance(&mut self, run: usize) {
+        match self.runs[run].next() {
+            Ok(Some((k, v))) => self.heap.push(Head { k, v, run, ascending: self.ascending }),
+            Ok(None) => {}
+            Err(e) => self.tc.fail(e),
+        }
+    }
+}
+
+impl<K: Data + Ord, V: Data> Iterator for SortMerge<'_, K, V> {
+    type Item = (K, V);
+    fn next(&mut self) -> Option<(K, V)> {
+        if self.tc.should_stop() {
+            return None;
+        }
+        let h = self.heap.pop()?;
+        self.advance(h.run);
+        Some((h.k, h.v))
+    }
+}

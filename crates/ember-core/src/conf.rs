@@ -1,0 +1,324 @@
+//! `EmberConf`: the validated settings a [`crate::Context`] is built from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Where jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Master {
+    /// `local[N]`: N task slots on threads inside the driver process.
+    Local {
+        /// Number of task slots.
+        slots: usize,
+    },
+}
+
+impl Master {
+    /// Parses `local`, `local[N]` or `local[*]`.
+    pub fn parse(url: &str) -> Result<Master> {
+        let bad = || Error::InvalidMaster(url.to_string());
+        let url = url.trim();
+        if url == "local" {
+            return Ok(Master::Local { slots: 1 });
+        }
+        let inner = url.strip_prefix("local[").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
+        let slots = if inner == "*" {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            inner.parse::<usize>().map_err(|_| bad())?
+        };
+        if slots == 0 {
+            return Err(bad());
+        }
+        Ok(Master::Local { slots })
+    }
+
+    /// The number of task slots.
+    pub fn slots(&self) -> usize {
+        match self {
+            Master::Local { slots } => *slots,
+        }
+    }
+}
+
+/// Compression codec for shuffle files, spills and serialized blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Codec {
+    /// LZ4 frames (fast; the default).
+    Lz4,
+    /// No compression.
+    None,
+}
+
+/// A documented configuration key, its default and what it means.
+pub struct ConfKey {
+    /// The key.
+    pub key: &'static str,
+    /// The default value, as text.
+    pub default: &'static str,
+    /// What the key controls.
+    pub doc: &'static str,
+}
+
+/// Every key `EmberConf` accepts.
+pub const KEYS: &[ConfKey] = &[
+    ConfKey { key: "ember.master", default: "local[*]", doc: "Master URL: local, local[N] or local[*]." },
+    ConfKey { key: "ember.app.name", default: "ember", doc: "Application name, shown in logs." },
+    ConfKey {
+        key: "ember.memory.size",
+        default: "1g",
+        doc: "Memory budget shared by execution (shuffle, sort, aggregation) and storage (cache); \
+              bytes with an optional k/m/g suffix.",
+    },
+    ConfKey {
+        key: "ember.memory.storageFraction",
+        default: "0.5",
+        doc: "Fraction of the budget where cached blocks are safe from eviction by execution.",
+    },
+    ConfKey {
+        key: "ember.local.dir",
+        default: "(system temp dir)",
+        doc: "Directory for shuffle files, spills and disk blocks.",
+    },
+    ConfKey {
+        key: "ember.shuffle.partitions",
+        default: "(largest parent partition count)",
+        doc: "Number of partitions of a shuffle when an operation does not give one.",
+    },
+    ConfKey { key: "ember.io.compression.codec", default: "lz4", doc: "Codec for shuffle, spill and serialized blocks: lz4 or none." },
+    ConfKey { key: "ember.task.maxFailures", default: "4", doc: "Attempts of a task before its job fails." },
+    ConfKey {
+        key: "ember.local.serializeTasks",
+        default: "false",
+        doc: "In local mode, encode and decode every task and result as a remote executor would.",
+    },
+    ConfKey { key: "ember.ui.showConsoleProgress", default: "true", doc: "Show a progress bar on a terminal." },
+    ConfKey { key: "ember.checkpoint.dir", default: "(unset)", doc: "Directory for RDD checkpoints." },
+];
+
+/// Settings for a [`crate::Context`]. Keys are validated when set; unknown keys are rejected.
+#[derive(Debug, Clone, Default)]
+pub struct EmberConf {
+    values: BTreeMap<String, String>,
+}
+
+/// Settings parsed from an [`EmberConf`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The master.
+    pub master: Master,
+    /// Application name.
+    pub app_name: String,
+    /// Memory budget in bytes.
+    pub memory_bytes: u64,
+    /// Storage's protected fraction.
+    pub storage_fraction: f64,
+    /// Root for local files.
+    pub local_dir: Option<PathBuf>,
+    /// Default shuffle partition count.
+    pub shuffle_partitions: usize,
+    /// The shuffle partition count when set explicitly; otherwise shuffles default to the
+    /// largest partition count of their parents, as in Spark.
+    pub shuffle_partitions_explicit: Option<usize>,
+    /// Compression codec.
+    pub codec: Codec,
+    /// Task attempts before a job fails.
+    pub max_task_failures: u32,
+    /// Encode tasks in local mode.
+    pub serialize_tasks: bool,
+    /// Show console progress.
+    pub show_progress: bool,
+    /// Checkpoint directory.
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// Parses a size such as `512m`, `1g`, `64k` or `1048576` into bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1u64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        't' => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    Some((n * mult as f64) as u64)
+}
+
+impl EmberConf {
+    /// An empty configuration: every key at its default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a key, validating it. Unknown keys and malformed values are rejected.
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Result<Self> {
+        let value = value.into();
+        if !KEYS.iter().any(|k| k.key == key) {
+            return Err(Error::Config {
+                key: key.into(),
+                value,
+                reason: format!(
+                    "unknown key; known keys are: {}",
+                    KEYS.iter().map(|k| k.key).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        Self::validate(key, &value)?;
+        self.values.insert(key.to_string(), value);
+        Ok(self)
+    }
+
+    /// Sets the master URL.
+    pub fn master(self, url: &str) -> Result<Self> {
+        self.set("ember.master", url)
+    }
+
+    /// Sets the application name.
+    pub fn app_name(self, name: &str) -> Result<Self> {
+        self.set("ember.app.name", name)
+    }
+
+    /// Sets the memory budget (e.g. `"512m"`).
+    pub fn memory(self, size: &str) -> Result<Self> {
+        self.set("ember.memory.size", size)
+    }
+
+    /// Reads `key=value` lines (blank lines and `#` comments ignored) from a config file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut conf = EmberConf::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| Error::Config {
+                key: format!("{}:{}", path.display(), i + 1),
+                value: line.to_string(),
+                reason: "expected key=value".into(),
+            })?;
+            conf = conf.set(k.trim(), v.trim())?;
+        }
+        Ok(conf)
+    }
+
+    /// The raw value of a key, if set.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn validate(key: &str, value: &str) -> Result<()> {
+        let bad = |reason: &str| Error::Config { key: key.into(), value: value.into(), reason: reason.into() };
+        match key {
+            "ember.master" => {
+                Master::parse(value)?;
+            }
+            "ember.memory.size" => {
+                let n = parse_size(value).ok_or_else(|| bad("expected a size like 512m or 2g"))?;
+                if n < 1 << 20 {
+                    return Err(bad("the memory budget must be at least 1m"));
+                }
+            }
+            "ember.memory.storageFraction" => {
+                let f: f64 = value.parse().map_err(|_| bad("expected a number between 0 and 1"))?;
+                if !(0.0..=1.0).contains(&f) {
+                    return Err(bad("expected a number between 0 and 1"));
+                }
+            }
+            "ember.shuffle.partitions" | "ember.task.maxFailures" => {
+                let n: u64 = value.parse().map_err(|_| bad("expected a positive integer"))?;
+                if n == 0 {
+                    return Err(bad("expected a positive integer"));
+                }
+            }
+            "ember.io.compression.codec" => {
+                if !matches!(value, "lz4" | "none") {
+                    return Err(bad("expected lz4 or none"));
+                }
+            }
+            "ember.local.serializeTasks" | "ember.ui.showConsoleProgress" => {
+                if !matches!(value, "true" | "false") {
+                    return Err(bad("expected true or false"));
+                }
+            }
+            "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" => {
+                if value.trim().is_empty() {
+                    return Err(bad("must not be empty"));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Parses every setting, applying defaults.
+    pub fn settings(&self) -> Result<Settings> {
+        let master = Master::parse(self.get("ember.master").unwrap_or("local[*]"))?;
+        let parse_num = |key: &str, default: u64| -> u64 {
+            self.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+        };
+        Ok(Settings {
+            master,
+            app_name: self.get("ember.app.name").unwrap_or("ember").to_string(),
+            memory_bytes: self.get("ember.memory.size").and_then(parse_size).unwrap_or(1 << 30),
+            storage_fraction: self.get("ember.memory.storageFraction").and_then(|v| v.parse().ok()).unwrap_or(0.5),
+            local_dir: self.get("ember.local.dir").map(PathBuf::from),
+            shuffle_partitions: parse_num("ember.shuffle.partitions", master.slots() as u64) as usize,
+            shuffle_partitions_explicit: self.get("ember.shuffle.partitions").and_then(|v| v.parse().ok()),
+            codec: match self.get("ember.io.compression.codec") {
+                Some("none") => Codec::None,
+                _ => Codec::Lz4,
+            },
+            max_task_failures: parse_num("ember.task.maxFailures", 4) as u32,
+            serialize_tasks: self.get("ember.local.serializeTasks") == Some("true"),
+            show_progress: self.get("ember.ui.showConsoleProgress") != Some("false"),
+            checkpoint_dir: self.get("ember.checkpoint.dir").map(PathBuf::from),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_masters() {
+        assert_eq!(Master::parse("local").unwrap().slots(), 1);
+        assert_eq!(Master::parse("local[3]").unwrap().slots(), 3);
+        assert!(Master::parse("local[*]").unwrap().slots() >= 1);
+        for bad in ["", "local[0]", "local[x]", "yarn", "local[2", "spark://h:1"] {
+            let e = Master::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("invalid master URL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_and_malformed_keys() {
+        let e = EmberConf::new().set("ember.nope", "1").unwrap_err();
+        assert!(e.to_string().contains("unknown key"), "{e}");
+        let e = EmberConf::new().set("ember.memory.size", "lots").unwrap_err();
+        assert!(e.to_string().contains("ember.memory.size"), "{e}");
+        assert!(EmberConf::new().set("ember.task.maxFailures", "0").is_err());
+        assert!(EmberConf::new().set("ember.io.compression.codec", "snappy").is_err());
+        let s = EmberConf::new().memory("64m").unwrap().master("local[2]").unwrap().settings().unwrap();
+        assert_eq!(s.memory_bytes, 64 << 20);
+        assert_eq!(s.shuffle_partitions, 2);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("x"), None);
+    }
+}

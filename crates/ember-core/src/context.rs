@@ -1,0 +1,340 @@
+//! `Context`: the driver's entry point. It owns the executor services and the scheduler,
+//! creates source RDDs, broadcast variables and accumulators, and runs jobs.
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::accumulator::{Accumulator, AccumulatorParam, LongSum};
+use crate::broadcast::Broadcast;
+use crate::conf::{EmberConf, Settings};
+use crate::data::Data;
+use crate::env::Env;
+use crate::error::{Error, Result};
+use crate::rdd::{PartitionFn, Rdd};
+use crate::scheduler::{JobListener, JobSpec, JobSummary, Scheduler};
+use crate::ship::{Marker, Ship};
+use crate::storage::StorageStatus;
+use crate::task::{BoxIter, JobId, TaskBody, TaskContext, TaskOutput};
+
+static CONTEXT_IDS: AtomicU64 = AtomicU64::new(0);
+
+struct Inner {
+    settings: Settings,
+    env: Arc<Env>,
+    scheduler: Scheduler,
+    checkpoint_dir: Mutex<Option<PathBuf>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.scheduler.stop();
+    }
+}
+
+/// The driver's handle on an Ember application. Cheap to clone.
+///
+/// ```
+/// use ember_core::{Context, EmberConf};
+/// let ctx = Context::new(EmberConf::new().master("local[2]")?)?;
+/// let counts = ctx
+///     .parallelize(vec!["a b".to_string(), "b c".into(), "c".into()], 2)
+///     .flat_map(|line: String| line.split(' ').map(str::to_string).collect::<Vec<_>>())
+///     .map(|w| (w, 1u64))
+///     .reduce_by_key(|a, b| a + b, None)
+///     .collect_as_map()?;
+/// assert_eq!(counts["c"], 2);
+/// # Ok::<(), ember_core::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+impl Context {
+    /// Starts a context from a configuration.
+    pub fn new(conf: EmberConf) -> Result<Context> {
+        let settings = conf.settings()?;
+        let root = settings.local_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let local_dir = root.join(format!(
+            "ember-{}-{}-{}",
+            std::process::id(),
+            CONTEXT_IDS.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() % 1_000_000).unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(&local_dir, e))?;
+        let env = Arc::new(Env::new(&settings, local_dir));
+        let scheduler = Scheduler::start(&settings, env.clone())?;
+        tracing::info!("context `{}` started on local[{}]", settings.app_name, settings.master.slots());
+        let checkpoint_dir = Mutex::new(settings.checkpoint_dir.clone());
+        Ok(Context { inner: Arc::new(Inner { settings, env, scheduler, checkpoint_dir }) })
+    }
+
+    /// A context on `local[N]` with default settings.
+    pub fn local(slots: usize) -> Result<Context> {
+        Context::new(EmberConf::new().master(&format!("local[{slots}]"))?)
+    }
+
+    /// The parsed settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The executor services (in local mode, the driver's own).
+    pub fn env(&self) -> &Arc<Env> {
+        &self.inner.env
+    }
+
+    /// The default number of partitions: the number of task slots.
+    pub fn default_parallelism(&self) -> usize {
+        self.inner.settings.master.slots()
+    }
+
+    // ---- sources -------------------------------------------------------------------------------
+
+    /// Distributes a local collection over `num_slices` partitions.
+    pub fn parallelize<T: Data>(&self, data: Vec<T>, num_slices: usize) -> Rdd<T> {
+        Rdd::from_impl(Some(self.clone()), crate::rdd::ParallelCollection::new(data, num_slices))
+    }
+
+    /// The integers `start, start + step, ...` below `end` (above it for a negative step).
+    pub fn range(&self, start: i64, end: i64, step: i64, num_slices: usize) -> Result<Rdd<i64>> {
+        if step == 0 {
+            return Err(Error::InvalidArgument("range step must not be 0".into()));
+        }
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_range(start, end, step, num_slices.max(1))))
+    }
+
+    /// An RDD with no partitions.
+    pub fn empty<T: Data>(&self) -> Rdd<T> {
+        Rdd::from_impl(Some(self.clone()), crate::rdd::source_empty::<T>())
+    }
+
+    /// The union of several RDDs.
+    pub fn union<T: Data>(&self, rdds: &[Rdd<T>]) -> Rdd<T> {
+        Rdd::from_impl(Some(self.clone()), crate::rdd::source_union(rdds.to_vec()))
+    }
+
+    /// The lines of a text file, a directory of files, or a glob (`data/*.txt`), split into
+    /// at least `min_partitions` partitions by size. `.gz` files are decompressed (one partition
+    /// each). Lines that are not valid UTF-8 fail the job with an error naming the file and the
+    /// byte offset.
+    pub fn text_file(&self, path: &str, min_partitions: usize) -> Result<Rdd<String>> {
+        let files = crate::rdd::resolve_input(path)?;
+        let splits = crate::rdd::plan_splits(&files, min_partitions.max(1))?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(splits)))
+    }
+
+    /// (path, content) for each file of a directory or glob.
+    pub fn whole_text_files(&self, path: &str, min_partitions: usize) -> Result<Rdd<(String, String)>> {
+        let files = crate::rdd::resolve_input(path)?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_whole_files(files, min_partitions)?))
+    }
+
+    // ---- shared variables ----------------------------------------------------------------------
+
+    /// A read-only value shared with every task.
+    pub fn broadcast<T: Data>(&self, value: T) -> Broadcast<T> {
+        Broadcast::new(value)
+    }
+
+    /// An `i64` sum accumulator.
+    pub fn long_accumulator(&self) -> Accumulator<LongSum> {
+        Accumulator::new(LongSum)
+    }
+
+    /// An accumulator with custom merging.
+    pub fn accumulator<P: AccumulatorParam>(&self, param: P) -> Accumulator<P> {
+        Accumulator::new(param)
+    }
+
+    /// Sets the directory `Rdd::checkpoint` writes to.
+    pub fn set_checkpoint_dir(&self, dir: impl Into<PathBuf>) -> Result<()> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        *self.inner.checkpoint_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint_dir(&self) -> Result<PathBuf> {
+        self.inner
+            .checkpoint_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("no checkpoint directory: call set_checkpoint_dir first".into()))
+    }
+
+    // ---- jobs ----------------------------------------------------------------------------------
+
+    fn spec<T: Data, U: Data>(
+        &self,
+        rdd: &Rdd<T>,
+        func: Ship<dyn PartitionFn<T, U>>,
+        partitions: Option<Vec<usize>>,
+    ) -> Result<(JobSpec, crossbeam_channel::Receiver<Result<Vec<U>>>)> {
+        let n = rdd.num_partitions();
+        let partitions = partitions.unwrap_or_else(|| (0..n).collect());
+        if let Some(bad) = partitions.iter().find(|&&p| p >= n) {
+            return Err(Error::InvalidArgument(format!("partition {bad} out of range: the RDD has {n}")));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let listener = TypedListener::<U> { results: (0..partitions.len()).map(|_| None).collect(), tx };
+        let body: Ship<dyn TaskBody> = Ship::new(ResultTask::<T, U> { rdd: rdd.clone(), func });
+        Ok((JobSpec { final_rdd: rdd.as_base(), body, partitions, listener: Box::new(listener) }, rx))
+    }
+
+    /// Runs `func` on the given partitions of `rdd` (all when `None`) and returns one result per
+    /// partition, in order.
+    pub fn run_job<T: Data, U: Data>(
+        &self,
+        rdd: &Rdd<T>,
+        func: Ship<dyn PartitionFn<T, U>>,
+        partitions: Option<Vec<usize>>,
+    ) -> Result<Vec<U>> {
+        self.submit_job(rdd, func, partitions)?.wait()
+    }
+
+    /// Submits a job without waiting; the handle can wait for or cancel it.
+    pub fn submit_job<T: Data, U: Data>(
+        &self,
+        rdd: &Rdd<T>,
+        func: Ship<dyn PartitionFn<T, U>>,
+        partitions: Option<Vec<usize>>,
+    ) -> Result<JobHandle<U>> {
+        let (spec, rx) = self.spec(rdd, func, partitions)?;
+        let id = self.inner.scheduler.submit(vec![spec])?[0];
+        Ok(JobHandle { id, rx, ctx: self.clone() })
+    }
+
+    /// Submits a group of jobs at once (Drizzle's `runJobs`): their stages are created and their
+    /// tasks scheduled in one round, so per-job driver overhead is lower than submitting them
+    /// one at a time. Returns each job's per-partition results, in order.
+    pub fn run_jobs<T: Data, U: Data>(&self, jobs: Vec<(Rdd<T>, Ship<dyn PartitionFn<T, U>>)>) -> Result<Vec<Vec<U>>> {
+        let mut specs = Vec::with_capacity(jobs.len());
+        let mut rxs = Vec::with_capacity(jobs.len());
+        for (rdd, f) in jobs {
+            let (spec, rx) = self.spec(&rdd, f, None)?;
+            specs.push(spec);
+            rxs.push(rx);
+        }
+        self.inner.scheduler.submit(specs)?;
+        rxs.into_iter().map(|rx| rx.recv().map_err(|_| Error::Stopped)?).collect()
+    }
+
+    /// Counts each RDD of a group, submitted at once (see [`Context::run_jobs`]).
+    pub fn count_all<T: Data>(&self, rdds: &[Rdd<T>]) -> Result<Vec<u64>> {
+        let jobs = rdds.iter().map(|r| (r.clone(), Ship::new(CountAll::<T>(PhantomData)) as Ship<dyn PartitionFn<T, u64>>)).collect();
+        Ok(self.run_jobs(jobs)?.into_iter().map(|v| v.into_iter().sum()).collect())
+    }
+
+    /// Cancels a running job: its tasks stop at their next check and the job returns
+    /// `Error::Cancelled`.
+    pub fn cancel_job(&self, job: JobId) {
+        self.inner.scheduler.cancel(Some(job));
+    }
+
+    /// Cancels every running job.
+    pub fn cancel_all_jobs(&self) {
+        self.inner.scheduler.cancel(None);
+    }
+
+    /// Summaries of recently finished jobs, oldest first.
+    pub fn job_summaries(&self) -> Vec<JobSummary> {
+        self.inner.scheduler.summaries()
+    }
+
+    /// The summary of the most recently finished job.
+    pub fn last_job_summary(&self) -> Option<JobSummary> {
+        self.job_summaries().pop()
+    }
+
+    /// Memory use and cached blocks.
+    pub fn storage_status(&self) -> StorageStatus {
+        self.inner.env.blocks.status()
+    }
+}
+
+/// A submitted job.
+pub struct JobHandle<U> {
+    id: JobId,
+    rx: crossbeam_channel::Receiver<Result<Vec<U>>>,
+    ctx: Context,
+}
+
+impl<U> JobHandle<U> {
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+    /// Asks the scheduler to cancel the job.
+    pub fn cancel(&self) {
+        self.ctx.cancel_job(self.id);
+    }
+    /// Waits for the job's results.
+    pub fn wait(self) -> Result<Vec<U>> {
+        self.rx.recv().map_err(|_| Error::Stopped)?
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(bound = "")]
+struct CountAll<T>(Marker<T>);
+
+impl<T: Data> PartitionFn<T, u64> for CountAll<T> {
+    fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<u64> {
+        Ok(it.count() as u64)
+    }
+}
+
+/// The body of a result task: computes a partition and applies the action's function.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(bound = "T: Data, U: Data")]
+struct ResultTask<T, U> {
+    rdd: Rdd<T>,
+    func: Ship<dyn PartitionFn<T, U>>,
+}
+
+impl<T: Data, U: Data> TaskBody for ResultTask<T, U> {
+    fn run(&self, partition: usize, tc: &TaskContext) -> Result<TaskOutput> {
+        let it = self.rdd.iterator(partition, tc);
+        let value = self.func.call(tc, partition, it)?;
+        Ok(TaskOutput::Value(Box::new(value)))
+    }
+
+    fn encode_value(&self, value: Box<dyn std::any::Any + Send>) -> Result<Vec<u8>> {
+        let v = value.downcast::<U>().map_err(|_| Error::Internal("result of an unexpected type".into()))?;
+        Ok(postcard::to_allocvec(&*v)?)
+    }
+}
+
+struct TypedListener<U> {
+    results: Vec<Option<U>>,
+    tx: crossbeam_channel::Sender<Result<Vec<U>>>,
+}
+
+impl<U: Data> JobListener for TypedListener<U> {
+    fn task_succeeded(&mut self, index: usize, output: TaskOutput) -> Result<()> {
+        let value = match output {
+            TaskOutput::Value(v) => *v.downcast::<U>().map_err(|_| Error::Internal("result of an unexpected type".into()))?,
+            TaskOutput::Encoded(bytes) => postcard::from_bytes(&bytes)?,
+            TaskOutput::Map(_) => return Err(Error::Internal("a result task returned a map status".into())),
+        };
+        if let Some(slot) = self.results.get_mut(index) {
+            *slot = Some(value);
+        }
+        Ok(())
+    }
+
+    fn job_finished(self: Box<Self>, result: Result<()>) {
+        let this = *self;
+        let out = result.and_then(|_| {
+            this.results
+                .into_iter()
+                .map(|r| r.ok_or_else(|| Error::Internal("a job finished with a missing result".into())))
+                .collect()
+        });
+        let _ = this.tx.send(out);
+    }
+}

@@ -1,0 +1,53 @@
+//! The services of one executor: block manager, shuffle files and map outputs, local files.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::conf::{Codec, Settings};
+use crate::shuffle::ShuffleManager;
+use crate::storage::BlockManager;
+
+/// What a task can reach on the executor running it.
+pub struct Env {
+    /// This executor's id (`driver` in local mode).
+    pub executor_id: String,
+    /// Root of this executor's local files (shuffle, spill, blocks).
+    pub local_dir: PathBuf,
+    /// Compression codec for shuffle, spill and serialized blocks.
+    pub codec: Codec,
+    /// Cached blocks and the memory budget.
+    pub blocks: BlockManager,
+    /// Shuffle files and map output locations.
+    pub shuffle: ShuffleManager,
+    file_ids: AtomicU64,
+}
+
+impl Env {
+    pub(crate) fn new(settings: &Settings, local_dir: PathBuf) -> Self {
+        Env {
+            executor_id: "driver".into(),
+            codec: settings.codec,
+            blocks: BlockManager::new(
+                settings.memory_bytes,
+                settings.storage_fraction,
+                settings.master.slots(),
+                local_dir.join("blocks"),
+                settings.codec,
+            ),
+            shuffle: ShuffleManager::new(local_dir.join("shuffle")),
+            local_dir,
+            file_ids: AtomicU64::new(0),
+        }
+    }
+
+    /// A process-unique number for naming temporary files.
+    pub(crate) fn next_file_id(&self) -> u64 {
+        self.file_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.local_dir);
+    }
+}

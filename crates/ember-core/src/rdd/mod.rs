@@ -1,0 +1,309 @@
+//! Resilient distributed datasets: the typed handle [`Rdd`], the node traits behind it, and the
+//! dependency graph the scheduler cuts into stages.
+//!
+//! An `Rdd<T>` is a cheap handle on a node of the lineage graph. Each node implements
+//! [`RddImpl`] (how to compute a partition from its parents) and is wrapped in a
+//! [`Ship`](crate::ship::Ship) so that it can be encoded into a task. The handle adds what every
+//! RDD has: an id, a storage level and an optional checkpoint that replaces its lineage.
+
+mod actions;
+mod narrow;
+mod pair;
+mod source;
+mod transform;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::context::Context;
+use crate::data::Data;
+use crate::error::{Error, Result};
+use crate::shuffle::ShuffleDepBase;
+use crate::ship::{Ship, Upcast};
+use crate::storage::{RddId, StorageLevel};
+use crate::task::{BoxIter, Interruptible, TaskContext};
+
+pub use actions::{PartitionFn, StatCounter, ToF64};
+pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
+
+pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {
+    source::RangeRdd { start, end, step, slices }
+}
+
+pub(crate) fn source_empty<T: Data>() -> source::EmptyRdd<T> {
+    source::EmptyRdd(std::marker::PhantomData)
+}
+
+pub(crate) fn source_union<T: Data>(parents: Vec<Rdd<T>>) -> narrow::UnionRdd<T> {
+    narrow::UnionRdd { parents }
+}
+
+pub(crate) fn source_text(splits: Vec<source::FileSplit>) -> source::TextFileRdd {
+    source::TextFileRdd { splits }
+}
+
+pub(crate) fn source_whole_files(files: Vec<std::path::PathBuf>, min_partitions: usize) -> Result<source::WholeTextFilesRdd> {
+    source::WholeTextFilesRdd::new(files, min_partitions)
+}
+
+static NEXT_RDD_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A dependency of an RDD on a parent.
+#[derive(Clone)]
+pub enum Dependency {
+    /// Each child partition depends on a bounded set of parent partitions: pipelined into the
+    /// same stage.
+    Narrow(Arc<dyn RddBase>),
+    /// Child partitions depend on all parent partitions through a shuffle: a stage boundary.
+    Shuffle(Arc<dyn ShuffleDepBase>),
+}
+
+impl fmt::Debug for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dependency::Narrow(r) => write!(f, "Narrow(rdd {})", r.id().0),
+            Dependency::Shuffle(s) => write!(f, "Shuffle({})", s.shuffle_id().0),
+        }
+    }
+}
+
+/// How to compute the partitions of one kind of RDD node from its parents.
+pub trait RddImpl<T>: Send + Sync + 'static {
+    /// A short name of the operation (`map`, `reduce_by_key`, ...), shown in stage names.
+    fn name(&self) -> &'static str;
+    /// The number of partitions.
+    fn num_partitions(&self) -> usize;
+    /// Dependencies on parent RDDs.
+    fn dependencies(&self) -> Vec<Dependency>;
+    /// Computes one partition. Errors are recorded with [`TaskContext::fail`].
+    fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T>;
+}
+
+impl<T: 'static, R: RddImpl<T>> Upcast<dyn RddImpl<T>> for R {
+    fn upcast(this: Arc<Self>) -> Arc<dyn RddImpl<T>> {
+        this
+    }
+}
+
+/// The untyped view of an RDD that the scheduler works with.
+pub trait RddBase: Send + Sync {
+    /// The RDD's id.
+    fn id(&self) -> RddId;
+    /// A short description, e.g. `map at rdd 3`.
+    fn describe(&self) -> String;
+    /// The number of partitions.
+    fn num_partitions(&self) -> usize;
+    /// Dependencies (none once checkpointed).
+    fn dependencies(&self) -> Vec<Dependency>;
+    /// The storage level.
+    fn storage_level(&self) -> StorageLevel;
+}
+
+struct Node<T> {
+    id: RddId,
+    ctx: Option<Context>,
+    inner: Ship<dyn RddImpl<T>>,
+    level: Mutex<StorageLevel>,
+    checkpoint: OnceLock<Ship<dyn RddImpl<T>>>,
+}
+
+impl<T: Data> Node<T> {
+    fn effective(&self) -> &Ship<dyn RddImpl<T>> {
+        self.checkpoint.get().unwrap_or(&self.inner)
+    }
+}
+
+impl<T: Data> RddBase for Node<T> {
+    fn id(&self) -> RddId {
+        self.id
+    }
+    fn describe(&self) -> String {
+        format!("{} at rdd {}", self.effective().name(), self.id.0)
+    }
+    fn num_partitions(&self) -> usize {
+        self.effective().num_partitions()
+    }
+    fn dependencies(&self) -> Vec<Dependency> {
+        self.effective().dependencies()
+    }
+    fn storage_level(&self) -> StorageLevel {
+        *self.level.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<T> Drop for Node<T> {
+    fn drop(&mut self) {
+        // The driver's last handle is gone: drop cached blocks of this RDD.
+        if let Some(ctx) = &self.ctx {
+            let level = *self.level.lock().unwrap_or_else(|p| p.into_inner());
+            if level != StorageLevel::None {
+                ctx.env().blocks.remove_rdd(self.id);
+            }
+        }
+    }
+}
+
+/// A resilient distributed dataset of `T`: an immutable, partitioned collection computed lazily
+/// from its lineage. Cloning the handle is cheap.
+pub struct Rdd<T> {
+    node: Arc<Node<T>>,
+}
+
+impl<T: Data> Clone for Rdd<T> {
+    fn clone(&self) -> Self {
+        Rdd { node: self.node.clone() }
+    }
+}
+
+impl<T: Data> fmt::Debug for Rdd<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Rdd({})", self.node.describe())
+    }
+}
+
+impl<T: Data> Rdd<T> {
+    /// Wraps a node implementation in a new RDD handle.
+    pub(crate) fn from_impl<R>(ctx: Option<Context>, node: R) -> Rdd<T>
+    where
+        R: RddImpl<T> + Upcast<dyn RddImpl<T>> + Serialize + serde::de::DeserializeOwned,
+    {
+        Rdd {
+            node: Arc::new(Node {
+                id: RddId(NEXT_RDD_ID.fetch_add(1, Ordering::Relaxed)),
+                ctx,
+                inner: Ship::new(node),
+                level: Mutex::new(StorageLevel::None),
+                checkpoint: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// A new RDD in the same context as this one.
+    pub(crate) fn derive<U: Data, R>(&self, node: R) -> Rdd<U>
+    where
+        R: RddImpl<U> + Upcast<dyn RddImpl<U>> + Serialize + serde::de::DeserializeOwned,
+    {
+        Rdd::from_impl(self.node.ctx.clone(), node)
+    }
+
+    /// The RDD's id.
+    pub fn id(&self) -> RddId {
+        self.node.id
+    }
+
+    /// The number of partitions.
+    pub fn num_partitions(&self) -> usize {
+        self.node.num_partitions()
+    }
+
+    /// The driver context that created this RDD.
+    pub fn context(&self) -> Result<&Context> {
+        self.node.ctx.as_ref().ok_or(Error::NoContext)
+    }
+
+    /// The untyped view of this RDD.
+    pub fn as_base(&self) -> Arc<dyn RddBase> {
+        self.node.clone()
+    }
+
+    /// The dependencies of this RDD.
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        self.node.dependencies()
+    }
+
+    /// The storage level.
+    pub fn storage_level(&self) -> StorageLevel {
+        self.node.storage_level()
+    }
+
+    /// Keeps computed partitions at `level` (Spark's `persist`). Returns the same RDD.
+    pub fn persist(&self, level: StorageLevel) -> Rdd<T> {
+        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = level;
+        self.clone()
+    }
+
+    /// `persist(StorageLevel::MemoryOnly)`.
+    pub fn cache(&self) -> Rdd<T> {
+        self.persist(StorageLevel::MemoryOnly)
+    }
+
+    /// Drops cached partitions and stops caching.
+    pub fn unpersist(&self) -> Rdd<T> {
+        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = StorageLevel::None;
+        if let Some(ctx) = &self.node.ctx {
+            ctx.env().blocks.remove_rdd(self.node.id);
+        }
+        self.clone()
+    }
+
+    /// Whether this RDD has been checkpointed (its lineage truncated).
+    pub fn is_checkpointed(&self) -> bool {
+        self.node.checkpoint.get().is_some()
+    }
+
+    /// Writes every partition to the context's checkpoint directory now (running a job) and
+    /// truncates the lineage: later computations read the checkpoint files instead of
+    /// recomputing parents. Unlike Spark, this is eager, so no separate job is hidden behind the
+    /// next action.
+    pub fn checkpoint(&self) -> Result<()> {
+        if self.is_checkpointed() {
+            return Ok(());
+        }
+        let ctx = self.context()?.clone();
+        let dir = ctx.checkpoint_dir()?.join(format!("rdd-{}", self.node.id.0));
+        let cp = source::write_checkpoint(&ctx, self, &dir)?;
+        let _ = self.node.checkpoint.set(Ship::new(cp));
+        Ok(())
+    }
+
+    /// Computes partition `split`, reading the cache or checkpoint when present.
+    pub(crate) fn iterator<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T> {
+        let node = &*self.node;
+        if let Some(cp) = node.checkpoint.get() {
+            return cp.compute(split, tc);
+        }
+        let level = node.storage_level();
+        if level == StorageLevel::None {
+            return node.inner.compute(split, tc);
+        }
+        tc.env()
+            .blocks
+            .get_or_compute(node.id, split, level, tc, || Box::new(Interruptible::new(node.inner.compute(split, tc), tc)))
+    }
+}
+
+/// The wire form of an RDD handle: its id, storage level and (checkpoint or lineage) node.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct RddWire<T: 'static> {
+    id: RddId,
+    level: StorageLevel,
+    checkpointed: bool,
+    node: Ship<dyn RddImpl<T>>,
+}
+
+impl<T: Data> Serialize for Rdd<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        RddWire {
+            id: self.node.id,
+            level: self.storage_level(),
+            checkpointed: self.is_checkpointed(),
+            node: self.node.effective().clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, T: Data> Deserialize<'de> for Rdd<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let w = RddWire::<T>::deserialize(d)?;
+        let checkpoint = OnceLock::new();
+        if w.checkpointed {
+            let _ = checkpoint.set(w.node.clone());
+        }
+        Ok(Rdd { node: Arc::new(Node { id: w.id, ctx: None, inner: w.node, level: Mutex::new(w.level), checkpoint }) })
+    }
+}

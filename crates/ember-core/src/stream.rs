@@ -1,0 +1,275 @@
+//! Record streams: records serialized with postcard into checksummed, optionally LZ4-compressed
+//! chunks. Shuffle files, spill files, serialized cache blocks and checkpoints all use this form.
+//!
+//! A chunk is `[tag u8][raw_len u32][stored_len u32][checksum u64][stored bytes]`, little endian.
+//! Chunks hold whole records, so a stream can be cut and concatenated at chunk boundaries: a
+//! shuffle writer copies spilled segments into its output without decoding them.
+
+use std::io::{Read, Write};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::conf::Codec;
+use crate::error::{Error, Result};
+
+const TAG_RAW: u8 = 0;
+const TAG_LZ4: u8 = 1;
+const HEADER: usize = 1 + 4 + 4 + 8;
+/// Target size of a chunk's uncompressed records.
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
+
+fn checksum(bytes: &[u8]) -> u64 {
+    crate::data::stable_hash(bytes)
+}
+
+/// Appends records to an in-memory buffer of finished chunks.
+pub(crate) struct ChunkEncoder {
+    codec: Codec,
+    pending: Vec<u8>,
+    /// Finished chunks.
+    pub(crate) out: Vec<u8>,
+}
+
+impl ChunkEncoder {
+    pub(crate) fn new(codec: Codec) -> Self {
+        ChunkEncoder { codec, pending: Vec::new(), out: Vec::new() }
+    }
+
+    /// Adds one record; finishes a chunk when enough bytes are pending.
+    #[inline]
+    pub(crate) fn push<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending = postcard::to_extend(record, pending)?;
+        if self.pending.len() >= CHUNK_BYTES {
+            self.finish_chunk();
+        }
+        Ok(())
+    }
+
+    /// Bytes held (finished chunks plus pending records).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.out.len() + self.pending.len()
+    }
+
+    /// Closes the pending chunk, if any.
+    pub(crate) fn finish_chunk(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let raw = std::mem::take(&mut self.pending);
+        let (tag, stored) = match self.codec {
+            Codec::Lz4 => (TAG_LZ4, lz4_flex::block::compress(&raw)),
+            Codec::None => (TAG_RAW, raw.clone()),
+        };
+        self.out.push(tag);
+        self.out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(&checksum(&stored).to_le_bytes());
+        self.out.extend_from_slice(&stored);
+        self.pending = raw;
+        self.pending.clear();
+    }
+
+    /// Finishes the last chunk and takes every finished byte, leaving the encoder empty.
+    pub(crate) fn take_bytes(&mut self) -> Vec<u8> {
+        self.finish_chunk();
+        std::mem::take(&mut self.out)
+    }
+}
+
+/// Decodes records of type `T` from a byte source holding chunks.
+pub(crate) struct ChunkDecoder<R: Read, T> {
+    src: R,
+    buf: Vec<u8>,
+    pos: usize,
+    stored: Vec<u8>,
+    origin: PathBuf,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
+    /// `origin` names the source in error messages.
+    pub(crate) fn new(src: R, origin: &Path) -> Self {
+        ChunkDecoder { src, buf: Vec::new(), pos: 0, stored: Vec::new(), origin: origin.to_path_buf(), _t: PhantomData }
+    }
+
+    fn corrupt(&self, what: &str) -> Error {
+        Error::Serialization(format!("corrupt record stream in {}: {what}", self.origin.display()))
+    }
+
+    /// Reads the next chunk; `Ok(false)` at a clean end of stream.
+    fn next_chunk(&mut self) -> Result<bool> {
+        let mut header = [0u8; HEADER];
+        let mut filled = 0;
+        while filled < HEADER {
+            let n = self.src.read(&mut header[filled..]).map_err(|e| Error::io(&self.origin, e))?;
+            if n == 0 {
+                if filled == 0 {
+                    return Ok(false);
+                }
+                return Err(self.corrupt("truncated chunk header"));
+            }
+            filled += n;
+        }
+        let tag = header[0];
+        let raw_len = u32::from_le_bytes(header[1..5].try_into().unwrap_or_default()) as usize;
+        let stored_len = u32::from_le_bytes(header[5..9].try_into().unwrap_or_default()) as usize;
+        let sum = u64::from_le_bytes(header[9..17].try_into().unwrap_or_default());
+        if raw_len > 64 * CHUNK_BYTES + (1 << 26) || stored_len > raw_len + raw_len / 8 + 1024 {
+            return Err(self.corrupt("implausible chunk length"));
+        }
+        self.stored.resize(stored_len, 0);
+        let mut stored = std::mem::take(&mut self.stored);
+        let read = self.src.read_exact(&mut stored);
+        self.stored = stored;
+        read.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.corrupt("truncated chunk")
+            } else {
+                Error::io(&self.origin, e)
+            }
+        })?;
+        if checksum(&self.stored) != sum {
+            return Err(self.corrupt("checksum mismatch"));
+        }
+        match tag {
+            TAG_RAW => {
+                std::mem::swap(&mut self.buf, &mut self.stored);
+            }
+            TAG_LZ4 => {
+                self.buf.resize(raw_len, 0);
+                let n = lz4_flex::block::decompress_into(&self.stored, &mut self.buf)
+                    .map_err(|e| self.corrupt(&format!("lz4: {e}")))?;
+                if n != raw_len {
+                    return Err(self.corrupt("chunk length mismatch"));
+                }
+            }
+            _ => return Err(self.corrupt("unknown chunk tag")),
+        }
+        self.pos = 0;
+        Ok(true)
+    }
+
+    /// The next record, `Ok(None)` at the end.
+    pub(crate) fn next_record(&mut self) -> Result<Option<T>> {
+        while self.pos >= self.buf.len() {
+            if !self.next_chunk()? {
+                return Ok(None);
+            }
+        }
+        let (rec, rest) = postcard::take_from_bytes::<T>(&self.buf[self.pos..])
+            .map_err(|e| self.corrupt(&format!("record: {e}")))?;
+        self.pos = self.buf.len() - rest.len();
+        Ok(Some(rec))
+    }
+}
+
+/// Encodes records straight into a writer, chunk by chunk. Returns bytes written on finish.
+pub(crate) struct StreamWriter<W: Write> {
+    enc: ChunkEncoder,
+    dst: W,
+    written: u64,
+    origin: PathBuf,
+}
+
+impl<W: Write> StreamWriter<W> {
+    pub(crate) fn new(dst: W, codec: Codec, origin: &Path) -> Self {
+        StreamWriter { enc: ChunkEncoder::new(codec), dst, written: 0, origin: origin.to_path_buf() }
+    }
+
+    #[inline]
+    pub(crate) fn write<T: Serialize + ?Sized>(&mut self, rec: &T) -> Result<()> {
+        self.enc.push(rec)?;
+        if !self.enc.out.is_empty() {
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        self.dst.write_all(&self.enc.out).map_err(|e| Error::io(&self.origin, e))?;
+        self.written += self.enc.out.len() as u64;
+        self.enc.out.clear();
+        Ok(())
+    }
+
+    /// Writes raw, already-encoded chunk bytes (from another stream of the same record type).
+    pub(crate) fn write_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        self.enc.finish_chunk();
+        self.drain()?;
+        self.dst.write_all(bytes).map_err(|e| Error::io(&self.origin, e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far (including finished chunks).
+    pub(crate) fn position(&self) -> u64 {
+        self.written
+    }
+
+    /// Closes the pending chunk (a segment boundary) and returns the position after it.
+    pub(crate) fn end_segment(&mut self) -> Result<u64> {
+        self.enc.finish_chunk();
+        self.drain()?;
+        Ok(self.written)
+    }
+
+    /// Finishes and returns the writer.
+    pub(crate) fn finish(mut self) -> Result<W> {
+        self.end_segment()?;
+        self.dst.flush().map_err(|e| Error::io(&self.origin, e))?;
+        Ok(self.dst)
+    }
+}
+
+/// Serializes all records into chunk bytes.
+pub(crate) fn encode_all<'a, T: Serialize + 'a>(codec: Codec, items: impl IntoIterator<Item = &'a T>) -> Result<Vec<u8>> {
+    let mut enc = ChunkEncoder::new(codec);
+    for it in items {
+        enc.push(it)?;
+    }
+    Ok(enc.take_bytes())
+}
+
+/// Decodes all records from chunk bytes.
+pub(crate) fn decode_all<T: DeserializeOwned>(bytes: &[u8], origin: &Path) -> Result<Vec<T>> {
+    let mut dec = ChunkDecoder::<_, T>::new(bytes, origin);
+    let mut out = Vec::new();
+    while let Some(r) = dec.next_record()? {
+        out.push(r);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_concatenates() {
+        for codec in [Codec::Lz4, Codec::None] {
+            let a: Vec<(String, u64)> = (0..20_000).map(|i| (format!("k{i}"), i)).collect();
+            let b: Vec<(String, u64)> = (0..10).map(|i| (format!("z{i}"), i)).collect();
+            let mut bytes = encode_all(codec, &a).unwrap();
+            bytes.extend(encode_all(codec, &b).unwrap());
+            let back: Vec<(String, u64)> = decode_all(&bytes, Path::new("mem")).unwrap();
+            assert_eq!(back.len(), a.len() + b.len());
+            assert_eq!(&back[..a.len()], &a[..]);
+        }
+    }
+
+    #[test]
+    fn detects_corruption() {
+        let a: Vec<u64> = (0..1000).collect();
+        let mut bytes = encode_all(Codec::Lz4, &a).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0xff;
+        let err = decode_all::<u64>(&bytes, Path::new("f.data")).unwrap_err();
+        assert!(err.to_string().contains("f.data"), "{err}");
+        let err = decode_all::<u64>(&bytes[..n - 5], Path::new("f.data")).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}

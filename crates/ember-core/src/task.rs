@@ -1,0 +1,247 @@
+//! Tasks: the unit of work sent to a slot, the context a running task sees, and its metrics.
+
+use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::env::Env;
+use crate::error::{Error, Result};
+use crate::shuffle::MapStatus;
+use crate::ship::Upcast;
+
+/// A boxed iterator over the records of one partition.
+pub type BoxIter<'a, T> = Box<dyn Iterator<Item = T> + 'a>;
+
+/// Identifies a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StageId(pub u64);
+
+/// Identifies a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+/// Counters a task reports. Summed per stage and per job.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMetrics {
+    /// Wall time running the task, in microseconds.
+    pub run_micros: u64,
+    /// Records written to shuffle files.
+    pub shuffle_records_written: u64,
+    /// Bytes written to shuffle files.
+    pub shuffle_bytes_written: u64,
+    /// Records read from shuffle files.
+    pub shuffle_records_read: u64,
+    /// Bytes read from shuffle files.
+    pub shuffle_bytes_read: u64,
+    /// Estimated in-memory bytes of data spilled to disk.
+    pub memory_bytes_spilled: u64,
+    /// Bytes written to spill files.
+    pub disk_bytes_spilled: u64,
+    /// Number of spill files written.
+    pub spill_count: u64,
+}
+
+impl TaskMetrics {
+    /// Adds another task's counters to these.
+    pub fn add(&mut self, o: &TaskMetrics) {
+        self.run_micros += o.run_micros;
+        self.shuffle_records_written += o.shuffle_records_written;
+        self.shuffle_bytes_written += o.shuffle_bytes_written;
+        self.shuffle_records_read += o.shuffle_records_read;
+        self.shuffle_bytes_read += o.shuffle_bytes_read;
+        self.memory_bytes_spilled += o.memory_bytes_spilled;
+        self.disk_bytes_spilled += o.disk_bytes_spilled;
+        self.spill_count += o.spill_count;
+    }
+}
+
+#[derive(Default)]
+struct AtomicMetrics {
+    shuffle_records_written: AtomicU64,
+    shuffle_bytes_written: AtomicU64,
+    shuffle_records_read: AtomicU64,
+    shuffle_bytes_read: AtomicU64,
+    memory_bytes_spilled: AtomicU64,
+    disk_bytes_spilled: AtomicU64,
+    spill_count: AtomicU64,
+}
+
+/// What a running task sees: its identity, the executor's services, cancellation, and a slot for
+/// the first error raised inside a lazily evaluated iterator.
+///
+/// Iterators cannot return errors, so an operator that fails while iterating records the error
+/// with [`TaskContext::fail`] and ends its iterator; the task runner turns a recorded error into a
+/// failed attempt, so no partial result is ever reported as success.
+pub struct TaskContext {
+    /// The stage this task belongs to.
+    pub stage: StageId,
+    /// The partition it computes.
+    pub partition: usize,
+    /// Attempt number of this task, from 0.
+    pub attempt: u32,
+    /// A process-unique id of this attempt.
+    pub task_attempt_id: u64,
+    env: Arc<Env>,
+    cancelled: Arc<AtomicBool>,
+    stop: AtomicBool,
+    error: Mutex<Option<Error>>,
+    metrics: AtomicMetrics,
+}
+
+impl TaskContext {
+    pub(crate) fn new(
+        stage: StageId,
+        partition: usize,
+        attempt: u32,
+        task_attempt_id: u64,
+        env: Arc<Env>,
+        cancelled: Arc<AtomicBool>,
+    ) -> Self {
+        TaskContext {
+            stage,
+            partition,
+            attempt,
+            task_attempt_id,
+            env,
+            cancelled,
+            stop: AtomicBool::new(false),
+            error: Mutex::new(None),
+            metrics: AtomicMetrics::default(),
+        }
+    }
+
+    /// The executor's services.
+    pub fn env(&self) -> &Arc<Env> {
+        &self.env
+    }
+
+    /// Records an error; iterators stop and the attempt fails. The first error wins.
+    pub fn fail(&self, err: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(err);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// Whether iteration should stop: an error was recorded or the job was cancelled.
+    #[inline]
+    pub fn should_stop(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Takes the recorded error, or a cancellation error.
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        let taken = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        taken.or_else(|| {
+            self.cancelled.load(Ordering::Relaxed).then(|| Error::Cancelled("the job was cancelled".into()))
+        })
+    }
+
+    /// Unwraps a result inside an iterator: on error, records it and returns `None`.
+    pub fn ok<T>(&self, r: Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn add_shuffle_write(&self, records: u64, bytes: u64) {
+        self.metrics.shuffle_records_written.fetch_add(records, Ordering::Relaxed);
+        self.metrics.shuffle_bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_shuffle_read(&self, records: u64, bytes: u64) {
+        self.metrics.shuffle_records_read.fetch_add(records, Ordering::Relaxed);
+        self.metrics.shuffle_bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_spill(&self, memory_bytes: u64, disk_bytes: u64) {
+        self.metrics.memory_bytes_spilled.fetch_add(memory_bytes, Ordering::Relaxed);
+        self.metrics.disk_bytes_spilled.fetch_add(disk_bytes, Ordering::Relaxed);
+        self.metrics.spill_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot of this task's metrics.
+    pub fn metrics(&self) -> TaskMetrics {
+        let m = &self.metrics;
+        TaskMetrics {
+            run_micros: 0,
+            shuffle_records_written: m.shuffle_records_written.load(Ordering::Relaxed),
+            shuffle_bytes_written: m.shuffle_bytes_written.load(Ordering::Relaxed),
+            shuffle_records_read: m.shuffle_records_read.load(Ordering::Relaxed),
+            shuffle_bytes_read: m.shuffle_bytes_read.load(Ordering::Relaxed),
+            memory_bytes_spilled: m.memory_bytes_spilled.load(Ordering::Relaxed),
+            disk_bytes_spilled: m.disk_bytes_spilled.load(Ordering::Relaxed),
+            spill_count: m.spill_count.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Stops an iterator when its task must stop (error recorded or job cancelled). Checked every
+/// 1024 records so the check costs nothing measurable.
+pub(crate) struct Interruptible<'a, I> {
+    inner: I,
+    tc: &'a TaskContext,
+    n: u32,
+}
+
+impl<'a, I> Interruptible<'a, I> {
+    pub(crate) fn new(inner: I, tc: &'a TaskContext) -> Self {
+        Interruptible { inner, tc, n: 0 }
+    }
+}
+
+impl<I: Iterator> Iterator for Interruptible<'_, I> {
+    type Item = I::Item;
+    #[inline]
+    fn next(&mut self) -> Option<I::Item> {
+        self.n = self.n.wrapping_add(1);
+        if self.n & 1023 == 0 && self.tc.should_stop() {
+            return None;
+        }
+        self.inner.next()
+    }
+}
+
+/// What a successful task produced.
+pub enum TaskOutput {
+    /// A shuffle map task's output location and sizes.
+    Map(MapStatus),
+    /// A result task's value, in memory.
+    Value(Box<dyn Any + Send>),
+    /// A result task's value, encoded (as a remote executor returns it).
+    Encoded(Vec<u8>),
+}
+
+/// The untyped body of a task: runs on one partition. Implemented by result tasks and shuffle
+/// map tasks; shipped to executors inside a [`crate::ship::Ship`].
+pub trait TaskBody: Send + Sync + 'static {
+    /// Runs the task on `partition`.
+    fn run(&self, partition: usize, tc: &TaskContext) -> Result<TaskOutput>;
+
+    /// Encodes a value this body returned (for results that cross a process boundary).
+    fn encode_value(&self, value: Box<dyn Any + Send>) -> Result<Vec<u8>>;
+}
+
+impl<R: TaskBody> Upcast<dyn TaskBody> for R {
+    fn upcast(this: Arc<Self>) -> Arc<dyn TaskBody> {
+        this
+    }
+}
+
+/// Extracts a readable message from a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}

@@ -1,0 +1,24 @@
+//! Helpers shared by the integration tests.
+
+use ember_core::{Context, EmberConf};
+
+/// A `local[2]` context; with `serialize`, every task and result is encoded and decoded as a
+/// remote executor would.
+pub fn ctx_with(serialize: bool) -> Context {
+    let conf = EmberConf::new()
+        .master("local[2]")
+        .and_then(|c| c.set("ember.local.serializeTasks", if serialize { "true" } else { "false" }))
+        .and_then(|c| c.set("ember.ui.showConsoleProgress", "false"))
+        .expect("valid conf");
+    Context::new(conf).expect("context starts")
+}
+
+/// A plain `local[2]` context.
+pub fn ctx() -> Context {
+    ctx_with(false)
+}
+
+/// Both kinds of context: in-memory tasks and encoded tasks.
+pub fn both() -> [Context; 2] {
+    [ctx_with(false), ctx_with(true)]
+}

@@ -36,7 +36,6 @@ impl Drop for SpillFile {
 /// A new spill file path for this task.
 pub(crate) fn spill_path(tc: &TaskContext, kind: &str) -> Result<PathBuf> {
     let dir = tc.env().local_dir.join("spill");
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let n = tc.env().next_file_id();
     Ok(dir.join(format!("{kind}-{}-{n}.spill", tc.task_attempt_id)))
 }

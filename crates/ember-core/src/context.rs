@@ -64,7 +64,7 @@ impl Context {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() % 1_000_000).unwrap_or(0)
         ));
         std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(&local_dir, e))?;
-        let env = Arc::new(Env::new(&settings, local_dir));
+        let env = Arc::new(Env::new(&settings, local_dir)?);
         let scheduler = Scheduler::start(&settings, env.clone())?;
         tracing::info!("context `{}` started on local[{}]", settings.app_name, settings.master.slots());
         let checkpoint_dir = Mutex::new(settings.checkpoint_dir.clone());

@@ -23,8 +23,12 @@ pub struct Env {
 }
 
 impl Env {
-    pub(crate) fn new(settings: &Settings, local_dir: PathBuf) -> Self {
-        Env {
+    pub(crate) fn new(settings: &Settings, local_dir: PathBuf) -> crate::error::Result<Self> {
+        for sub in ["shuffle", "spill", "blocks"] {
+            let d = local_dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| crate::error::Error::io(&d, e))?;
+        }
+        Ok(Env {
             executor_id: "driver".into(),
             codec: settings.codec,
             blocks: BlockManager::new(
@@ -34,10 +38,10 @@ impl Env {
                 local_dir.join("blocks"),
                 settings.codec,
             ),
-            shuffle: ShuffleManager::new(local_dir.join("shuffle")),
+            shuffle: ShuffleManager::new(local_dir.join("shuffle"), settings.memory_bytes / 8),
             local_dir,
             file_ids: AtomicU64::new(0),
-        }
+        })
     }
 
     /// A process-unique number for naming temporary files.

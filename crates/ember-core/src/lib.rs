@@ -41,6 +41,6 @@ pub use data::{Data, Key};
 pub use error::{Error, ErrorClass, Result};
 pub use rdd::{Dependency, PartitionFn, Rdd, StatCounter, ToF64};
 pub use scheduler::{JobSummary, StageSummary};
-pub use shuffle::{HashPartitioner, Partitioner, RangePartitioner};
+pub use shuffle::{HashPartitioner, IndexPartitioner, Partitioner, RangePartitioner};
 pub use storage::StorageLevel;
 pub use task::{BoxIter, JobId, StageId, TaskContext, TaskMetrics};

@@ -74,6 +74,33 @@ impl<K: Hash + 'static> Partitioner<K> for HashPartitioner<K> {
     }
 }
 
+/// Partitions integer keys by value: key `k` goes to partition `k % n` (what Spark's
+/// `HashPartitioner` does with integer keys). Useful when keys are partition indexes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct IndexPartitioner(usize);
+
+impl IndexPartitioner {
+    /// An index partitioner over `partitions` partitions (at least 1).
+    pub fn new(partitions: usize) -> Self {
+        IndexPartitioner(partitions.max(1))
+    }
+}
+
+macro_rules! index_partitioner {
+    ($($t:ty),*) => {$(
+        impl Partitioner<$t> for IndexPartitioner {
+            fn num_partitions(&self) -> usize {
+                self.0
+            }
+            #[inline]
+            fn partition(&self, key: &$t) -> usize {
+                (*key as u64 % self.0 as u64) as usize
+            }
+        }
+    )*};
+}
+index_partitioner!(u8, u16, u32, u64, usize);
+
 /// Partitions ordered keys into ranges split at sorted bounds (computed by sampling).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound = "K: Data")]
@@ -256,8 +283,9 @@ pub struct MapStatus {
     pub map: usize,
     /// The executor holding the files.
     pub location: String,
-    /// The data file; the index file has the same stem with extension `index`.
-    pub data: PathBuf,
+    /// The data file (the index file has the same stem with extension `index`), or `None` when
+    /// the output is small enough to be held in the executor's memory.
+    pub data: Option<PathBuf>,
     /// Compressed bytes of each reduce segment.
     pub sizes: Vec<u64>,
 }
@@ -267,11 +295,80 @@ pub struct MapStatus {
 pub struct ShuffleManager {
     dir: PathBuf,
     outputs: Mutex<HashMap<ShuffleId, Vec<Option<MapStatus>>>>,
+    memory: Mutex<HashMap<(ShuffleId, usize), Arc<Vec<u8>>>>,
+    memory_used: AtomicU64,
+    memory_cap: u64,
 }
 
+/// Map outputs up to this size are kept in memory instead of files (creating and deleting small
+/// files dominates the cost of tiny jobs); larger ones stream to disk.
+const MEMORY_OUTPUT_LIMIT: usize = 1 << 20;
+
 impl ShuffleManager {
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        ShuffleManager { dir, outputs: Mutex::new(HashMap::new()) }
+    /// `memory_cap` bounds the bytes of map outputs held in memory.
+    pub(crate) fn new(dir: PathBuf, memory_cap: u64) -> Self {
+        ShuffleManager {
+            dir,
+            outputs: Mutex::new(HashMap::new()),
+            memory: Mutex::new(HashMap::new()),
+            memory_used: AtomicU64::new(0),
+            memory_cap,
+        }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, HashMap<(ShuffleId, usize), Arc<Vec<u8>>>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a map output in memory if the cap allows; gives the bytes back otherwise.
+    fn try_keep_in_memory(&self, id: ShuffleId, map: usize, bytes: Vec<u8>) -> std::result::Result<(), Vec<u8>> {
+        let n = bytes.len() as u64;
+        let mut used = self.memory_used.load(Ordering::Relaxed);
+        loop {
+            if used + n > self.memory_cap {
+                return Err(bytes);
+            }
+            match self.memory_used.compare_exchange(used, used + n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(u) => used = u,
+            }
+        }
+        if let Some(old) = self.memory().insert((id, map), Arc::new(bytes)) {
+            self.memory_used.fetch_sub(old.len() as u64, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn memory_output(&self, id: ShuffleId, map: usize) -> Option<Arc<Vec<u8>>> {
+        self.memory().get(&(id, map)).cloned()
+    }
+
+    fn delete_output(&self, s: &MapStatus) {
+        match &s.data {
+            Some(p) => {
+                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_file(p.with_extension("index"));
+            }
+            None => {
+                if let Some(b) = self.memory().remove(&(s.shuffle, s.map)) {
+                    self.memory_used.fetch_sub(b.len() as u64, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// Fault injection: destroys a map output's data (file or memory) while its status stays
+    /// registered, as when an executor's disk is lost. Readers then hit a fetch failure and the
+    /// scheduler recomputes the output. Returns whether there was such an output.
+    pub fn lose_map_output(&self, id: ShuffleId, map: usize) -> bool {
+        let status = self.lock().get(&id).and_then(|v| v.get(map).cloned().flatten());
+        match status {
+            Some(s) => {
+                self.delete_output(&s);
+                true
+            }
+            None => false,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ShuffleId, Vec<Option<MapStatus>>>> {
@@ -284,10 +381,10 @@ impl ShuffleManager {
         let v = o.entry(status.shuffle).or_insert_with(|| vec![None; maps]);
         if let Some(slot) = v.get_mut(status.map) {
             if let Some(old) = slot.replace(status) {
-                // A newer attempt replaced this output: delete the older files.
-                if Some(&old.data) != slot.as_ref().map(|s| &s.data) {
-                    let _ = std::fs::remove_file(&old.data);
-                    let _ = std::fs::remove_file(old.data.with_extension("index"));
+                // A newer attempt replaced this output: delete the older file. (A memory output
+                // was already replaced under the same key.)
+                if old.data.is_some() && Some(&old.data) != slot.as_ref().map(|s| &s.data) {
+                    self.delete_output(&old);
                 }
             }
         }
@@ -339,8 +436,7 @@ impl ShuffleManager {
     pub(crate) fn remove_shuffle(&self, id: ShuffleId) {
         let removed = self.lock().remove(&id);
         for s in removed.into_iter().flatten().flatten() {
-            let _ = std::fs::remove_file(&s.data);
-            let _ = std::fs::remove_file(s.data.with_extension("index"));
+            self.delete_output(&s);
         }
     }
 
@@ -484,19 +580,51 @@ impl<K: Key, V: Data, C: Data> TaskBody for ShuffleMapTask<K, V, C> {
 // ---- writer ----------------------------------------------------------------------------------
 
 /// Output of one map task being assembled: an encoded stream with segment boundaries.
+/// Where map output bytes go: memory until they pass the limit, then a temporary file.
+enum Sink {
+    Memory(Vec<u8>),
+    File(BufWriter<File>),
+}
+
+struct OutputSink {
+    sink: Sink,
+    tmp: PathBuf,
+}
+
+impl Write for OutputSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Sink::Memory(v) = &mut self.sink {
+            if v.len() + buf.len() <= MEMORY_OUTPUT_LIMIT {
+                v.extend_from_slice(buf);
+                return Ok(buf.len());
+            }
+            let mut f = BufWriter::with_capacity(1 << 16, File::create(&self.tmp)?);
+            f.write_all(v)?;
+            self.sink = Sink::File(f);
+        }
+        match &mut self.sink {
+            Sink::File(f) => f.write(buf),
+            Sink::Memory(_) => Ok(0),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::File(f) => f.flush(),
+            Sink::Memory(_) => Ok(()),
+        }
+    }
+}
+
 struct MapOutputFile {
-    w: StreamWriter<BufWriter<File>>,
+    w: StreamWriter<OutputSink>,
     tmp: PathBuf,
     offsets: Vec<u64>,
 }
 
 impl MapOutputFile {
     fn create(tmp: PathBuf, codec: crate::conf::Codec) -> Result<Self> {
-        if let Some(dir) = tmp.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        Ok(MapOutputFile { w: StreamWriter::new(BufWriter::with_capacity(1 << 16, f), codec, &tmp), tmp, offsets: vec![0] })
+        let sink = OutputSink { sink: Sink::Memory(Vec::new()), tmp: tmp.clone() };
+        Ok(MapOutputFile { w: StreamWriter::new(sink, codec, &tmp), tmp, offsets: vec![0] })
     }
 
     /// Ends segments up to (not including) partition `p`.
@@ -508,10 +636,21 @@ impl MapOutputFile {
         Ok(())
     }
 
-    /// Finishes every segment, writes the index, and moves both files into place.
-    fn commit(mut self, partitions: usize, data: &Path) -> Result<Vec<u64>> {
+    /// Finishes every segment. A small output stays in memory (`None`); a large one gets its
+    /// index written and both files moved into place.
+    fn commit(mut self, partitions: usize, data: &Path, shuffle: &ShuffleManager, id: ShuffleId, map: usize) -> Result<(Option<PathBuf>, Vec<u64>)> {
         self.close_until(partitions)?;
-        let mut file = self.w.finish()?.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        let mut file = match self.w.finish()?.sink {
+            Sink::Memory(bytes) => match shuffle.try_keep_in_memory(id, map, bytes) {
+                Ok(()) => return Ok((None, sizes)),
+                Err(bytes) => {
+                    std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
+                    File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
+                }
+            },
+            Sink::File(f) => f.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?,
+        };
         file.flush().map_err(|e| Error::io(&self.tmp, e))?;
         let index_tmp = self.tmp.with_extension("index.tmp");
         let mut idx = Vec::with_capacity(self.offsets.len() * 8);
@@ -522,7 +661,7 @@ impl MapOutputFile {
         let index = data.with_extension("index");
         std::fs::rename(&index_tmp, &index).map_err(|e| Error::io(&index, e))?;
         std::fs::rename(&self.tmp, data).map_err(|e| Error::io(data, e))?;
-        Ok(self.offsets.windows(2).map(|w| w[1] - w[0]).collect())
+        Ok((Some(data.to_path_buf()), sizes))
     }
 }
 
@@ -538,7 +677,7 @@ fn write_map_output<K: Key, V: Data, C: Data>(
     let tmp = data.with_extension(format!("tmp{}", env.next_file_id()));
     let part: &dyn Partitioner<K> = &**dep.partitioner.get();
     let mut written = 0u64;
-    let sizes = match (&dep.aggregator, dep.map_side_combine) {
+    let (data, sizes) = match (&dep.aggregator, dep.map_side_combine) {
         (Some(agg), true) => {
             let agg: &dyn Aggregator<V, C> = &**agg.get();
             let mut map_ = SpillableMap::<K, C>::new(tc, Box::new(move |k: &K| part.partition(k)));
@@ -560,7 +699,7 @@ fn write_map_output<K: Key, V: Data, C: Data>(
                 if let Some(e) = tc.take_error() {
                     return Err(e);
                 }
-                out.commit(parts, &data)?
+                out.commit(parts, &data, &env.shuffle, dep.shuffle_id, map)?
             } else {
                 let mut bufs: Vec<ChunkEncoder> = (0..parts).map(|_| ChunkEncoder::new(env.codec)).collect();
                 for (p, k, c) in entries {
@@ -572,13 +711,15 @@ fn write_map_output<K: Key, V: Data, C: Data>(
                     out.close_until(p)?;
                     out.w.write_encoded(&b.take_bytes())?;
                 }
-                out.commit(parts, &data)?
+                out.commit(parts, &data, &env.shuffle, dep.shuffle_id, map)?
             }
         }
-        _ => write_serialized::<K, V>(records, part, parts, tc, tmp, &data, &mut written)?,
+        _ => write_serialized::<K, V>(records, part, parts, tc, tmp, &data, (dep.shuffle_id, map), &mut written)?,
     };
     if let Some(e) = tc.take_error() {
-        let _ = std::fs::remove_file(&data);
+        if let Some(d) = &data {
+            let _ = std::fs::remove_file(d);
+        }
         return Err(e);
     }
     let bytes: u64 = sizes.iter().sum();
@@ -596,8 +737,9 @@ fn write_serialized<K: Key, V: Data>(
     tc: &TaskContext,
     tmp: PathBuf,
     data: &Path,
+    (id, map): (ShuffleId, usize),
     written: &mut u64,
-) -> Result<Vec<u64>> {
+) -> Result<(Option<PathBuf>, Vec<u64>)> {
     let codec = tc.env().codec;
     let mut bufs: Vec<ChunkEncoder> = (0..parts).map(|_| ChunkEncoder::new(codec)).collect();
     let mut mem = MemoryConsumer::new(tc);
@@ -635,7 +777,7 @@ fn write_serialized<K: Key, V: Data>(
         }
         out.w.write_encoded(&b.take_bytes())?;
     }
-    out.commit(parts, data)
+    out.commit(parts, data, &tc.env().shuffle, id, map)
 }
 
 fn spill_buffers(bufs: &mut [ChunkEncoder], tc: &TaskContext, held: u64) -> Result<(SpillFile, Vec<(u64, u64)>)> {
@@ -662,10 +804,26 @@ fn spill_buffers(bufs: &mut [ChunkEncoder], tc: &TaskContext, held: u64) -> Resu
 
 // ---- reader ----------------------------------------------------------------------------------
 
+/// A byte range of a shared buffer, read without copying the buffer.
+struct SharedSlice {
+    bytes: Arc<Vec<u8>>,
+    pos: usize,
+    end: usize,
+}
+
+impl Read for SharedSlice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.end - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 struct ShuffleReader<'a, R> {
     statuses: Vec<MapStatus>,
     next_map: usize,
-    current: Option<ChunkDecoder<std::io::Take<BufReader<File>>, R>>,
+    current: Option<ChunkDecoder<Box<dyn Read>, R>>,
     reduce: usize,
     tc: &'a TaskContext,
     records: u64,
@@ -673,22 +831,28 @@ struct ShuffleReader<'a, R> {
 }
 
 impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
-    fn open(&self, s: &MapStatus) -> Result<ChunkDecoder<std::io::Take<BufReader<File>>, R>> {
+    fn open(&self, s: &MapStatus) -> Result<ChunkDecoder<Box<dyn Read>, R>> {
         let fetch_failed = |message: String| Error::FetchFailed { shuffle: s.shuffle.0, map: s.map, reduce: self.reduce, message };
-        let index_path = s.data.with_extension("index");
-        let mut idx = File::open(&index_path).map_err(|e| fetch_failed(format!("{}: {e}", index_path.display())))?;
-        let mut b = [0u8; 16];
-        idx.seek(SeekFrom::Start(self.reduce as u64 * 8))
-            .and_then(|_| idx.read_exact(&mut b))
-            .map_err(|e| fetch_failed(format!("{}: {e}", index_path.display())))?;
-        let start = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
-        let end = u64::from_le_bytes(b[8..].try_into().unwrap_or_default());
-        if end < start {
-            return Err(fetch_failed(format!("{}: corrupt index", index_path.display())));
+        // The map status carries the segment sizes, so a local read needs no index lookup; the
+        // index file is there for a remote executor's transfer service.
+        if self.reduce >= s.sizes.len() {
+            return Err(fetch_failed(format!("map output has {} segments, not {}", s.sizes.len(), self.reduce + 1)));
         }
-        let mut f = File::open(&s.data).map_err(|e| fetch_failed(format!("{}: {e}", s.data.display())))?;
-        f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", s.data.display())))?;
-        Ok(ChunkDecoder::new(BufReader::with_capacity(1 << 16, f).take(end - start), &s.data))
+        let start: u64 = s.sizes[..self.reduce].iter().sum();
+        let len = s.sizes[self.reduce];
+        let Some(path) = &s.data else {
+            let bytes = self.tc.env().shuffle.memory_output(s.shuffle, s.map).ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
+            let end = (start + len) as usize;
+            if end > bytes.len() {
+                return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
+            }
+            let origin = PathBuf::from(format!("shuffle_{}_{}(memory)", s.shuffle.0, s.map));
+            return Ok(ChunkDecoder::new(Box::new(SharedSlice { bytes, pos: start as usize, end }), &origin));
+        };
+        let mut f = File::open(path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
+        let buf = (len as usize).clamp(64, 1 << 16);
+        Ok(ChunkDecoder::new(Box::new(BufReader::with_capacity(buf, f).take(len)), path))
     }
 }
 

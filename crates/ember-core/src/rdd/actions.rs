@@ -30,10 +30,19 @@ impl<T: 'static, U: 'static, R: PartitionFn<T, U>> Upcast<dyn PartitionFn<T, U>>
     }
 }
 
+/// The per-partition function of `collect`: all records of a partition. Useful with
+/// [`crate::Context::run_jobs`].
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
-struct CollectFn<T>(Marker<T>);
-impl<T: Data> PartitionFn<T, Vec<T>> for CollectFn<T> {
+pub struct CollectPartition<T>(Marker<T>);
+
+impl<T> Default for CollectPartition<T> {
+    fn default() -> Self {
+        CollectPartition(PhantomData)
+    }
+}
+
+impl<T: Data> PartitionFn<T, Vec<T>> for CollectPartition<T> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<Vec<T>> {
         Ok(it.collect())
     }
@@ -314,7 +323,7 @@ impl<T: Data> Rdd<T> {
 
     /// All records, in partition order.
     pub fn collect(&self) -> Result<Vec<T>> {
-        Ok(self.run(CollectFn::<T>(PhantomData), None)?.into_iter().flatten().collect())
+        Ok(self.run(CollectPartition::<T>::default(), None)?.into_iter().flatten().collect())
     }
 
     /// The number of records.

@@ -26,7 +26,7 @@ use crate::ship::{Ship, Upcast};
 use crate::storage::{RddId, StorageLevel};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
-pub use actions::{PartitionFn, StatCounter, ToF64};
+pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
 pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
 
 pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {

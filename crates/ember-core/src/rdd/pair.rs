@@ -190,13 +190,31 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
     where
         A: Aggregator<V, C> + Serialize + serde::de::DeserializeOwned,
     {
-        let dep = ShuffleDependency::new(
-            self.clone(),
-            Ship::new(HashPartitioner::<K>::new(partitions)),
-            Some(Ship::new(agg)),
-            map_side_combine,
-        );
+        self.aggregate_into(Ship::new(HashPartitioner::<K>::new(partitions)), agg, map_side_combine, name)
+    }
+
+    fn aggregate_into<C: Data, A>(
+        &self,
+        partitioner: Ship<dyn Partitioner<K>>,
+        agg: A,
+        map_side_combine: bool,
+        name: &'static str,
+    ) -> Rdd<(K, C)>
+    where
+        A: Aggregator<V, C> + Serialize + serde::de::DeserializeOwned,
+    {
+        let dep = ShuffleDependency::new(self.clone(), partitioner, Some(Ship::new(agg)), map_side_combine);
         self.derive(AggregatedRdd { dep: Arc::new(dep), name })
+    }
+
+    /// `reduce_by_key` into the partitions of an explicit partitioner.
+    pub fn reduce_by_key_with<P, F>(&self, partitioner: P, f: F) -> Rdd<(K, V)>
+    where
+        P: Partitioner<K> + Serialize + serde::de::DeserializeOwned,
+        F: Fn(V, V) -> V + Send + Sync + 'static,
+    {
+        let agg = ReduceAgg::<V, F> { f: Fun::new(f), _v: PhantomData };
+        self.aggregate_into(Ship::new(partitioner), agg, true, "reduce_by_key")
     }
 
     /// Combines the values of each key with Spark's three functions: `create` makes a combiner

@@ -2,28 +2,13 @@
 
 use std::marker::PhantomData;
 
-use serde::{Deserialize, Serialize};
-
 use super::narrow::*;
 use super::Rdd;
 use crate::data::{Data, Key};
 use crate::error::{Error, Result};
 use crate::ship::Fun;
-use crate::shuffle::Partitioner;
+use crate::shuffle::IndexPartitioner;
 use crate::task::BoxIter;
-
-/// Partitions `usize` keys round-robin: key `k` goes to partition `k % n`.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct ModPartitioner(pub(crate) usize);
-
-impl Partitioner<usize> for ModPartitioner {
-    fn num_partitions(&self) -> usize {
-        self.0
-    }
-    fn partition(&self, key: &usize) -> usize {
-        key % self.0
-    }
-}
 
 fn first<A, B>(p: (A, B)) -> A {
     p.0
@@ -184,7 +169,7 @@ impl<T: Data> Rdd<T> {
             let start = (crate::data::stable_hash(&split) % *n as u64) as usize;
             Box::new(it.enumerate().map(move |(i, x)| (start + i, x)))
         });
-        keyed.partition_by(ModPartitioner(n)).map(second::<usize, T>)
+        keyed.partition_by(IndexPartitioner::new(n)).map(second::<usize, T>)
     }
 
     /// Every pair of a record of this RDD and a record of `other`.

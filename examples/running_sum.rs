@@ -38,10 +38,7 @@ fn step(data: &Rdd<u64>, state: &Rdd<(u64, u64)>, offset: u64, tasks: usize) -> 
     let sums = data
         .map_with((offset, tasks as u64), |&(off, n), x| ((x + off) % n, x + off))
         .reduce_by_key_with(IndexPartitioner::new(tasks), |a, b| a + b);
-    Ok(sums
-        .zip(state)?
-        .map(|((k, inc), (_, old))| (k, old + inc))
-        .persist(StorageLevel::MemoryOnly))
+    Ok(sums.zip(state)?.map(|((k, inc), (_, old))| (k, old + inc)).persist(StorageLevel::MemoryOnly))
 }
 
 fn run(args: &common::Args, iters: usize, tasks: usize, group: usize, trials: usize) -> Result<()> {

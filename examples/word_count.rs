@@ -24,7 +24,8 @@ fn run(args: &common::Args) -> ember::Result<()> {
         let dir = PathBuf::from("target/ember-sample");
         let corpus = dir.join("corpus");
         make_sample(&corpus)?;
-        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         (corpus.display().to_string(), dir.join(format!("word-counts-{stamp}")))
     } else {
         match args.positional.as_slice() {

@@ -52,7 +52,8 @@ struct TypedSlot<P: AccumulatorParam> {
 
 impl<P: AccumulatorParam> Slot for TypedSlot<P> {
     fn merge_any(&self, update: Box<dyn Any + Send>) -> Result<()> {
-        let u = update.downcast::<P::Value>().map_err(|_| Error::Internal("accumulator update of another type".into()))?;
+        let u =
+            update.downcast::<P::Value>().map_err(|_| Error::Internal("accumulator update of another type".into()))?;
         self.param.merge(&mut self.value.lock().unwrap_or_else(|p| p.into_inner()), *u);
         Ok(())
     }
@@ -126,7 +127,9 @@ pub(crate) fn merge_updates(updates: AccumUpdates) {
     let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     let res = match updates {
         AccumUpdates::Local(v) => v.into_iter().try_for_each(|(id, u)| reg.get(&id).map_or(Ok(()), |s| s.merge_any(u))),
-        AccumUpdates::Encoded(v) => v.into_iter().try_for_each(|(id, b)| reg.get(&id).map_or(Ok(()), |s| s.merge_encoded(&b))),
+        AccumUpdates::Encoded(v) => {
+            v.into_iter().try_for_each(|(id, b)| reg.get(&id).map_or(Ok(()), |s| s.merge_encoded(&b)))
+        }
     };
     if let Err(e) = res {
         tracing::warn!("dropping an accumulator update: {e}");
@@ -154,7 +157,13 @@ pub struct Accumulator<P: AccumulatorParam> {
 
 impl<P: AccumulatorParam> Clone for Accumulator<P> {
     fn clone(&self) -> Self {
-        Accumulator { id: self.id, param: self.param.clone(), slot: self.slot.clone(), _owner: self._owner.clone(), _p: PhantomData }
+        Accumulator {
+            id: self.id,
+            param: self.param.clone(),
+            slot: self.slot.clone(),
+            _owner: self._owner.clone(),
+            _p: PhantomData,
+        }
     }
 }
 
@@ -181,7 +190,9 @@ impl<P: AccumulatorParam> Accumulator<P> {
             match t.as_mut() {
                 Some(map) => {
                     map.entry(self.id)
-                        .or_insert_with(|| Box::new(TypedPending { param: self.param.clone(), value: self.param.zero() }))
+                        .or_insert_with(|| {
+                            Box::new(TypedPending { param: self.param.clone(), value: self.param.zero() })
+                        })
                         .add_any(Box::new(v.clone()));
                     true
                 }

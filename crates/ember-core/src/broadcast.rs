@@ -88,9 +88,8 @@ impl<'de, T: Data> Deserialize<'de> for Broadcast<T> {
             .get(&id)
             .cloned()
             .ok_or_else(|| serde::de::Error::custom(format!("broadcast {id} is not available on this executor")))?;
-        let value = any
-            .downcast::<T>()
-            .map_err(|_| serde::de::Error::custom(format!("broadcast {id} holds another type")))?;
+        let value =
+            any.downcast::<T>().map_err(|_| serde::de::Error::custom(format!("broadcast {id} holds another type")))?;
         Ok(Broadcast { id, value, _owner: None })
     }
 }

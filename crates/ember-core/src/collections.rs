@@ -15,8 +15,8 @@ use rustc_hash::FxBuildHasher;
 
 use crate::data::{stable_hash, Data, SizeSampler};
 use crate::error::{Error, Result};
-use crate::stream::{ChunkDecoder, StreamWriter};
 use crate::storage::MemoryConsumer;
+use crate::stream::{ChunkDecoder, StreamWriter};
 use crate::task::TaskContext;
 
 /// How often (in inserts) memory use is checked.
@@ -96,7 +96,13 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
 
     /// Inserts `x` under `k`: `create(x)` for a new key, `merge(c, x)` for an existing one.
     #[inline]
-    pub(crate) fn insert<X>(&mut self, k: K, x: X, create: impl FnOnce(X) -> C, merge: impl FnOnce(C, X) -> C) -> Result<()> {
+    pub(crate) fn insert<X>(
+        &mut self,
+        k: K,
+        x: X,
+        create: impl FnOnce(X) -> C,
+        merge: impl FnOnce(C, X) -> C,
+    ) -> Result<()> {
         self.ops += 1;
         let sample = self.ops % CHECK_EVERY == 0 || self.ops < 16;
         match self.map.entry(k) {
@@ -181,7 +187,16 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         runs.push(Run::Mem(Box::new(mem.into_iter().map(|(_, k, c)| (k, c)))));
         let spills = std::mem::take(&mut self.spills);
         let part_of = std::mem::replace(&mut self.part_of, Box::new(|_| 0));
-        let mut merger = HashMerge { runs, heads: Vec::new(), heap: BinaryHeap::new(), part_of, merge: Box::new(merge), pending: Vec::new(), tc: self.tc, _spills: spills };
+        let mut merger = HashMerge {
+            runs,
+            heads: Vec::new(),
+            heap: BinaryHeap::new(),
+            part_of,
+            merge: Box::new(merge),
+            pending: Vec::new(),
+            tc: self.tc,
+            _spills: spills,
+        };
         merger.prime();
         Ok(Box::new(merger))
     }
@@ -299,7 +314,14 @@ fn cmp_keys<K: Ord>(a: &K, b: &K, ascending: bool) -> Ordering {
 
 impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
     pub(crate) fn new(tc: &'a TaskContext, ascending: bool) -> Self {
-        ExternalSorter { buf: Vec::new(), sampler: SizeSampler::new(), mem: MemoryConsumer::new(tc), tc, spills: Vec::new(), ascending }
+        ExternalSorter {
+            buf: Vec::new(),
+            sampler: SizeSampler::new(),
+            mem: MemoryConsumer::new(tc),
+            tc,
+            spills: Vec::new(),
+            ascending,
+        }
     }
 
     pub(crate) fn insert(&mut self, kv: (K, V)) -> Result<()> {
@@ -310,7 +332,8 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
         self.buf.push(kv);
         if n % CHECK_EVERY == 0 {
             let used = self.buf.capacity() as u64 * std::mem::size_of::<(K, V)>() as u64
-                + self.buf.len() as u64 * self.sampler.per_record().saturating_sub(std::mem::size_of::<(K, V)>() as u64);
+                + self.buf.len() as u64
+                    * self.sampler.per_record().saturating_sub(std::mem::size_of::<(K, V)>() as u64);
             if !self.mem.ensure(used) {
                 self.spill(used)?;
             }
@@ -346,7 +369,13 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
             runs.push(Run::File(open_run(&s.path)?));
         }
         runs.push(Run::Mem(Box::new(buf.into_iter())));
-        let mut m = SortMerge { runs, heap: BinaryHeap::new(), ascending: self.ascending, tc: self.tc, _spills: std::mem::take(&mut self.spills) };
+        let mut m = SortMerge {
+            runs,
+            heap: BinaryHeap::new(),
+            ascending: self.ascending,
+            tc: self.tc,
+            _spills: std::mem::take(&mut self.spills),
+        };
         for r in 0..m.runs.len() {
             m.advance(r);
         }

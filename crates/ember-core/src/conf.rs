@@ -87,7 +87,11 @@ pub const KEYS: &[ConfKey] = &[
         default: "(largest parent partition count)",
         doc: "Number of partitions of a shuffle when an operation does not give one.",
     },
-    ConfKey { key: "ember.io.compression.codec", default: "lz4", doc: "Codec for shuffle, spill and serialized blocks: lz4 or none." },
+    ConfKey {
+        key: "ember.io.compression.codec",
+        default: "lz4",
+        doc: "Codec for shuffle, spill and serialized blocks: lz4 or none.",
+    },
     ConfKey { key: "ember.task.maxFailures", default: "4", doc: "Attempts of a task before its job fails." },
     ConfKey {
         key: "ember.local.serializeTasks",
@@ -239,20 +243,14 @@ impl EmberConf {
                     return Err(bad("expected a positive integer"));
                 }
             }
-            "ember.io.compression.codec" => {
-                if !matches!(value, "lz4" | "none") {
-                    return Err(bad("expected lz4 or none"));
-                }
+            "ember.io.compression.codec" if !matches!(value, "lz4" | "none") => {
+                return Err(bad("expected lz4 or none"));
             }
-            "ember.local.serializeTasks" | "ember.ui.showConsoleProgress" => {
-                if !matches!(value, "true" | "false") {
-                    return Err(bad("expected true or false"));
-                }
+            "ember.local.serializeTasks" | "ember.ui.showConsoleProgress" if !matches!(value, "true" | "false") => {
+                return Err(bad("expected true or false"));
             }
-            "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" => {
-                if value.trim().is_empty() {
-                    return Err(bad("must not be empty"));
-                }
+            "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" if value.trim().is_empty() => {
+                return Err(bad("must not be empty"));
             }
             _ => {}
         }
@@ -262,9 +260,8 @@ impl EmberConf {
     /// Parses every setting, applying defaults.
     pub fn settings(&self) -> Result<Settings> {
         let master = Master::parse(self.get("ember.master").unwrap_or("local[*]"))?;
-        let parse_num = |key: &str, default: u64| -> u64 {
-            self.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
-        };
+        let parse_num =
+            |key: &str, default: u64| -> u64 { self.get(key).and_then(|v| v.parse().ok()).unwrap_or(default) };
         Ok(Settings {
             master,
             app_name: self.get("ember.app.name").unwrap_or("ember").to_string(),

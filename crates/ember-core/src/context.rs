@@ -61,7 +61,10 @@ impl Context {
             "ember-{}-{}-{}",
             std::process::id(),
             CONTEXT_IDS.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() % 1_000_000).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() % 1_000_000)
+                .unwrap_or(0)
         ));
         std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(&local_dir, e))?;
         let env = Arc::new(Env::new(&settings, local_dir)?);
@@ -225,7 +228,10 @@ impl Context {
 
     /// Counts each RDD of a group, submitted at once (see [`Context::run_jobs`]).
     pub fn count_all<T: Data>(&self, rdds: &[Rdd<T>]) -> Result<Vec<u64>> {
-        let jobs = rdds.iter().map(|r| (r.clone(), Ship::new(CountAll::<T>(PhantomData)) as Ship<dyn PartitionFn<T, u64>>)).collect();
+        let jobs = rdds
+            .iter()
+            .map(|r| (r.clone(), Ship::new(CountAll::<T>(PhantomData)) as Ship<dyn PartitionFn<T, u64>>))
+            .collect();
         Ok(self.run_jobs(jobs)?.into_iter().map(|v| v.into_iter().sum()).collect())
     }
 
@@ -317,7 +323,9 @@ struct TypedListener<U> {
 impl<U: Data> JobListener for TypedListener<U> {
     fn task_succeeded(&mut self, index: usize, output: TaskOutput) -> Result<()> {
         let value = match output {
-            TaskOutput::Value(v) => *v.downcast::<U>().map_err(|_| Error::Internal("result of an unexpected type".into()))?,
+            TaskOutput::Value(v) => {
+                *v.downcast::<U>().map_err(|_| Error::Internal("result of an unexpected type".into()))?
+            }
             TaskOutput::Encoded(bytes) => postcard::from_bytes(&bytes)?,
             TaskOutput::Map(_) => return Err(Error::Internal("a result task returned a map status".into())),
         };

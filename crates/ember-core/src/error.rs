@@ -152,15 +152,12 @@ impl Error {
     /// A copy of this error good enough to report twice (I/O sources are flattened to text).
     pub(crate) fn duplicate(&self) -> Error {
         match self {
-            Error::Io { path, source } => Error::Io {
-                path: path.clone(),
-                source: std::io::Error::new(source.kind(), source.to_string()),
-            },
-            Error::Config { key, value, reason } => Error::Config {
-                key: key.clone(),
-                value: value.clone(),
-                reason: reason.clone(),
-            },
+            Error::Io { path, source } => {
+                Error::Io { path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+            }
+            Error::Config { key, value, reason } => {
+                Error::Config { key: key.clone(), value: value.clone(), reason: reason.clone() }
+            }
             Error::InvalidMaster(m) => Error::InvalidMaster(m.clone()),
             Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
             Error::InputNotFound(p) => Error::InputNotFound(p.clone()),
@@ -175,12 +172,9 @@ impl Error {
                 attempts: *attempts,
                 message: message.clone(),
             },
-            Error::FetchFailed { shuffle, map, reduce, message } => Error::FetchFailed {
-                shuffle: *shuffle,
-                map: *map,
-                reduce: *reduce,
-                message: message.clone(),
-            },
+            Error::FetchFailed { shuffle, map, reduce, message } => {
+                Error::FetchFailed { shuffle: *shuffle, map: *map, reduce: *reduce, message: message.clone() }
+            }
             Error::Cancelled(m) => Error::Cancelled(m.clone()),
             Error::Serialization(m) => Error::Serialization(m.clone()),
             Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),

@@ -61,7 +61,7 @@ pub(crate) fn bar(stage: u64, done: usize, running: usize, total: usize, width: 
     let header = format!("[Stage {stage}:");
     let tailer = format!("({done} + {running}) / {total}]");
     let w = width.saturating_sub(header.len() + tailer.len());
-    let filled = if total == 0 { 0 } else { w * done / total };
+    let filled = (w * done).checked_div(total).unwrap_or(0);
     let mut s = header;
     for i in 0..w {
         s.push(if i < filled {

@@ -27,8 +27,8 @@ use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::rdd::{Dependency, RddBase};
-use crate::shuffle::{ShuffleDepBase, ShuffleId};
 use crate::ship::Ship;
+use crate::shuffle::{ShuffleDepBase, ShuffleId};
 use crate::task::{panic_message, JobId, StageId, TaskBody, TaskContext, TaskMetrics, TaskOutput};
 
 /// Stages retried after fetch failures before the job is aborted.
@@ -300,7 +300,15 @@ fn run_task(run: TaskRun, env: &Arc<Env>, serialize: bool) -> TaskEnd {
     };
     let mut metrics = tc.metrics();
     metrics.run_micros = started.elapsed().as_micros() as u64;
-    TaskEnd { stage: run.stage, stage_attempt: run.stage_attempt, index: run.index, attempt: run.attempt, result, metrics, updates }
+    TaskEnd {
+        stage: run.stage,
+        stage_attempt: run.stage_attempt,
+        index: run.index,
+        attempt: run.attempt,
+        result,
+        metrics,
+        updates,
+    }
 }
 
 struct State {
@@ -368,7 +376,14 @@ impl State {
 
     // ---- stage creation ----------------------------------------------------------------------
 
-    fn new_stage(&mut self, name: String, kind: StageKind, parents: Vec<StageId>, body: Ship<dyn TaskBody>, job: JobId) -> Result<StageId> {
+    fn new_stage(
+        &mut self,
+        name: String,
+        kind: StageKind,
+        parents: Vec<StageId>,
+        body: Ship<dyn TaskBody>,
+        job: JobId,
+    ) -> Result<StageId> {
         let id = StageId(self.next_stage);
         self.next_stage += 1;
         let encoded = if self.settings.serialize_tasks { Some(Arc::new(body.encode()?)) } else { None };
@@ -406,7 +421,9 @@ impl State {
             if !seen.insert(r.id()) {
                 continue;
             }
-            if r.storage_level() != crate::storage::StorageLevel::None && self.env.blocks.has_all(r.id(), r.num_partitions()) {
+            if r.storage_level() != crate::storage::StorageLevel::None
+                && self.env.blocks.has_all(r.id(), r.num_partitions())
+            {
                 continue;
             }
             for dep in r.dependencies() {
@@ -466,7 +483,11 @@ impl State {
     }
 
     #[allow(clippy::type_complexity)]
-    fn create_job(&mut self, id: JobId, spec: JobSpec) -> std::result::Result<Option<StageId>, (Box<dyn JobListener>, Error)> {
+    fn create_job(
+        &mut self,
+        id: JobId,
+        spec: JobSpec,
+    ) -> std::result::Result<Option<StageId>, (Box<dyn JobListener>, Error)> {
         let JobSpec { final_rdd, body, partitions, listener } = spec;
         if partitions.is_empty() {
             listener.job_finished(Ok(()));
@@ -485,7 +506,13 @@ impl State {
         };
         self.jobs.insert(
             id,
-            ActiveJob { final_stage: stage, finished: vec![false; n], num_finished: 0, listener: Some(listener), started: Instant::now() },
+            ActiveJob {
+                final_stage: stage,
+                finished: vec![false; n],
+                num_finished: 0,
+                listener: Some(listener),
+                started: Instant::now(),
+            },
         );
         Ok(Some(stage))
     }
@@ -526,7 +553,9 @@ impl State {
                     self.env.shuffle.missing(dep.shuffle_id(), dep.num_maps()).into_iter().map(|m| (m, m)).collect()
                 }
                 StageKind::Result { job, partitions } => match self.jobs.get(job) {
-                    Some(j) => partitions.iter().enumerate().filter(|(i, _)| !j.finished[*i]).map(|(i, &p)| (i, p)).collect(),
+                    Some(j) => {
+                        partitions.iter().enumerate().filter(|(i, _)| !j.finished[*i]).map(|(i, &p)| (i, p)).collect()
+                    }
                     None => Vec::new(),
                 },
             }
@@ -603,7 +632,11 @@ impl State {
                 }
             }
             Err(Error::FetchFailed { shuffle, map, reduce, message }) => {
-                tracing::warn!("stage {} task {}: fetch failed for shuffle {shuffle} map {map}: {message}", end.stage.0, end.index);
+                tracing::warn!(
+                    "stage {} task {}: fetch failed for shuffle {shuffle} map {map}: {message}",
+                    end.stage.0,
+                    end.index
+                );
                 running.cancel.store(true, Ordering::Relaxed);
                 stage.state = StageState::Waiting;
                 stage.fetch_failures += 1;

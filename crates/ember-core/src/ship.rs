@@ -197,9 +197,7 @@ impl<D: ?Sized> fmt::Debug for Ship<D> {
 }
 
 fn encode_erased<R: Serialize + 'static>(value: &(dyn Any + Send + Sync)) -> Result<Vec<u8>> {
-    let r = value
-        .downcast_ref::<R>()
-        .ok_or_else(|| Error::Internal("ship payload has an unexpected type".into()))?;
+    let r = value.downcast_ref::<R>().ok_or_else(|| Error::Internal("ship payload has an unexpected type".into()))?;
     postcard::to_allocvec(r).map_err(Error::from)
 }
 
@@ -316,7 +314,7 @@ mod tests {
         let mut wire: Wire<'_> = postcard::from_bytes(&bytes).unwrap();
         wire.fingerprint ^= 1;
         let tampered = postcard::to_allocvec(&wire).unwrap();
-        let err = Ship::<dyn Greeter>::decode(&tampered).err().expect("must fail");
+        let err = Ship::<dyn Greeter>::decode(&tampered).expect_err("must fail");
         assert!(err.to_string().contains("fingerprint"), "{err}");
     }
 

@@ -488,8 +488,10 @@ impl<K: Key, V: Data, C: Data> ShuffleDependency<K, V, C> {
         map_side_combine: bool,
     ) -> Self {
         let shuffle_id = ShuffleId(NEXT_SHUFFLE_ID.fetch_add(1, Ordering::Relaxed));
-        let cleanup =
-            parent.context().ok().map(|ctx| Arc::new(ShuffleCleanup { id: shuffle_id, env: Arc::downgrade(ctx.env()) }));
+        let cleanup = parent
+            .context()
+            .ok()
+            .map(|ctx| Arc::new(ShuffleCleanup { id: shuffle_id, env: Arc::downgrade(ctx.env()) }));
         ShuffleDependency {
             shuffle_id,
             partitioner,
@@ -638,7 +640,14 @@ impl MapOutputFile {
 
     /// Finishes every segment. A small output stays in memory (`None`); a large one gets its
     /// index written and both files moved into place.
-    fn commit(mut self, partitions: usize, data: &Path, shuffle: &ShuffleManager, id: ShuffleId, map: usize) -> Result<(Option<PathBuf>, Vec<u64>)> {
+    fn commit(
+        mut self,
+        partitions: usize,
+        data: &Path,
+        shuffle: &ShuffleManager,
+        id: ShuffleId,
+        map: usize,
+    ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         self.close_until(partitions)?;
         let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let mut file = match self.w.finish()?.sink {
@@ -832,7 +841,8 @@ struct ShuffleReader<'a, R> {
 
 impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
     fn open(&self, s: &MapStatus) -> Result<ChunkDecoder<Box<dyn Read>, R>> {
-        let fetch_failed = |message: String| Error::FetchFailed { shuffle: s.shuffle.0, map: s.map, reduce: self.reduce, message };
+        let fetch_failed =
+            |message: String| Error::FetchFailed { shuffle: s.shuffle.0, map: s.map, reduce: self.reduce, message };
         // The map status carries the segment sizes, so a local read needs no index lookup; the
         // index file is there for a remote executor's transfer service.
         if self.reduce >= s.sizes.len() {
@@ -841,7 +851,12 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         let start: u64 = s.sizes[..self.reduce].iter().sum();
         let len = s.sizes[self.reduce];
         let Some(path) = &s.data else {
-            let bytes = self.tc.env().shuffle.memory_output(s.shuffle, s.map).ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
+            let bytes = self
+                .tc
+                .env()
+                .shuffle
+                .memory_output(s.shuffle, s.map)
+                .ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
             let end = (start + len) as usize;
             if end > bytes.len() {
                 return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
@@ -872,7 +887,12 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                     Ok(None) => self.current = None,
                     Err(e) => {
                         let s = &self.statuses[self.next_map - 1];
-                        self.tc.fail(Error::FetchFailed { shuffle: s.shuffle.0, map: s.map, reduce: self.reduce, message: e.to_string() });
+                        self.tc.fail(Error::FetchFailed {
+                            shuffle: s.shuffle.0,
+                            map: s.map,
+                            reduce: self.reduce,
+                            message: e.to_string(),
+                        });
                         return None;
                     }
                 }

@@ -144,9 +144,8 @@ pub struct BlockManager {
 }
 
 fn objects_to_bytes<T: Data>(any: &(dyn Any + Send + Sync), codec: Codec) -> Result<Vec<u8>> {
-    let v = any
-        .downcast_ref::<Vec<T>>()
-        .ok_or_else(|| Error::Internal("cached block has an unexpected type".into()))?;
+    let v =
+        any.downcast_ref::<Vec<T>>().ok_or_else(|| Error::Internal("cached block has an unexpected type".into()))?;
     stream::encode_all(codec, v)
 }
 
@@ -258,7 +257,14 @@ impl BlockManager {
         Ok(DiskEntry { path, size: bytes.len() as u64 })
     }
 
-    fn try_put_memory(&self, id: BlockId, stored: Stored, size: u64, level: StorageLevel, to_bytes: fn(&(dyn Any + Send + Sync), Codec) -> Result<Vec<u8>>) -> bool {
+    fn try_put_memory(
+        &self,
+        id: BlockId,
+        stored: Stored,
+        size: u64,
+        level: StorageLevel,
+        to_bytes: fn(&(dyn Any + Send + Sync), Codec) -> Result<Vec<u8>>,
+    ) -> bool {
         let mut st = self.lock();
         let free = self.budget.saturating_sub(st.exec_used + st.storage_used);
         if size > free {
@@ -358,9 +364,8 @@ impl BlockManager {
         let origin = PathBuf::from(id.to_string());
         match found {
             Some(Stored::Objects(o)) => {
-                let v = o
-                    .downcast::<Vec<T>>()
-                    .map_err(|_| Error::Internal(format!("block {id} holds another type")))?;
+                let v =
+                    o.downcast::<Vec<T>>().map_err(|_| Error::Internal(format!("block {id} holds another type")))?;
                 Ok(Some(Box::new(ArcIter { v, i: 0 })))
             }
             Some(Stored::Bytes(b)) => Ok(Some(Box::new(stream::decode_all::<T>(&b, &origin)?.into_iter()))),
@@ -401,7 +406,12 @@ impl BlockManager {
     pub fn remove_rdd(&self, rdd: RddId) {
         let ids: Vec<BlockId> = {
             let st = self.lock();
-            st.memory.keys().chain(st.disk.keys()).filter(|b| matches!(b, BlockId::Rdd { rdd: r, .. } if *r == rdd)).copied().collect()
+            st.memory
+                .keys()
+                .chain(st.disk.keys())
+                .filter(|b| matches!(b, BlockId::Rdd { rdd: r, .. } if *r == rdd))
+                .copied()
+                .collect()
         };
         for id in ids {
             self.remove_block(&id);

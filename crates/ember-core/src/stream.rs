@@ -160,8 +160,8 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
                 return Ok(None);
             }
         }
-        let (rec, rest) = postcard::take_from_bytes::<T>(&self.buf[self.pos..])
-            .map_err(|e| self.corrupt(&format!("record: {e}")))?;
+        let (rec, rest) =
+            postcard::take_from_bytes::<T>(&self.buf[self.pos..]).map_err(|e| self.corrupt(&format!("record: {e}")))?;
         self.pos = self.buf.len() - rest.len();
         Ok(Some(rec))
     }
@@ -226,7 +226,10 @@ impl<W: Write> StreamWriter<W> {
 }
 
 /// Serializes all records into chunk bytes.
-pub(crate) fn encode_all<'a, T: Serialize + 'a>(codec: Codec, items: impl IntoIterator<Item = &'a T>) -> Result<Vec<u8>> {
+pub(crate) fn encode_all<'a, T: Serialize + 'a>(
+    codec: Codec,
+    items: impl IntoIterator<Item = &'a T>,
+) -> Result<Vec<u8>> {
     let mut enc = ChunkEncoder::new(codec);
     for it in items {
         enc.push(it)?;

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::env::Env;
 use crate::error::{Error, Result};
-use crate::shuffle::MapStatus;
 use crate::ship::Upcast;
+use crate::shuffle::MapStatus;
 
 /// A boxed iterator over the records of one partition.
 pub type BoxIter<'a, T> = Box<dyn Iterator<Item = T> + 'a>;

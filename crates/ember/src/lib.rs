@@ -5,7 +5,7 @@ pub use ember_core::*;
 /// Everything a typical Ember program needs: `use ember::prelude::*;`.
 pub mod prelude {
     pub use ember_core::{
-        Accumulator, Broadcast, BoxIter, Context, EmberConf, Error, HashPartitioner, RangePartitioner, Rdd, Result,
+        Accumulator, BoxIter, Broadcast, Context, EmberConf, Error, HashPartitioner, RangePartitioner, Rdd, Result,
         StorageLevel,
     };
 }

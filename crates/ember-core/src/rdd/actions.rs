@@ -394,7 +394,8 @@ impl<T: Data> Rdd<T> {
         C: Fn(U, U) -> U + Send + Sync + 'static,
     {
         let comb = Fun::new(comb);
-        let parts = self.run(AggregateFn::<T, U, S> { zero: zero.clone(), seq: Fun::new(seq), _t: PhantomData }, None)?;
+        let parts =
+            self.run(AggregateFn::<T, U, S> { zero: zero.clone(), seq: Fun::new(seq), _t: PhantomData }, None)?;
         Ok(parts.into_iter().fold(zero, comb.get()))
     }
 

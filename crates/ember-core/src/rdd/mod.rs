@@ -21,8 +21,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::context::Context;
 use crate::data::Data;
 use crate::error::{Error, Result};
-use crate::shuffle::ShuffleDepBase;
 use crate::ship::{Ship, Upcast};
+use crate::shuffle::ShuffleDepBase;
 use crate::storage::{RddId, StorageLevel};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
@@ -45,7 +45,10 @@ pub(crate) fn source_text(splits: Vec<source::FileSplit>) -> source::TextFileRdd
     source::TextFileRdd { splits }
 }
 
-pub(crate) fn source_whole_files(files: Vec<std::path::PathBuf>, min_partitions: usize) -> Result<source::WholeTextFilesRdd> {
+pub(crate) fn source_whole_files(
+    files: Vec<std::path::PathBuf>,
+    min_partitions: usize,
+) -> Result<source::WholeTextFilesRdd> {
     source::WholeTextFilesRdd::new(files, min_partitions)
 }
 
@@ -269,9 +272,9 @@ impl<T: Data> Rdd<T> {
         if level == StorageLevel::None {
             return node.inner.compute(split, tc);
         }
-        tc.env()
-            .blocks
-            .get_or_compute(node.id, split, level, tc, || Box::new(Interruptible::new(node.inner.compute(split, tc), tc)))
+        tc.env().blocks.get_or_compute(node.id, split, level, tc, || {
+            Box::new(Interruptible::new(node.inner.compute(split, tc), tc))
+        })
     }
 }
 

@@ -51,7 +51,6 @@ impl<T: Data, U: Data, O: Op<T, U>> RddImpl<U> for PipeRdd<T, U, O> {
     }
 }
 
-
 /// `map`.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
@@ -419,8 +418,8 @@ impl<A: Data, B: Data> RddImpl<(A, B)> for CartesianRdd<A, B> {
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, (A, B)> {
         let nb = self.b.num_partitions().max(1);
         let right: Vec<B> = self.b.iterator(split % nb, tc).collect();
-        Box::new(self.a.iterator(split / nb, tc).flat_map(move |x| {
-            right.clone().into_iter().map(move |y| (x.clone(), y))
-        }))
+        Box::new(
+            self.a.iterator(split / nb, tc).flat_map(move |x| right.clone().into_iter().map(move |y| (x.clone(), y))),
+        )
     }
 }

@@ -50,9 +50,13 @@ impl<K: Key, V: Data, C: Data> RddImpl<(K, C)> for AggregatedRdd<K, V, C> {
         let agg: &'a dyn Aggregator<V, C> = &**agg.get();
         let mut map = SpillableMap::<K, C>::new(tc, Box::new(|_| 0));
         let res = if self.dep.map_side_combine {
-            self.dep.read::<C>(split, tc).try_for_each(|(k, c)| map.insert(k, c, |c| c, |a, b| agg.merge_combiners(a, b)))
+            self.dep
+                .read::<C>(split, tc)
+                .try_for_each(|(k, c)| map.insert(k, c, |c| c, |a, b| agg.merge_combiners(a, b)))
         } else {
-            self.dep.read::<V>(split, tc).try_for_each(|(k, v)| map.insert(k, v, |v| agg.create(v), |c, v| agg.merge_value(c, v)))
+            self.dep
+                .read::<V>(split, tc)
+                .try_for_each(|(k, v)| map.insert(k, v, |v| agg.create(v), |c, v| agg.merge_value(c, v)))
         };
         if let Err(e) = res {
             tc.fail(e);
@@ -186,7 +190,13 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
             .max(1)
     }
 
-    fn aggregate_with<C: Data, A>(&self, agg: A, map_side_combine: bool, partitions: usize, name: &'static str) -> Rdd<(K, C)>
+    fn aggregate_with<C: Data, A>(
+        &self,
+        agg: A,
+        map_side_combine: bool,
+        partitions: usize,
+        name: &'static str,
+    ) -> Rdd<(K, C)>
     where
         A: Aggregator<V, C> + Serialize + serde::de::DeserializeOwned,
     {
@@ -264,7 +274,13 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
     }
 
     /// Aggregates the values of each key into `U`: `seq` adds a value, `comb` merges partials.
-    pub fn aggregate_by_key<U: Data, S, C>(&self, zero: U, seq: S, comb: C, num_partitions: Option<usize>) -> Rdd<(K, U)>
+    pub fn aggregate_by_key<U: Data, S, C>(
+        &self,
+        zero: U,
+        seq: S,
+        comb: C,
+        num_partitions: Option<usize>,
+    ) -> Rdd<(K, U)>
     where
         S: Fn(U, V) -> U + Send + Sync + 'static,
         C: Fn(U, U) -> U + Send + Sync + 'static,
@@ -342,7 +358,11 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
     }
 
     /// Left outer join: every value of this RDD, with `None` where `other` lacks the key.
-    pub fn left_outer_join<W: Data>(&self, other: &Rdd<(K, W)>, num_partitions: Option<usize>) -> Rdd<(K, (V, Option<W>))> {
+    pub fn left_outer_join<W: Data>(
+        &self,
+        other: &Rdd<(K, W)>,
+        num_partitions: Option<usize>,
+    ) -> Rdd<(K, (V, Option<W>))> {
         self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
             let mut out = Vec::new();
             for v in &vs {
@@ -358,7 +378,11 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
     }
 
     /// Right outer join: every value of `other`, with `None` where this RDD lacks the key.
-    pub fn right_outer_join<W: Data>(&self, other: &Rdd<(K, W)>, num_partitions: Option<usize>) -> Rdd<(K, (Option<V>, W))> {
+    pub fn right_outer_join<W: Data>(
+        &self,
+        other: &Rdd<(K, W)>,
+        num_partitions: Option<usize>,
+    ) -> Rdd<(K, (Option<V>, W))> {
         self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
             let mut out = Vec::new();
             for w in &ws {

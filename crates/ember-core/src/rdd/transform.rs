@@ -211,8 +211,6 @@ impl<K: Data, V: Data> Rdd<(K, V)> {
         I: IntoIterator<Item = W> + 'static,
         F: Fn(V) -> I + Send + Sync + 'static,
     {
-        self.flat_map_with(Fun::new(f), |f: &Fun<F>, (k, v)| {
-            (f.get())(v).into_iter().map(move |w| (k.clone(), w))
-        })
+        self.flat_map_with(Fun::new(f), |f: &Fun<F>, (k, v)| (f.get())(v).into_iter().map(move |w| (k.clone(), w)))
     }
 }

@@ -187,8 +187,27 @@ const SUMMARIES_KEPT: usize = 256;
 
 static TASK_ATTEMPT_IDS: AtomicU64 = AtomicU64::new(0);
 
+/// Panics in user functions are task failures, reported through the job's error; the default
+/// hook would also print each one to standard error. Task threads log them at debug level
+/// instead; other threads keep the previous hook.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_task = std::thread::current().name().is_some_and(|n| n.starts_with("ember-task-"));
+            if in_task {
+                tracing::debug!("task panicked: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 impl Scheduler {
     pub(crate) fn start(settings: &Settings, env: Arc<Env>) -> Result<Scheduler> {
+        install_panic_hook();
         let (events_tx, events_rx) = crossbeam_channel::unbounded::<Event>();
         let (task_tx, task_rx) = crossbeam_channel::unbounded::<TaskRun>();
         let serialize = settings.serialize_tasks;

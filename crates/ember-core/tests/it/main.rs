@@ -1,4 +1,9 @@
 //! Integration tests of the core engine, one binary with a module per area.
 
 mod common;
+mod faults;
+mod io;
+mod jobs;
 mod smoke;
+mod spill;
+mod storage;

@@ -1,0 +1,186 @@
+//! Fault injection and bad input: failures are retried or reported clearly, lost shuffle output
+//! is recomputed, and nothing crashes the process or leaves partial output behind.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ember_core::{Context, EmberConf, Error};
+
+use super::common::*;
+
+static FIRST_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn a_failed_attempt_is_retried_and_its_accumulator_updates_do_not_count() {
+    for ctx in both() {
+        FIRST_ATTEMPTS.store(0, Ordering::SeqCst);
+        let seen = ctx.long_accumulator();
+        let out = ctx
+            .parallelize((0..100i64).collect::<Vec<_>>(), 4)
+            .map_with(seen.clone(), |acc, x| {
+                acc.add(1);
+                // The first task to reach record 60 fails once, after adding for its records.
+                if x == 60 && FIRST_ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("transient failure");
+                }
+                x
+            })
+            .collect()
+            .unwrap();
+        assert_eq!(out, (0..100).collect::<Vec<_>>());
+        assert_eq!(seen.value().unwrap(), 100, "updates of the failed attempt must not count");
+        let summary = ctx.last_job_summary().unwrap();
+        assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 1);
+    }
+}
+
+#[test]
+fn exhausted_retries_name_stage_partition_and_message() {
+    let ctx =
+        Context::new(EmberConf::new().master("local[2]").unwrap().set("ember.task.maxFailures", "2").unwrap()).unwrap();
+    let err = ctx
+        .parallelize((0..10).collect::<Vec<i32>>(), 5)
+        .map(|x| if x >= 8 { panic!("bad record {x}") } else { x })
+        .count()
+        .unwrap_err();
+    match &err {
+        Error::JobAborted { partition, attempts, message, stage_name, .. } => {
+            assert_eq!(*partition, 4);
+            assert_eq!(*attempts, 2);
+            assert!(message.contains("bad record 8"), "{message}");
+            assert!(stage_name.contains("map"), "{stage_name}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(ctx.parallelize(vec![1, 2, 3], 2).count().unwrap(), 3, "the context stays usable");
+}
+
+fn shuffled(ctx: &Context) -> ember_core::Rdd<(u64, u64)> {
+    ctx.parallelize((0..2000u64).map(|i| (i % 13, i)).collect(), 4).reduce_by_key(|a, b| a + b, Some(3))
+}
+
+fn sorted(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort();
+    v
+}
+
+#[test]
+fn lost_map_output_is_recomputed_from_lineage() {
+    for ctx in both() {
+        let r = shuffled(&ctx);
+        let expect = sorted(r.collect().unwrap());
+        let dep = match &r.dependencies()[0] {
+            ember_core::Dependency::Shuffle(d) => d.clone(),
+            other => panic!("expected a shuffle dependency, got {other:?}"),
+        };
+        assert!(ctx.env().shuffle.lose_map_output(dep.shuffle_id(), 2));
+        assert_eq!(sorted(r.collect().unwrap()), expect);
+        let summary = ctx.last_job_summary().unwrap();
+        assert!(summary.stages.len() >= 2, "the map stage ran again: {summary:?}");
+    }
+}
+
+#[test]
+fn corrupt_shuffle_file_is_detected_and_recomputed() {
+    let ctx = ctx();
+    // Large enough map outputs to be written to files.
+    let r = ctx.parallelize((0..300_000u64).map(|i| (i, i.to_string())).collect(), 2).reduce_by_key(|a, _| a, Some(2));
+    assert_eq!(r.count().unwrap(), 300_000);
+    let dep = match &r.dependencies()[0] {
+        ember_core::Dependency::Shuffle(d) => d.clone(),
+        _ => unreachable!("reduce_by_key has a shuffle dependency"),
+    };
+    let statuses = ctx.env().shuffle.map_statuses(dep.shuffle_id());
+    let path = statuses[0].as_ref().and_then(|s| s.data.clone()).expect("a file-backed map output");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+    assert_eq!(r.count().unwrap(), 300_000, "a checksum mismatch triggers recomputation");
+}
+
+#[test]
+fn invalid_master_urls_are_rejected() {
+    for bad in ["locl[2]", "local[-1]", "local[two]", "spark://x"] {
+        let e = EmberConf::new().master(bad).unwrap_err();
+        assert!(e.to_string().contains(bad), "{e}");
+    }
+}
+
+#[test]
+fn missing_input_names_the_path() {
+    let ctx = ctx();
+    let e = ctx.text_file("/definitely/not/here.txt", 2).unwrap_err();
+    assert!(matches!(e, Error::InputNotFound(_)), "{e:?}");
+    assert!(e.to_string().contains("/definitely/not/here.txt"));
+    let e = ctx.text_file("/definitely/not/*.txt", 2).unwrap_err();
+    assert!(e.to_string().contains("/definitely/not/*.txt"), "{e}");
+}
+
+#[test]
+fn invalid_utf8_names_the_file_and_leaves_no_output() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.txt");
+    std::fs::write(&input, b"fine line\nbad \xff\xfe line\n").unwrap();
+    let out = dir.path().join("out");
+    let e = ctx.text_file(input.to_str().unwrap(), 1).unwrap().save_as_text_file(&out).unwrap_err();
+    assert!(matches!(e, Error::InvalidUtf8 { offset: 14, .. }), "{e:?}");
+    assert!(e.to_string().contains("bad.txt"), "{e}");
+    assert!(!out.exists(), "no partial output directory");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "no staging directory left behind: {leftovers:?}");
+}
+
+#[test]
+fn unreadable_input_is_a_clear_error() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    // A gzip file with a broken body cannot be read.
+    let gz = dir.path().join("broken.gz");
+    std::fs::write(&gz, b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03this is not deflate data").unwrap();
+    let e = ctx.text_file(gz.to_str().unwrap(), 1).unwrap().count().unwrap_err();
+    assert!(e.to_string().contains("broken.gz"), "{e}");
+    // A file that disappears after the job was planned.
+    let gone = dir.path().join("gone.txt");
+    std::fs::write(&gone, b"a\nb\n").unwrap();
+    let rdd = ctx.text_file(gone.to_str().unwrap(), 1).unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    let e = rdd.collect().unwrap_err();
+    assert!(e.to_string().contains("gone.txt"), "{e}");
+}
+
+#[test]
+fn a_failing_save_leaves_no_output_directory() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("result");
+    let e = ctx
+        .parallelize((0..100).collect::<Vec<i32>>(), 4)
+        .map(|x| if x == 77 { panic!("fails while writing") } else { x })
+        .save_as_text_file(&out)
+        .unwrap_err();
+    assert!(e.to_string().contains("fails while writing"), "{e}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "staging is removed");
+    // Writing to an existing directory is refused.
+    std::fs::create_dir(&out).unwrap();
+    let e = ctx.parallelize(vec![1], 1).save_as_text_file(&out).unwrap_err();
+    assert!(matches!(e, Error::OutputExists(_)), "{e:?}");
+}
+
+#[test]
+fn a_running_job_can_be_cancelled() {
+    let ctx = ctx();
+    let slow = ctx.parallelize((0..64).collect::<Vec<u64>>(), 4).map(|x| {
+        std::thread::sleep(Duration::from_millis(50));
+        x
+    });
+    let handle =
+        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    handle.cancel();
+    let e = handle.wait().unwrap_err();
+    assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+    assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2);
+}

@@ -382,11 +382,15 @@ impl State {
         if !self.progress.enabled() {
             return;
         }
+        // Tasks wait in one queue, so at most `slots` of a stage's queued tasks are running.
+        let slots = self.settings.master.slots();
         let rows: Vec<(u64, usize, usize, usize, Instant)> = self
             .stages
             .values()
             .filter_map(|s| match &s.state {
-                StageState::Running(r) => Some((s.id.0, r.total - r.pending.len(), r.in_flight, r.total, r.started)),
+                StageState::Running(r) => {
+                    Some((s.id.0, r.total - r.pending.len(), r.in_flight.min(slots), r.total, r.started))
+                }
                 _ => None,
             })
             .collect();

@@ -7,3 +7,5 @@ mod jobs;
 mod smoke;
 mod spill;
 mod storage;
+mod model;
+mod ops;

@@ -10,6 +10,11 @@
 
 mod common;
 
+// Records are many small allocations; mimalloc handles them much faster than the system
+// allocator (measured on the sort and word count benchmarks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use ember::prelude::*;

@@ -4,6 +4,11 @@
 
 mod common;
 
+// Records are many small allocations; mimalloc handles them much faster than the system
+// allocator (measured on the sort and word count benchmarks).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -343,7 +343,20 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
 
     fn sort_buf(&mut self) {
         let asc = self.ascending;
-        self.buf.sort_by(|a, b| cmp_keys(&a.0, &b.0, asc));
+        if self.buf.len() > 64 && sort_prefix(&self.buf[0].0).is_some() {
+            // Sort compact (prefix, index) pairs: most comparisons stay in cache instead of
+            // chasing each key's heap data; equal prefixes fall back to the full comparison.
+            let buf = &self.buf;
+            let mut order: Vec<(u64, u32)> =
+                buf.iter().enumerate().map(|(i, (k, _))| (sort_prefix(k).unwrap_or(0), i as u32)).collect();
+            order.sort_unstable_by(|a, b| {
+                let c = if asc { a.0.cmp(&b.0) } else { b.0.cmp(&a.0) };
+                c.then_with(|| cmp_keys(&buf[a.1 as usize].0, &buf[b.1 as usize].0, asc))
+            });
+            apply_permutation(&mut self.buf, order.into_iter().map(|(_, i)| i as usize).collect());
+        } else {
+            self.buf.sort_unstable_by(|a, b| cmp_keys(&a.0, &b.0, asc));
+        }
     }
 
     fn spill(&mut self, used: u64) -> Result<()> {
@@ -380,6 +393,57 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
             m.advance(r);
         }
         Ok(Box::new(m))
+    }
+}
+
+/// An order-preserving 64-bit prefix of common key types (strings by their first 8 bytes,
+/// integers by value), or `None` for other types. Keys with equal prefixes still compare in
+/// full, so the prefix only has to agree with `Ord` where it differs.
+fn sort_prefix<K: 'static>(k: &K) -> Option<u64> {
+    let any = k as &dyn std::any::Any;
+    if let Some(s) = any.downcast_ref::<String>() {
+        let b = s.as_bytes();
+        let mut p = [0u8; 8];
+        let n = b.len().min(8);
+        p[..n].copy_from_slice(&b[..n]);
+        return Some(u64::from_be_bytes(p));
+    }
+    macro_rules! unsigned {
+        ($($t:ty),*) => {$(
+            if let Some(x) = any.downcast_ref::<$t>() {
+                return Some(*x as u64);
+            }
+        )*};
+    }
+    macro_rules! signed {
+        ($($t:ty),*) => {$(
+            if let Some(x) = any.downcast_ref::<$t>() {
+                return Some((*x as i64 as u64) ^ (1 << 63));
+            }
+        )*};
+    }
+    unsigned!(u8, u16, u32, u64, usize);
+    signed!(i8, i16, i32, i64, isize);
+    None
+}
+
+/// Reorders `v` so that `v[i]` becomes the element previously at `order[i]`.
+fn apply_permutation<T>(v: &mut [T], mut order: Vec<usize>) {
+    for i in 0..v.len() {
+        // Follow the cycle starting at i, marking visited slots with usize::MAX.
+        if order[i] == usize::MAX {
+            continue;
+        }
+        let mut cur = i;
+        loop {
+            let next = order[cur];
+            order[cur] = usize::MAX;
+            if next == i {
+                break;
+            }
+            v.swap(cur, next);
+            cur = next;
+        }
     }
 }
 
@@ -436,5 +500,24 @@ impl<K: Data + Ord, V: Data> Iterator for SortMerge<'_, K, V> {
         let h = self.heap.pop()?;
         self.advance(h.run);
         Some((h.k, h.v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_and_prefixes() {
+        let mut v = vec!['a', 'b', 'c', 'd', 'e'];
+        apply_permutation(&mut v, vec![3, 0, 4, 1, 2]);
+        assert_eq!(v, vec!['d', 'a', 'e', 'b', 'c']);
+        let words = ["", "a", "ab", "abcdefgh", "abcdefgh\0", "abcdefghz", "b", "é"];
+        for w in words.windows(2) {
+            assert!(sort_prefix(&w[0].to_string()) <= sort_prefix(&w[1].to_string()), "{w:?}");
+        }
+        assert!(sort_prefix(&-5i32) < sort_prefix(&3i32));
+        assert!(sort_prefix(&i64::MIN) < sort_prefix(&i64::MAX));
+        assert_eq!(sort_prefix(&(1u8, 2u8)), None);
     }
 }

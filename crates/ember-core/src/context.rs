@@ -96,7 +96,7 @@ impl Context {
 
     // ---- sources -------------------------------------------------------------------------------
 
-    /// Distributes a local collection over `num_slices` partitions.
+    /// Distributes a local collection over `num_slices` partitions (at least 1).
     pub fn parallelize<T: Data>(&self, data: Vec<T>, num_slices: usize) -> Rdd<T> {
         Rdd::from_impl(Some(self.clone()), crate::rdd::ParallelCollection::new(data, num_slices))
     }

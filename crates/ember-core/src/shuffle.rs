@@ -405,8 +405,12 @@ impl ShuffleManager {
         }
     }
 
-    /// The map statuses of a shuffle, or the first missing one as a fetch failure.
-    pub(crate) fn statuses(&self, id: ShuffleId, reduce: usize) -> Result<Vec<MapStatus>> {
+    /// The map statuses of a shuffle with `maps` map tasks, or the first missing one as a fetch
+    /// failure.
+    pub(crate) fn statuses(&self, id: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<MapStatus>> {
+        if maps == 0 {
+            return Ok(Vec::new());
+        }
         let o = self.lock();
         let v = o.get(&id).ok_or_else(|| Error::FetchFailed {
             shuffle: id.0,
@@ -510,7 +514,7 @@ impl<K: Key, V: Data, C: Data> ShuffleDependency<K, V, C> {
 
     /// Reads reduce partition `reduce`: the (K, W) records of every map output's segment.
     pub(crate) fn read<'a, W: Data>(&self, reduce: usize, tc: &'a TaskContext) -> BoxIter<'a, (K, W)> {
-        let statuses = match tc.env().shuffle.statuses(self.shuffle_id, reduce) {
+        let statuses = match tc.env().shuffle.statuses(self.shuffle_id, self.num_maps, reduce) {
             Ok(s) => s,
             Err(e) => {
                 tc.fail(e);

@@ -260,6 +260,12 @@ impl Context {
     pub fn storage_status(&self) -> StorageStatus {
         self.inner.env.blocks.status()
     }
+
+    /// Stops the context: running jobs fail with `Error::Stopped`, the task threads end, and
+    /// later jobs are refused. Local files go when the last handle is dropped.
+    pub fn stop(&self) {
+        self.inner.scheduler.stop();
+    }
 }
 
 /// A submitted job.

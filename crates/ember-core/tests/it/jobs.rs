@@ -69,3 +69,13 @@ fn config_file_and_unknown_keys() {
     let e = EmberConf::from_file(&f).unwrap_err();
     assert!(e.to_string().contains("ember.memroy.size"), "{e}");
 }
+
+#[test]
+fn a_stopped_context_refuses_jobs() {
+    let ctx = ctx();
+    let r = ctx.parallelize(vec![1, 2, 3], 2);
+    assert_eq!(r.count().unwrap(), 3);
+    ctx.stop();
+    let e = r.count().unwrap_err();
+    assert!(matches!(e, ember_core::Error::Stopped), "{e:?}");
+}

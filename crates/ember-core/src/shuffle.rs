@@ -678,6 +678,10 @@ impl MapOutputFile {
     }
 }
 
+fn bad_partition(p: usize, parts: usize) -> Error {
+    Error::InvalidArgument(format!("the partitioner returned partition {p}, but it has {parts} partitions"))
+}
+
 fn write_map_output<K: Key, V: Data, C: Data>(
     dep: &ShuffleDependency<K, V, C>,
     map: usize,
@@ -693,7 +697,9 @@ fn write_map_output<K: Key, V: Data, C: Data>(
     let (data, sizes) = match (&dep.aggregator, dep.map_side_combine) {
         (Some(agg), true) => {
             let agg: &dyn Aggregator<V, C> = &**agg.get();
-            let mut map_ = SpillableMap::<K, C>::new(tc, Box::new(move |k: &K| part.partition(k)));
+            // An out-of-range partition from a user partitioner is clamped here and reported
+            // when the record is placed (below), so the spill order stays well defined.
+            let mut map_ = SpillableMap::<K, C>::new(tc, Box::new(move |k: &K| part.partition(k).min(parts)));
             for (k, v) in records {
                 map_.insert(k, v, |v| agg.create(v), |c, v| agg.merge_value(c, v))?;
             }
@@ -705,6 +711,9 @@ fn write_map_output<K: Key, V: Data, C: Data>(
             if sorted {
                 let mut out = MapOutputFile::create(tmp, env.codec)?;
                 for (p, k, c) in entries {
+                    if p >= parts {
+                        return Err(bad_partition(p, parts));
+                    }
                     out.close_until(p)?;
                     out.w.write(&(k, c))?;
                     written += 1;
@@ -716,7 +725,7 @@ fn write_map_output<K: Key, V: Data, C: Data>(
             } else {
                 let mut bufs: Vec<ChunkEncoder> = (0..parts).map(|_| ChunkEncoder::new(env.codec)).collect();
                 for (p, k, c) in entries {
-                    bufs[p].push(&(k, c))?;
+                    bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(&(k, c))?;
                     written += 1;
                 }
                 let mut out = MapOutputFile::create(tmp, env.codec)?;
@@ -760,7 +769,7 @@ fn write_serialized<K: Key, V: Data>(
     let mut n = 0u64;
     for (k, v) in records {
         let p = part.partition(&k);
-        bufs[p].push(&(k, v))?;
+        bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(&(k, v))?;
         n += 1;
         if n % 256 == 0 {
             let held: u64 = bufs.iter().map(|b| b.held_bytes() as u64).sum::<u64>() + parts as u64 * 64;

@@ -184,3 +184,25 @@ fn a_running_job_can_be_cancelled() {
     assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
     assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2);
 }
+
+/// A user partitioner that answers out of range.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Broken;
+
+impl ember_core::Partitioner<u32> for Broken {
+    fn num_partitions(&self) -> usize {
+        2
+    }
+    fn partition(&self, key: &u32) -> usize {
+        *key as usize
+    }
+}
+
+#[test]
+fn an_out_of_range_partitioner_is_a_clear_error() {
+    let ctx = ctx();
+    let e = ctx.parallelize(vec![(0u32, 1), (7, 2)], 1).partition_by(Broken).collect().unwrap_err();
+    assert!(e.to_string().contains("returned partition 7, but it has 2 partitions"), "{e}");
+    let e = ctx.parallelize(vec![(0u32, 1), (9, 2)], 1).reduce_by_key_with(Broken, |a, b| a + b).collect().unwrap_err();
+    assert!(e.to_string().contains("returned partition"), "{e}");
+}

@@ -67,3 +67,38 @@ fn save_as_text_file_writes_parts_atomically_and_reads_back() {
         assert_eq!(back, (0..50).collect::<Vec<_>>());
     }
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::super::common::*;
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "[a-z ]{1,20}", "[a-zé漢\\t]{1,12}", "[ -~]{20,200}",]
+    }
+
+    #[test]
+    fn text_file_reads_back_what_save_as_text_file_wrote() {
+        let ctxs = both();
+        let config = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
+        proptest!(config, |(lines in prop::collection::vec(line(), 0..300), parts in 1usize..7, min_parts in 1usize..9, crlf in any::<bool>())| {
+            for ctx in &ctxs {
+                let dir = tempfile::tempdir().unwrap();
+                // A file written by hand, read with many splits.
+                let f = dir.path().join("in.txt");
+                let sep = if crlf { "\r\n" } else { "\n" };
+                let text: String = lines.iter().map(|l| format!("{l}{sep}")).collect();
+                std::fs::write(&f, text).unwrap();
+                let read = ctx.text_file(f.to_str().unwrap(), min_parts).unwrap().collect().unwrap();
+                prop_assert_eq!(&read, &lines);
+                // Saved by Ember over `parts` partitions, then read back in order.
+                let out = dir.path().join("out");
+                ctx.parallelize(lines.clone(), parts).save_as_text_file(&out).unwrap();
+                let back = ctx.text_file(out.to_str().unwrap(), min_parts).unwrap().collect().unwrap();
+                prop_assert_eq!(&back, &lines);
+                let whole = ctx.whole_text_files(out.to_str().unwrap(), 2).unwrap().values().collect().unwrap();
+                prop_assert_eq!(whole.len(), parts);
+            }
+        });
+    }
+}

@@ -2,14 +2,14 @@
 //!
 //! Executors run the same binary as the driver. A value that must cross a process boundary —
 //! an RDD node, an aggregator, an action's per-partition function, a whole task — is wrapped in a
-//! [`Ship`]. Encoding a `Ship` writes three things:
+//! [`Ship`](crate::ship::Ship). Encoding a `Ship` writes three things:
 //!
 //! 1. the offset of a monomorphized *entry function* (`decode_entry::<R, D>`) from an anchor
 //!    function, so the receiving process adds its own anchor address to find the same code;
 //! 2. a fingerprint of the concrete type `R`, checked by the entry function before it decodes;
 //! 3. the serde payload of the value itself (postcard).
 //!
-//! User closures are non-capturing and so zero-sized ([`Fun`]): they serialize to nothing and
+//! User closures are non-capturing and so zero-sized ([`Fun`](crate::ship::Fun)): they serialize to nothing and
 //! the receiving side rebuilds them from nothing. Captured state travels explicitly as serde
 //! values (`map_with`) or as broadcast handles. Offsets are only meaningful between processes
 //! running the very same binary and are never persisted.

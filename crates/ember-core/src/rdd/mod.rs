@@ -2,7 +2,7 @@
 //! dependency graph the scheduler cuts into stages.
 //!
 //! An `Rdd<T>` is a cheap handle on a node of the lineage graph. Each node implements
-//! [`RddImpl`] (how to compute a partition from its parents) and is wrapped in a
+//! [`RddImpl`](crate::rdd::RddImpl) (how to compute a partition from its parents) and is wrapped in a
 //! [`Ship`](crate::ship::Ship) so that it can be encoded into a task. The handle adds what every
 //! RDD has: an id, a storage level and an optional checkpoint that replaces its lineage.
 

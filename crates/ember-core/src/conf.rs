@@ -88,6 +88,12 @@ pub const KEYS: &[ConfKey] = &[
         doc: "Number of partitions of a shuffle when an operation does not give one.",
     },
     ConfKey {
+        key: "ember.shuffle.inMemoryThreshold",
+        default: "1m",
+        doc: "Map outputs up to this size stay in executor memory (at most 1/8 of the budget in all) \
+              instead of data and index files; 0 writes every output to files.",
+    },
+    ConfKey {
         key: "ember.io.compression.codec",
         default: "lz4",
         doc: "Codec for shuffle, spill and serialized blocks: lz4 or none.",
@@ -126,6 +132,8 @@ pub struct Settings {
     /// The shuffle partition count when set explicitly; otherwise shuffles default to the
     /// largest partition count of their parents, as in Spark.
     pub shuffle_partitions_explicit: Option<usize>,
+    /// Map outputs up to this many bytes stay in memory.
+    pub shuffle_memory_threshold: u64,
     /// Compression codec.
     pub codec: Codec,
     /// Task attempts before a job fails.
@@ -231,6 +239,12 @@ impl EmberConf {
                     return Err(bad("the memory budget must be at least 1m"));
                 }
             }
+            "ember.shuffle.inMemoryThreshold" => {
+                let n = parse_size(value).ok_or_else(|| bad("expected a size like 1m or 0"))?;
+                if n > 1 << 30 {
+                    return Err(bad("at most 1g"));
+                }
+            }
             "ember.memory.storageFraction" => {
                 let f: f64 = value.parse().map_err(|_| bad("expected a number between 0 and 1"))?;
                 if !(0.0..=1.0).contains(&f) {
@@ -270,6 +284,10 @@ impl EmberConf {
             local_dir: self.get("ember.local.dir").map(PathBuf::from),
             shuffle_partitions: parse_num("ember.shuffle.partitions", master.slots() as u64) as usize,
             shuffle_partitions_explicit: self.get("ember.shuffle.partitions").and_then(|v| v.parse().ok()),
+            shuffle_memory_threshold: self
+                .get("ember.shuffle.inMemoryThreshold")
+                .and_then(parse_size)
+                .unwrap_or(1 << 20),
             codec: match self.get("ember.io.compression.codec") {
                 Some("none") => Codec::None,
                 _ => Codec::Lz4,

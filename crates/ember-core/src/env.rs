@@ -38,7 +38,11 @@ impl Env {
                 local_dir.join("blocks"),
                 settings.codec,
             ),
-            shuffle: ShuffleManager::new(local_dir.join("shuffle"), settings.memory_bytes / 8),
+            shuffle: ShuffleManager::new(
+                local_dir.join("shuffle"),
+                settings.memory_bytes / 8,
+                settings.shuffle_memory_threshold as usize,
+            ),
             local_dir,
             file_ids: AtomicU64::new(0),
         })

@@ -298,21 +298,22 @@ pub struct ShuffleManager {
     memory: Mutex<HashMap<(ShuffleId, usize), Arc<Vec<u8>>>>,
     memory_used: AtomicU64,
     memory_cap: u64,
+    /// Map outputs up to this size are kept in memory instead of files (creating and deleting
+    /// small files dominates the cost of tiny jobs); larger ones stream to disk. 0: always files.
+    memory_output_limit: usize,
 }
 
-/// Map outputs up to this size are kept in memory instead of files (creating and deleting small
-/// files dominates the cost of tiny jobs); larger ones stream to disk.
-const MEMORY_OUTPUT_LIMIT: usize = 1 << 20;
-
 impl ShuffleManager {
-    /// `memory_cap` bounds the bytes of map outputs held in memory.
-    pub(crate) fn new(dir: PathBuf, memory_cap: u64) -> Self {
+    /// `memory_cap` bounds the bytes of map outputs held in memory; outputs larger than
+    /// `memory_output_limit` always go to files.
+    pub(crate) fn new(dir: PathBuf, memory_cap: u64, memory_output_limit: usize) -> Self {
         ShuffleManager {
             dir,
             outputs: Mutex::new(HashMap::new()),
             memory: Mutex::new(HashMap::new()),
             memory_used: AtomicU64::new(0),
             memory_cap,
+            memory_output_limit,
         }
     }
 
@@ -595,12 +596,13 @@ enum Sink {
 struct OutputSink {
     sink: Sink,
     tmp: PathBuf,
+    limit: usize,
 }
 
 impl Write for OutputSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Sink::Memory(v) = &mut self.sink {
-            if v.len() + buf.len() <= MEMORY_OUTPUT_LIMIT {
+            if v.len() + buf.len() <= self.limit {
                 v.extend_from_slice(buf);
                 return Ok(buf.len());
             }
@@ -628,8 +630,8 @@ struct MapOutputFile {
 }
 
 impl MapOutputFile {
-    fn create(tmp: PathBuf, codec: crate::conf::Codec) -> Result<Self> {
-        let sink = OutputSink { sink: Sink::Memory(Vec::new()), tmp: tmp.clone() };
+    fn create(tmp: PathBuf, codec: crate::conf::Codec, limit: usize) -> Result<Self> {
+        let sink = OutputSink { sink: Sink::Memory(Vec::new()), tmp: tmp.clone(), limit };
         Ok(MapOutputFile { w: StreamWriter::new(sink, codec, &tmp), tmp, offsets: vec![0] })
     }
 
@@ -709,7 +711,7 @@ fn write_map_output<K: Key, V: Data, C: Data>(
             let sorted = map_.spilled();
             let entries = map_.into_iter(move |a, b| agg.merge_combiners(a, b))?;
             if sorted {
-                let mut out = MapOutputFile::create(tmp, env.codec)?;
+                let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit)?;
                 for (p, k, c) in entries {
                     if p >= parts {
                         return Err(bad_partition(p, parts));
@@ -728,7 +730,7 @@ fn write_map_output<K: Key, V: Data, C: Data>(
                     bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(&(k, c))?;
                     written += 1;
                 }
-                let mut out = MapOutputFile::create(tmp, env.codec)?;
+                let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit)?;
                 for (p, b) in bufs.iter_mut().enumerate() {
                     out.close_until(p)?;
                     out.w.write_encoded(&b.take_bytes())?;
@@ -783,7 +785,7 @@ fn write_serialized<K: Key, V: Data>(
     if let Some(e) = tc.take_error() {
         return Err(e);
     }
-    let mut out = MapOutputFile::create(tmp, codec)?;
+    let mut out = MapOutputFile::create(tmp, codec, tc.env().shuffle.memory_output_limit)?;
     let mut copy = Vec::new();
     for (p, b) in bufs.iter_mut().enumerate() {
         out.close_until(p)?;

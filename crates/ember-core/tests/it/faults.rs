@@ -206,3 +206,33 @@ fn an_out_of_range_partitioner_is_a_clear_error() {
     let e = ctx.parallelize(vec![(0u32, 1), (9, 2)], 1).reduce_by_key_with(Broken, |a, b| a + b).collect().unwrap_err();
     assert!(e.to_string().contains("returned partition"), "{e}");
 }
+
+#[test]
+fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
+    let conf = EmberConf::new().master("local[2]").unwrap().set("ember.shuffle.inMemoryThreshold", "0").unwrap();
+    let ctx = Context::new(conf).unwrap();
+    let r = shuffled(&ctx);
+    let expect = sorted(r.collect().unwrap());
+    let dep = match &r.dependencies()[0] {
+        ember_core::Dependency::Shuffle(d) => d.clone(),
+        _ => unreachable!("reduce_by_key has a shuffle dependency"),
+    };
+    let statuses = ctx.env().shuffle.map_statuses(dep.shuffle_id());
+    for s in statuses.iter().flatten() {
+        let data = s.data.as_ref().expect("a data file");
+        assert!(data.exists() && data.with_extension("index").exists());
+        let index = std::fs::read(data.with_extension("index")).unwrap();
+        assert_eq!(index.len(), 8 * (s.sizes.len() + 1), "one offset per segment boundary");
+    }
+    assert!(ctx.env().shuffle.lose_map_output(dep.shuffle_id(), 1));
+    assert_eq!(sorted(r.collect().unwrap()), expect);
+    // With the default threshold the same small outputs stay in memory.
+    let ctx = super::common::ctx();
+    let r = shuffled(&ctx);
+    r.count().unwrap();
+    let dep = match &r.dependencies()[0] {
+        ember_core::Dependency::Shuffle(d) => d.clone(),
+        _ => unreachable!("reduce_by_key has a shuffle dependency"),
+    };
+    assert!(ctx.env().shuffle.map_statuses(dep.shuffle_id()).iter().flatten().all(|s| s.data.is_none()));
+}

@@ -182,6 +182,9 @@ pub(crate) struct Scheduler {
     summaries: Arc<Mutex<VecDeque<JobSummary>>>,
 }
 
+/// Stack size of task threads.
+const TASK_STACK_BYTES: usize = 64 << 20;
+
 /// Finished job summaries kept for inspection.
 const SUMMARIES_KEPT: usize = 256;
 
@@ -218,6 +221,9 @@ impl Scheduler {
             let env = env.clone();
             let h = std::thread::Builder::new()
                 .name(format!("ember-task-{i}"))
+                // Computing an uncached partition recurses through its lineage; long iterative
+                // lineages need more than the default 2 MiB (checkpoint() truncates them).
+                .stack_size(TASK_STACK_BYTES)
                 .spawn(move || worker_loop(rx, tx, env, serialize))
                 .map_err(|e| Error::ResourcesExhausted(format!("cannot start task thread: {e}")))?;
             workers.push(h);
@@ -236,6 +242,8 @@ impl Scheduler {
         };
         let loop_thread = std::thread::Builder::new()
             .name("ember-dag-scheduler".into())
+            // Encoding a task walks its lineage recursively.
+            .stack_size(TASK_STACK_BYTES)
             .spawn(move || state.run(events_rx))
             .map_err(|e| Error::ResourcesExhausted(format!("cannot start scheduler thread: {e}")))?;
         Ok(Scheduler {

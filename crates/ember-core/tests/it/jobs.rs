@@ -79,3 +79,14 @@ fn a_stopped_context_refuses_jobs() {
     let e = r.count().unwrap_err();
     assert!(matches!(e, ember_core::Error::Stopped), "{e:?}");
 }
+
+#[test]
+fn long_uncached_lineages_compute() {
+    for ctx in both() {
+        let mut r = ctx.parallelize((0..10u64).collect(), 2);
+        for _ in 0..2000 {
+            r = r.map(|x| x + 1);
+        }
+        assert_eq!(r.collect().unwrap(), (2000..2010).collect::<Vec<_>>());
+    }
+}

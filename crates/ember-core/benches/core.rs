@@ -55,5 +55,11 @@ fn shuffle_and_sort(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encoding, scheduling, shuffle_and_sort);
+// The macro defines an undocumented `benches` function.
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group!(benches, encoding, scheduling, shuffle_and_sort);
+}
+use group::benches;
 criterion_main!(benches);

@@ -241,7 +241,7 @@ pub(crate) fn take_decode_error() -> Option<String> {
     DECODE_ERROR.with(|e| e.borrow_mut().take())
 }
 
-fn decode_failed<E: serde::de::Error>(msg: String) -> E {
+pub(crate) fn decode_failed<E: serde::de::Error>(msg: String) -> E {
     DECODE_ERROR.with(|e| *e.borrow_mut() = Some(msg.clone()));
     E::custom(msg)
 }

@@ -38,7 +38,7 @@ pub(crate) fn source_empty<T: Data>() -> source::EmptyRdd<T> {
 }
 
 pub(crate) fn source_union<T: Data>(parents: Vec<Rdd<T>>) -> narrow::UnionRdd<T> {
-    narrow::UnionRdd { parents }
+    narrow::UnionRdd::new(parents)
 }
 
 pub(crate) fn source_text(splits: Vec<source::FileSplit>) -> source::TextFileRdd {
@@ -278,35 +278,120 @@ impl<T: Data> Rdd<T> {
     }
 }
 
-/// The wire form of an RDD handle: its id, storage level and (checkpoint or lineage) node.
+// ---- wire form -------------------------------------------------------------------------------
+//
+// An RDD handle encodes as a table of lineage nodes, each encoded once and referenced by id, plus
+// a reference to the root. Nodes reference their parents by id, so encoding is linear in the
+// size of the lineage even when it is deep or shares parents (a diamond, `r.union(&r)`), and
+// decoding rebuilds one shared node per id, as on the driver.
+
+/// A reference to a node of the table.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-struct RddWire<T: 'static> {
+struct NodeRef {
     id: RddId,
     level: StorageLevel,
     checkpointed: bool,
-    node: Ship<dyn RddImpl<T>>,
+}
+
+/// The top-level form: the node table and the root.
+#[derive(Serialize, Deserialize)]
+struct Lineage {
+    nodes: Vec<(RddId, Vec<u8>)>,
+    root: NodeRef,
+}
+
+#[derive(Default)]
+struct EncodeSession {
+    seen: std::collections::HashSet<RddId>,
+    nodes: Vec<(RddId, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct DecodeSession {
+    bytes: std::collections::HashMap<RddId, Vec<u8>>,
+    decoded: std::collections::HashMap<RddId, Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+thread_local! {
+    static ENCODING: std::cell::RefCell<Option<EncodeSession>> = const { std::cell::RefCell::new(None) };
+    static DECODING: std::cell::RefCell<Option<DecodeSession>> = const { std::cell::RefCell::new(None) };
+}
+
+impl<T: Data> Rdd<T> {
+    fn node_ref(&self) -> NodeRef {
+        NodeRef { id: self.node.id, level: self.storage_level(), checkpointed: self.is_checkpointed() }
+    }
+
+    /// Adds this node (and, through its own encoding, its parents) to the active table.
+    fn register(&self) -> Result<()> {
+        let id = self.node.id;
+        let fresh = ENCODING.with(|e| e.borrow_mut().as_mut().map(|s| s.seen.insert(id)).unwrap_or(false));
+        if !fresh {
+            return Ok(());
+        }
+        // No borrow is held here: encoding the node registers its parents first.
+        let bytes = self.node.effective().encode()?;
+        ENCODING.with(|e| {
+            if let Some(s) = e.borrow_mut().as_mut() {
+                s.nodes.push((id, bytes));
+            }
+        });
+        Ok(())
+    }
+
+    fn resolve(r: NodeRef) -> Result<Rdd<T>> {
+        let cached = DECODING.with(|d| d.borrow().as_ref().and_then(|s| s.decoded.get(&r.id).cloned()));
+        if let Some(any) = cached {
+            let node = any
+                .downcast::<Node<T>>()
+                .map_err(|_| Error::Serialization(format!("rdd {} is referenced with two types", r.id.0)))?;
+            return Ok(Rdd { node });
+        }
+        let bytes = DECODING
+            .with(|d| d.borrow_mut().as_mut().and_then(|s| s.bytes.remove(&r.id)))
+            .ok_or_else(|| Error::Serialization(format!("encoded lineage lacks rdd {}", r.id.0)))?;
+        let inner = Ship::<dyn RddImpl<T>>::decode(&bytes)?;
+        let checkpoint = OnceLock::new();
+        if r.checkpointed {
+            let _ = checkpoint.set(inner.clone());
+        }
+        let node = Arc::new(Node { id: r.id, ctx: None, inner, level: Mutex::new(r.level), checkpoint });
+        DECODING.with(|d| {
+            if let Some(s) = d.borrow_mut().as_mut() {
+                s.decoded.insert(r.id, node.clone() as Arc<dyn std::any::Any + Send + Sync>);
+            }
+        });
+        Ok(Rdd { node })
+    }
 }
 
 impl<T: Data> Serialize for Rdd<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        RddWire {
-            id: self.node.id,
-            level: self.storage_level(),
-            checkpointed: self.is_checkpointed(),
-            node: self.node.effective().clone(),
+        let nested = ENCODING.with(|e| e.borrow().is_some());
+        if nested {
+            self.register().map_err(serde::ser::Error::custom)?;
+            return self.node_ref().serialize(s);
         }
-        .serialize(s)
+        ENCODING.with(|e| *e.borrow_mut() = Some(EncodeSession::default()));
+        let registered = self.register();
+        let session = ENCODING.with(|e| e.borrow_mut().take()).unwrap_or_default();
+        registered.map_err(serde::ser::Error::custom)?;
+        Lineage { nodes: session.nodes, root: self.node_ref() }.serialize(s)
     }
 }
 
 impl<'de, T: Data> Deserialize<'de> for Rdd<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let w = RddWire::<T>::deserialize(d)?;
-        let checkpoint = OnceLock::new();
-        if w.checkpointed {
-            let _ = checkpoint.set(w.node.clone());
+        let nested = DECODING.with(|s| s.borrow().is_some());
+        if nested {
+            let r = NodeRef::deserialize(d)?;
+            return Rdd::resolve(r).map_err(|e| crate::ship::decode_failed(e.to_string()));
         }
-        Ok(Rdd { node: Arc::new(Node { id: w.id, ctx: None, inner: w.node, level: Mutex::new(w.level), checkpoint }) })
+        let lineage = Lineage::deserialize(d)?;
+        let session = DecodeSession { bytes: lineage.nodes.into_iter().collect(), decoded: Default::default() };
+        DECODING.with(|s| *s.borrow_mut() = Some(session));
+        let root = Rdd::resolve(lineage.root);
+        DECODING.with(|s| s.borrow_mut().take());
+        root.map_err(|e| crate::ship::decode_failed(e.to_string()))
     }
 }

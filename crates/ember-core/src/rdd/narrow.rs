@@ -300,13 +300,20 @@ impl<T: Data> Op<T, T> for SampleOp {
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "T: Data")]
 pub(crate) struct UnionRdd<T> {
-    pub(crate) parents: Vec<Rdd<T>>,
+    parents: Vec<Rdd<T>>,
+    /// Partition counts of the parents, fixed at construction (asking parents again would cost
+    /// time proportional to the lineage on every call).
+    counts: Vec<usize>,
 }
 
 impl<T: Data> UnionRdd<T> {
+    pub(crate) fn new(parents: Vec<Rdd<T>>) -> Self {
+        let counts = parents.iter().map(|p| p.num_partitions()).collect();
+        UnionRdd { parents, counts }
+    }
+
     fn locate(&self, mut split: usize) -> Option<(&Rdd<T>, usize)> {
-        for p in &self.parents {
-            let n = p.num_partitions();
+        for (p, &n) in self.parents.iter().zip(&self.counts) {
             if split < n {
                 return Some((p, split));
             }
@@ -321,7 +328,7 @@ impl<T: Data> RddImpl<T> for UnionRdd<T> {
         "union"
     }
     fn num_partitions(&self) -> usize {
-        self.parents.iter().map(|p| p.num_partitions()).sum()
+        self.counts.iter().sum()
     }
     fn dependencies(&self) -> Vec<Dependency> {
         self.parents.iter().map(|p| Dependency::Narrow(p.as_base())).collect()

@@ -111,7 +111,7 @@ impl<T: Data> Rdd<T> {
 
     /// The records of this RDD followed by those of `other` (no deduplication).
     pub fn union(&self, other: &Rdd<T>) -> Rdd<T> {
-        self.derive(UnionRdd { parents: vec![self.clone(), other.clone()] })
+        self.derive(UnionRdd::new(vec![self.clone(), other.clone()]))
     }
 
     /// Pairs the i-th record of this RDD with the i-th of `other`. Both must have the same number

@@ -90,3 +90,24 @@ fn long_uncached_lineages_compute() {
         assert_eq!(r.collect().unwrap(), (2000..2010).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn shared_lineage_encodes_once_per_node() {
+    for ctx in both() {
+        // 2^16 paths through the lineage, but only 17 distinct nodes.
+        let mut r = ctx.parallelize(vec![1u64], 1);
+        for _ in 0..16 {
+            r = r.union(&r);
+        }
+        let bytes = postcard::to_allocvec(&r).unwrap();
+        assert!(bytes.len() < 4096, "encoding grows with nodes, not paths: {} bytes", bytes.len());
+        let back: ember_core::Rdd<u64> = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back.num_partitions(), 1 << 16);
+        // Run a smaller diamond through the scheduler.
+        let mut small = ctx.parallelize(vec![1u64, 2], 2);
+        for _ in 0..8 {
+            small = small.union(&small);
+        }
+        assert_eq!(small.count().unwrap(), 2 << 8);
+    }
+}

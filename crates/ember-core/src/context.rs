@@ -177,6 +177,14 @@ impl Context {
         func: Ship<dyn PartitionFn<T, U>>,
         partitions: Option<Vec<usize>>,
     ) -> Result<(JobSpec, crossbeam_channel::Receiver<Result<Vec<U>>>)> {
+        if crate::scheduler::in_task_thread() {
+            // A task waiting for a job of its own would hold a slot the job needs.
+            return Err(Error::InvalidArgument(
+                "actions run only on the driver: an RDD was used inside another RDD's function; \
+                 collect or broadcast its data first"
+                    .into(),
+            ));
+        }
         let n = rdd.num_partitions();
         let partitions = partitions.unwrap_or_else(|| (0..n).collect());
         if let Some(bad) = partitions.iter().find(|&&p| p >= n) {

@@ -190,6 +190,11 @@ const SUMMARIES_KEPT: usize = 256;
 
 static TASK_ATTEMPT_IDS: AtomicU64 = AtomicU64::new(0);
 
+/// Whether the current thread is a task slot.
+pub(crate) fn in_task_thread() -> bool {
+    std::thread::current().name().is_some_and(|n| n.starts_with("ember-task-"))
+}
+
 /// Panics in user functions are task failures, reported through the job's error; the default
 /// hook would also print each one to standard error. Task threads log them at debug level
 /// instead; other threads keep the previous hook.
@@ -198,8 +203,7 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let in_task = std::thread::current().name().is_some_and(|n| n.starts_with("ember-task-"));
-            if in_task {
+            if in_task_thread() {
                 tracing::debug!("task panicked: {info}");
             } else {
                 previous(info);

@@ -236,3 +236,15 @@ fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
     };
     assert!(ctx.env().shuffle.map_statuses(dep.shuffle_id()).iter().flatten().all(|s| s.data.is_none()));
 }
+
+#[test]
+fn an_action_inside_a_task_is_refused_not_deadlocked() {
+    let ctx = ctx();
+    let inner = ctx.parallelize(vec![1, 2, 3], 2);
+    let e = ctx
+        .parallelize(vec![10, 20], 2)
+        .map_with(inner, |inner, x: i32| x + inner.count().map(|n| n as i32).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+        .unwrap_err();
+    assert!(e.to_string().contains("actions run only on the driver"), "{e}");
+}

@@ -163,11 +163,6 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         Ok(())
     }
 
-    /// Whether anything was spilled (iteration order is then by partition).
-    pub(crate) fn spilled(&self) -> bool {
-        !self.spills.is_empty()
-    }
-
     /// Iterates all (partition, key, combiner) entries, combining across spills with `merge`.
     /// When anything was spilled the entries come in partition order; otherwise in no order.
     pub(crate) fn into_iter(

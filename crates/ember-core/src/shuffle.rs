@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::{Deserialize, Serialize};
 
-use crate::collections::{SpillFile, SpillableMap};
+use crate::collections::SpillFile;
 use crate::data::{stable_hash, Data, Key};
 use crate::env::Env;
 use crate::error::{Error, Result};
@@ -695,51 +695,20 @@ fn write_map_output<K: Key, V: Data, C: Data>(
     let data = env.shuffle.data_path(dep.shuffle_id, map, tc.task_attempt_id);
     let tmp = data.with_extension(format!("tmp{}", env.next_file_id()));
     let part: &dyn Partitioner<K> = &**dep.partitioner.get();
-    let mut written = 0u64;
-    let (data, sizes) = match (&dep.aggregator, dep.map_side_combine) {
-        (Some(agg), true) => {
-            let agg: &dyn Aggregator<V, C> = &**agg.get();
-            // An out-of-range partition from a user partitioner is clamped here and reported
-            // when the record is placed (below), so the spill order stays well defined.
-            let mut map_ = SpillableMap::<K, C>::new(tc, Box::new(move |k: &K| part.partition(k).min(parts)));
+    let mut out = PartitionBuffers::new(tc, parts);
+    match (&dep.aggregator, dep.map_side_combine) {
+        (Some(agg), true) => combine_into(records, &**agg.get(), part, &mut out)?,
+        _ => {
             for (k, v) in records {
-                map_.insert(k, v, |v| agg.create(v), |c, v| agg.merge_value(c, v))?;
-            }
-            if let Some(e) = tc.take_error() {
-                return Err(e);
-            }
-            let sorted = map_.spilled();
-            let entries = map_.into_iter(move |a, b| agg.merge_combiners(a, b))?;
-            if sorted {
-                let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit)?;
-                for (p, k, c) in entries {
-                    if p >= parts {
-                        return Err(bad_partition(p, parts));
-                    }
-                    out.close_until(p)?;
-                    out.w.write(&(k, c))?;
-                    written += 1;
-                }
-                if let Some(e) = tc.take_error() {
-                    return Err(e);
-                }
-                out.commit(parts, &data, &env.shuffle, dep.shuffle_id, map)?
-            } else {
-                let mut bufs: Vec<ChunkEncoder> = (0..parts).map(|_| ChunkEncoder::new(env.codec)).collect();
-                for (p, k, c) in entries {
-                    bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(&(k, c))?;
-                    written += 1;
-                }
-                let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit)?;
-                for (p, b) in bufs.iter_mut().enumerate() {
-                    out.close_until(p)?;
-                    out.w.write_encoded(&b.take_bytes())?;
-                }
-                out.commit(parts, &data, &env.shuffle, dep.shuffle_id, map)?
+                out.push(part.partition(&k), &(k, v))?;
             }
         }
-        _ => write_serialized::<K, V>(records, part, parts, tc, tmp, &data, (dep.shuffle_id, map), &mut written)?,
-    };
+    }
+    if let Some(e) = tc.take_error() {
+        return Err(e);
+    }
+    let written = out.records;
+    let (data, sizes) = out.commit(tmp, &data, (dep.shuffle_id, map))?;
     if let Some(e) = tc.take_error() {
         if let Some(d) = &data {
             let _ = std::fs::remove_file(d);
@@ -751,57 +720,145 @@ fn write_map_output<K: Key, V: Data, C: Data>(
     Ok(MapStatus { shuffle: dep.shuffle_id, map, location: env.executor_id.clone(), data, sizes })
 }
 
-/// The write path without map-side combine: records are serialized at once into per-partition
-/// chunk buffers (compact, compressed); full buffers spill to a run file whose segments are later
-/// copied, still encoded, into the output.
-fn write_serialized<K: Key, V: Data>(
+/// Map-side combine keeps at most this many keys in its hash map: a map this size stays in the
+/// processor caches, where lookups are several times faster than in a map of every key of the
+/// partition. When it fills, its partial combiners go to the output and it starts again; reducers
+/// merge combiners anyway, so this only trades some shuffle volume for much cheaper lookups
+/// (partial aggregation, as in Presto or Flink's mini-batches, rather than Spark's full map).
+const PARTIAL_AGG_KEYS: usize = 1 << 16;
+
+/// Combines values by key on the map side in a bounded hash map whose partial combiners are
+/// flushed into `out` when it fills or when memory is refused.
+fn combine_into<K: Key, V: Data, C: Data>(
     records: BoxIter<'_, (K, V)>,
+    agg: &dyn Aggregator<V, C>,
     part: &dyn Partitioner<K>,
-    parts: usize,
-    tc: &TaskContext,
-    tmp: PathBuf,
-    data: &Path,
-    (id, map): (ShuffleId, usize),
-    written: &mut u64,
-) -> Result<(Option<PathBuf>, Vec<u64>)> {
-    let codec = tc.env().codec;
-    let mut bufs: Vec<ChunkEncoder> = (0..parts).map(|_| ChunkEncoder::new(codec)).collect();
-    let mut mem = MemoryConsumer::new(tc);
-    let mut runs: Vec<(SpillFile, Vec<(u64, u64)>)> = Vec::new();
-    let mut n = 0u64;
+    out: &mut PartitionBuffers<'_>,
+) -> Result<()> {
+    use hashbrown::hash_map::Entry;
+    let mut map: hashbrown::HashMap<K, C, rustc_hash::FxBuildHasher> =
+        hashbrown::HashMap::with_hasher(rustc_hash::FxBuildHasher);
+    let mut sampler = crate::data::SizeSampler::new();
+    let mut ops = 0u64;
+    let flush = |map: &mut hashbrown::HashMap<K, C, rustc_hash::FxBuildHasher>, out: &mut PartitionBuffers<'_>| {
+        map.drain().try_for_each(|(k, c)| out.push(part.partition(&k), &(k, c)))
+    };
     for (k, v) in records {
-        let p = part.partition(&k);
-        bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(&(k, v))?;
-        n += 1;
-        if n % 256 == 0 {
-            let held: u64 = bufs.iter().map(|b| b.held_bytes() as u64).sum::<u64>() + parts as u64 * 64;
-            if !mem.ensure(held) {
-                runs.push(spill_buffers(&mut bufs, tc, held)?);
-                mem.release_all();
+        ops += 1;
+        let sample = ops < 16 || ops % 64 == 0;
+        match map.entry(k) {
+            Entry::Occupied(e) => {
+                let e = e.replace_entry_with(|_, c| Some(agg.merge_value(c, v)));
+                if let (true, Entry::Occupied(e)) = (sample, e) {
+                    sampler.add(&(e.key(), e.get()));
+                }
+            }
+            Entry::Vacant(e) => {
+                let c = agg.create(v);
+                if sample {
+                    sampler.add(&(e.key(), &c));
+                }
+                e.insert(c);
+            }
+        }
+        if map.len() >= PARTIAL_AGG_KEYS {
+            flush(&mut map, out)?;
+        } else if ops % 64 == 0 {
+            let map_bytes = map.len() as u64 * (sampler.per_record() + 16);
+            if !out.fits(map_bytes) {
+                flush(&mut map, out)?;
             }
         }
     }
-    *written = n;
-    if let Some(e) = tc.take_error() {
-        return Err(e);
-    }
-    let mut out = MapOutputFile::create(tmp, codec, tc.env().shuffle.memory_output_limit)?;
-    let mut copy = Vec::new();
-    for (p, b) in bufs.iter_mut().enumerate() {
-        out.close_until(p)?;
-        for (file, segs) in &runs {
-            let (start, len) = segs[p];
-            if len > 0 {
-                let mut f = File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
-                f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(&file.path, e))?;
-                copy.resize(len as usize, 0);
-                f.read_exact(&mut copy).map_err(|e| Error::io(&file.path, e))?;
-                out.w.write_encoded(&copy)?;
-            }
+    flush(&mut map, out)
+}
+
+/// A map task's output being assembled: records serialized at once into per-partition chunk
+/// buffers (compact, compressed). When memory is refused the buffers spill to a run file whose
+/// segments are later copied, still encoded, into the output.
+struct PartitionBuffers<'a> {
+    bufs: Vec<ChunkEncoder>,
+    mem: MemoryConsumer<'a>,
+    runs: Vec<(SpillFile, Vec<(u64, u64)>)>,
+    records: u64,
+    tc: &'a TaskContext,
+}
+
+impl<'a> PartitionBuffers<'a> {
+    fn new(tc: &'a TaskContext, parts: usize) -> Self {
+        let codec = tc.env().codec;
+        PartitionBuffers {
+            bufs: (0..parts).map(|_| ChunkEncoder::new(codec)).collect(),
+            mem: MemoryConsumer::new(tc),
+            runs: Vec::new(),
+            records: 0,
+            tc,
         }
-        out.w.write_encoded(&b.take_bytes())?;
     }
-    out.commit(parts, data, &tc.env().shuffle, id, map)
+
+    #[inline]
+    fn push<R: Serialize>(&mut self, p: usize, record: &R) -> Result<()> {
+        let parts = self.bufs.len();
+        self.bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(record)?;
+        self.records += 1;
+        if self.records % 256 == 0 && !self.fits(0) {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the buffers plus `extra` bytes held elsewhere fit in the task's memory grant.
+    /// When they do not, the buffers are spilled (and `false` tells the caller to free its share).
+    fn fits(&mut self, extra: u64) -> bool {
+        let held: u64 = self.bufs.iter().map(|b| b.held_bytes() as u64).sum::<u64>() + self.bufs.len() as u64 * 64;
+        if self.mem.ensure(held + extra) {
+            return true;
+        }
+        if extra == 0 {
+            return false;
+        }
+        if let Err(e) = self.spill() {
+            self.tc.fail(e);
+        }
+        self.mem.ensure(extra)
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        let held: u64 = self.bufs.iter().map(|b| b.held_bytes() as u64).sum();
+        if held > 0 {
+            self.runs.push(spill_buffers(&mut self.bufs, self.tc, held)?);
+        }
+        self.mem.release_all();
+        Ok(())
+    }
+
+    /// Writes the output: for each partition, its spilled segments then its buffer.
+    fn commit(
+        mut self,
+        tmp: PathBuf,
+        data: &Path,
+        (id, map): (ShuffleId, usize),
+    ) -> Result<(Option<PathBuf>, Vec<u64>)> {
+        let env = self.tc.env();
+        let parts = self.bufs.len();
+        let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit)?;
+        let mut copy = Vec::new();
+        for (p, b) in self.bufs.iter_mut().enumerate() {
+            out.close_until(p)?;
+            for (file, segs) in &self.runs {
+                let (start, len) = segs[p];
+                if len > 0 {
+                    let mut f = File::open(&file.path).map_err(|e| Error::io(&file.path, e))?;
+                    f.seek(SeekFrom::Start(start)).map_err(|e| Error::io(&file.path, e))?;
+                    copy.resize(len as usize, 0);
+                    f.read_exact(&mut copy).map_err(|e| Error::io(&file.path, e))?;
+                    out.w.write_encoded(&copy)?;
+                }
+            }
+            out.w.write_encoded(&b.take_bytes())?;
+        }
+        out.commit(parts, data, &env.shuffle, id, map)
+    }
 }
 
 fn spill_buffers(bufs: &mut [ChunkEncoder], tc: &TaskContext, held: u64) -> Result<(SpillFile, Vec<(u64, u64)>)> {

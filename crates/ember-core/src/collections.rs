@@ -64,12 +64,9 @@ fn open_run<T: serde::de::DeserializeOwned>(path: &Path) -> Result<ChunkDecoder<
     Ok(ChunkDecoder::new(BufReader::with_capacity(1 << 16, f), path))
 }
 
-/// Sort key of an aggregation map entry: (partition, key hash).
-type MapOrder = (u32, u64);
-
 /// An external hash aggregation map (Spark's `ExternalAppendOnlyMap`): combines values by key in
-/// memory and spills runs sorted by (partition, key hash) when memory is refused. Iterating
-/// merges the runs, combining entries whose keys are equal.
+/// memory and spills runs sorted by key hash when memory is refused. Iterating merges the runs,
+/// combining entries whose keys are equal.
 pub(crate) struct SpillableMap<'a, K, C> {
     map: HashMap<K, C, FxBuildHasher>,
     sampler: SizeSampler,
@@ -77,12 +74,10 @@ pub(crate) struct SpillableMap<'a, K, C> {
     mem: MemoryConsumer<'a>,
     tc: &'a TaskContext,
     spills: Vec<SpillFile>,
-    part_of: Box<dyn Fn(&K) -> usize + 'a>,
 }
 
 impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
-    /// `part_of` gives the output partition of a key (constant 0 on the reduce side).
-    pub(crate) fn new(tc: &'a TaskContext, part_of: Box<dyn Fn(&K) -> usize + 'a>) -> Self {
+    pub(crate) fn new(tc: &'a TaskContext) -> Self {
         SpillableMap {
             map: HashMap::with_hasher(FxBuildHasher),
             sampler: SizeSampler::new(),
@@ -90,7 +85,6 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
             mem: MemoryConsumer::new(tc),
             tc,
             spills: Vec::new(),
-            part_of,
         }
     }
 
@@ -141,10 +135,8 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         self.spill(used)
     }
 
-    fn sorted_entries(&mut self) -> Vec<(MapOrder, K, C)> {
-        let part_of = &self.part_of;
-        let mut v: Vec<(MapOrder, K, C)> =
-            self.map.drain().map(|(k, c)| (((part_of)(&k) as u32, stable_hash(&k)), k, c)).collect();
+    fn sorted_entries(&mut self) -> Vec<(u64, K, C)> {
+        let mut v: Vec<(u64, K, C)> = self.map.drain().map(|(k, c)| (stable_hash(&k), k, c)).collect();
         v.sort_unstable_by_key(|e| e.0);
         v
     }
@@ -163,16 +155,11 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         Ok(())
     }
 
-    /// Iterates all (partition, key, combiner) entries, combining across spills with `merge`.
-    /// When anything was spilled the entries come in partition order; otherwise in no order.
-    pub(crate) fn into_iter(
-        mut self,
-        merge: impl Fn(C, C) -> C + 'a,
-    ) -> Result<Box<dyn Iterator<Item = (usize, K, C)> + 'a>> {
+    /// Iterates all (key, combiner) entries, in no particular order, combining across spills
+    /// with `merge`.
+    pub(crate) fn into_iter(mut self, merge: impl Fn(C, C) -> C + 'a) -> Result<Box<dyn Iterator<Item = (K, C)> + 'a>> {
         if self.spills.is_empty() {
-            let map = std::mem::take(&mut self.map);
-            let part_of = std::mem::replace(&mut self.part_of, Box::new(|_| 0));
-            return Ok(Box::new(map.into_iter().map(move |(k, c)| ((part_of)(&k), k, c))));
+            return Ok(Box::new(std::mem::take(&mut self.map).into_iter()));
         }
         let mem = self.sorted_entries();
         let mut runs: Vec<Run<'a, K, C>> = Vec::new();
@@ -181,12 +168,10 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         }
         runs.push(Run::Mem(Box::new(mem.into_iter().map(|(_, k, c)| (k, c)))));
         let spills = std::mem::take(&mut self.spills);
-        let part_of = std::mem::replace(&mut self.part_of, Box::new(|_| 0));
         let mut merger = HashMerge {
             runs,
             heads: Vec::new(),
             heap: BinaryHeap::new(),
-            part_of,
             merge: Box::new(merge),
             pending: Vec::new(),
             tc: self.tc,
@@ -214,23 +199,18 @@ impl<K: Data, C: Data> Run<'_, K, C> {
 struct HashMerge<'a, K, C> {
     runs: Vec<Run<'a, K, C>>,
     heads: Vec<Option<(K, C)>>,
-    heap: BinaryHeap<Reverse<(MapOrder, usize)>>,
-    part_of: Box<dyn Fn(&K) -> usize + 'a>,
+    heap: BinaryHeap<Reverse<(u64, usize)>>,
     merge: Box<dyn Fn(C, C) -> C + 'a>,
-    pending: Vec<(usize, K, C)>,
+    pending: Vec<(K, C)>,
     tc: &'a TaskContext,
     _spills: Vec<SpillFile>,
 }
 
 impl<K: Data + Hash + Eq, C: Data> HashMerge<'_, K, C> {
-    fn order(&self, k: &K) -> MapOrder {
-        ((self.part_of)(k) as u32, stable_hash(k))
-    }
-
     fn advance(&mut self, run: usize) {
         match self.runs[run].next() {
             Ok(Some(kc)) => {
-                let o = self.order(&kc.0);
+                let o = stable_hash(&kc.0);
                 self.heads[run] = Some(kc);
                 self.heap.push(Reverse((o, run)));
             }
@@ -251,8 +231,8 @@ impl<K: Data + Hash + Eq, C: Data> HashMerge<'_, K, C> {
 }
 
 impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
-    type Item = (usize, K, C);
-    fn next(&mut self) -> Option<(usize, K, C)> {
+    type Item = (K, C);
+    fn next(&mut self) -> Option<(K, C)> {
         loop {
             if let Some(x) = self.pending.pop() {
                 return Some(x);
@@ -282,8 +262,7 @@ impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
                 self.heap.pop();
                 take(self, r, &mut group);
             }
-            let part = order.0 as usize;
-            self.pending.extend(group.into_iter().map(|(k, c)| (part, k, c)));
+            self.pending.extend(group);
         }
     }
 }

@@ -48,7 +48,7 @@ impl<K: Key, V: Data, C: Data> RddImpl<(K, C)> for AggregatedRdd<K, V, C> {
             return Box::new(std::iter::empty());
         };
         let agg: &'a dyn Aggregator<V, C> = &**agg.get();
-        let mut map = SpillableMap::<K, C>::new(tc, Box::new(|_| 0));
+        let mut map = SpillableMap::<K, C>::new(tc);
         let res = if self.dep.map_side_combine {
             self.dep
                 .read::<C>(split, tc)
@@ -63,7 +63,7 @@ impl<K: Key, V: Data, C: Data> RddImpl<(K, C)> for AggregatedRdd<K, V, C> {
             return Box::new(std::iter::empty());
         }
         match map.into_iter(move |a, b| agg.merge_combiners(a, b)) {
-            Ok(it) => Box::new(it.map(|(_, k, c)| (k, c))),
+            Ok(it) => it,
             Err(e) => {
                 tc.fail(e);
                 Box::new(std::iter::empty())

@@ -5,11 +5,19 @@ use ember_core::{Context, EmberConf};
 /// A `local[2]` context; with `serialize`, every task and result is encoded and decoded as a
 /// remote executor would.
 pub fn ctx_with(serialize: bool) -> Context {
-    let conf = EmberConf::new()
+    ctx_with_memory(None, serialize)
+}
+
+/// A `local[2]` context with a memory budget such as `"2m"` (the default when `None`).
+pub fn ctx_with_memory(memory: Option<&str>, serialize: bool) -> Context {
+    let mut conf = EmberConf::new()
         .master("local[2]")
         .and_then(|c| c.set("ember.local.serializeTasks", if serialize { "true" } else { "false" }))
         .and_then(|c| c.set("ember.ui.showConsoleProgress", "false"))
         .expect("valid conf");
+    if let Some(m) = memory {
+        conf = conf.memory(m).expect("valid memory size");
+    }
     Context::new(conf).expect("context starts")
 }
 

@@ -3,17 +3,12 @@
 
 use std::collections::HashMap;
 
-use ember_core::{Context, EmberConf};
+use ember_core::Context;
 
 const BUDGET: u64 = 2 << 20;
 
 fn small_ctx(serialize: bool) -> Context {
-    let conf = EmberConf::new()
-        .master("local[2]")
-        .and_then(|c| c.memory("2m"))
-        .and_then(|c| c.set("ember.local.serializeTasks", if serialize { "true" } else { "false" }))
-        .expect("valid conf");
-    Context::new(conf).expect("context")
+    super::common::ctx_with_memory(Some("2m"), serialize)
 }
 
 fn records(n: u64) -> Vec<(String, u64)> {

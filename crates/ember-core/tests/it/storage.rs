@@ -2,15 +2,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ember_core::{Context, EmberConf, StorageLevel};
+use ember_core::{Context, StorageLevel};
 
 fn tiny(serialize: bool) -> Context {
-    let conf = EmberConf::new()
-        .master("local[2]")
-        .and_then(|c| c.memory("4m"))
-        .and_then(|c| c.set("ember.local.serializeTasks", if serialize { "true" } else { "false" }))
-        .expect("conf");
-    Context::new(conf).expect("context")
+    super::common::ctx_with_memory(Some("4m"), serialize)
 }
 
 fn blob(i: u64) -> (u64, String) {

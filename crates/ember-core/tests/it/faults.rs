@@ -59,6 +59,14 @@ fn shuffled(ctx: &Context) -> ember_core::Rdd<(u64, u64)> {
     ctx.parallelize((0..2000u64).map(|i| (i % 13, i)).collect(), 4).reduce_by_key(|a, b| a + b, Some(3))
 }
 
+/// The shuffle dependency of an RDD made by a shuffling operation.
+fn shuffle_dep<T: ember_core::Data>(r: &ember_core::Rdd<T>) -> std::sync::Arc<dyn ember_core::shuffle::ShuffleDepBase> {
+    match &r.dependencies()[0] {
+        ember_core::Dependency::Shuffle(d) => d.clone(),
+        other => panic!("expected a shuffle dependency, got {other:?}"),
+    }
+}
+
 fn sorted(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     v.sort();
     v
@@ -69,10 +77,7 @@ fn lost_map_output_is_recomputed_from_lineage() {
     for ctx in both() {
         let r = shuffled(&ctx);
         let expect = sorted(r.collect().unwrap());
-        let dep = match &r.dependencies()[0] {
-            ember_core::Dependency::Shuffle(d) => d.clone(),
-            other => panic!("expected a shuffle dependency, got {other:?}"),
-        };
+        let dep = shuffle_dep(&r);
         assert!(ctx.env().shuffle.lose_map_output(dep.shuffle_id(), 2));
         assert_eq!(sorted(r.collect().unwrap()), expect);
         let summary = ctx.last_job_summary().unwrap();
@@ -86,10 +91,7 @@ fn corrupt_shuffle_file_is_detected_and_recomputed() {
     // Large enough map outputs to be written to files.
     let r = ctx.parallelize((0..300_000u64).map(|i| (i, i.to_string())).collect(), 2).reduce_by_key(|a, _| a, Some(2));
     assert_eq!(r.count().unwrap(), 300_000);
-    let dep = match &r.dependencies()[0] {
-        ember_core::Dependency::Shuffle(d) => d.clone(),
-        _ => unreachable!("reduce_by_key has a shuffle dependency"),
-    };
+    let dep = shuffle_dep(&r);
     let statuses = ctx.env().shuffle.map_statuses(dep.shuffle_id());
     let path = statuses[0].as_ref().and_then(|s| s.data.clone()).expect("a file-backed map output");
     let mut bytes = std::fs::read(&path).unwrap();
@@ -213,10 +215,7 @@ fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
     let ctx = Context::new(conf).unwrap();
     let r = shuffled(&ctx);
     let expect = sorted(r.collect().unwrap());
-    let dep = match &r.dependencies()[0] {
-        ember_core::Dependency::Shuffle(d) => d.clone(),
-        _ => unreachable!("reduce_by_key has a shuffle dependency"),
-    };
+    let dep = shuffle_dep(&r);
     let statuses = ctx.env().shuffle.map_statuses(dep.shuffle_id());
     for s in statuses.iter().flatten() {
         let data = s.data.as_ref().expect("a data file");
@@ -230,10 +229,7 @@ fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
     let ctx = super::common::ctx();
     let r = shuffled(&ctx);
     r.count().unwrap();
-    let dep = match &r.dependencies()[0] {
-        ember_core::Dependency::Shuffle(d) => d.clone(),
-        _ => unreachable!("reduce_by_key has a shuffle dependency"),
-    };
+    let dep = shuffle_dep(&r);
     assert!(ctx.env().shuffle.map_statuses(dep.shuffle_id()).iter().flatten().all(|s| s.data.is_none()));
 }
 

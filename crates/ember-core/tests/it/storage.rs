@@ -12,19 +12,27 @@ fn blob(i: u64) -> (u64, String) {
     (i, format!("{i:08}").repeat(8))
 }
 
-#[test]
-fn eviction_under_tiny_budget_recomputes_correctly() {
-    let ctx = tiny(false);
-    let computed = ctx.long_accumulator();
-    // About 1.5 MB per RDD: two of them do not fit in the storage share of a 4 MB budget.
-    let a = ctx
-        .range(0, 20_000, 1, 4)
+/// 20,000 blobs (about 1.5 MB) at `level`, counting every record computed in `computed`.
+fn counted_blobs(
+    ctx: &Context,
+    computed: &ember_core::Accumulator<ember_core::LongSum>,
+    level: StorageLevel,
+) -> ember_core::Rdd<(u64, String)> {
+    ctx.range(0, 20_000, 1, 4)
         .unwrap()
         .map_with(computed.clone(), |acc, i| {
             acc.add(1);
             blob(i as u64)
         })
-        .persist(StorageLevel::MemoryOnly);
+        .persist(level)
+}
+
+#[test]
+fn eviction_under_tiny_budget_recomputes_correctly() {
+    let ctx = tiny(false);
+    let computed = ctx.long_accumulator();
+    // Two RDDs of about 1.5 MB do not both fit in the storage share of a 4 MB budget.
+    let a = counted_blobs(&ctx, &computed, StorageLevel::MemoryOnly);
     let expect: Vec<(u64, String)> = (0..20_000).map(blob).collect();
     assert_eq!(a.collect().unwrap(), expect);
     assert_eq!(computed.value().unwrap(), 20_000);
@@ -49,14 +57,7 @@ fn eviction_under_tiny_budget_recomputes_correctly() {
 fn memory_and_disk_keeps_evicted_blocks_on_disk() {
     let ctx = tiny(false);
     let computed = ctx.long_accumulator();
-    let a = ctx
-        .range(0, 20_000, 1, 4)
-        .unwrap()
-        .map_with(computed.clone(), |acc, i| {
-            acc.add(1);
-            blob(i as u64)
-        })
-        .persist(StorageLevel::MemoryAndDisk);
+    let a = counted_blobs(&ctx, &computed, StorageLevel::MemoryAndDisk);
     assert_eq!(a.count().unwrap(), 20_000);
     let b = ctx.range(0, 40_000, 1, 4).unwrap().map(|i| blob(i as u64)).persist(StorageLevel::MemoryOnly);
     assert_eq!(b.count().unwrap(), 40_000);

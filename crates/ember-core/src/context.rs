@@ -192,7 +192,7 @@ impl Context {
         }
         let (tx, rx) = crossbeam_channel::bounded(1);
         let listener = TypedListener::<U> { results: (0..partitions.len()).map(|_| None).collect(), tx };
-        let body: Ship<dyn TaskBody> = Ship::new(ResultTask::<T, U> { rdd: rdd.clone(), func });
+        let body = result_task(rdd, func);
         Ok((JobSpec { final_rdd: rdd.as_base(), body, partitions, listener: Box::new(listener) }, rx))
     }
 
@@ -306,6 +306,11 @@ impl<T: Data> PartitionFn<T, u64> for CountAll<T> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<u64> {
         Ok(it.count() as u64)
     }
+}
+
+/// The body of a result task computing `func` over the partitions of `rdd`.
+pub(crate) fn result_task<T: Data, U: Data>(rdd: &Rdd<T>, func: Ship<dyn PartitionFn<T, U>>) -> Ship<dyn TaskBody> {
+    Ship::new(ResultTask::<T, U> { rdd: rdd.clone(), func })
 }
 
 /// The body of a result task: computes a partition and applies the action's function.

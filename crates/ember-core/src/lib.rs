@@ -33,6 +33,9 @@ mod stream;
 /// Tasks, the task context and metrics.
 pub mod task;
 
+#[cfg(test)]
+mod decode_fuzz;
+
 pub use accumulator::{Accumulator, AccumulatorParam, LongSum};
 pub use broadcast::Broadcast;
 pub use conf::{EmberConf, Master};

@@ -312,7 +312,7 @@ fn run_task(run: TaskRun, env: &Arc<Env>, serialize: bool) -> TaskEnd {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<TaskOutput> {
         let body = match &run.payload {
             Payload::Local(b) => b.clone(),
-            Payload::Encoded(bytes) => Ship::<dyn TaskBody>::decode(bytes)?,
+            Payload::Encoded(bytes) => Ship::<dyn TaskBody>::decode_local(bytes)?,
         };
         let out = body.run(run.partition, &tc)?;
         if let Some(e) = tc.take_error() {

@@ -185,11 +185,11 @@ impl<V: Data, F: Fn(V, V) -> V + Send + Sync + 'static> Aggregator<V, V> for Red
     }
     #[inline]
     fn merge_value(&self, c: V, v: V) -> V {
-        (self.f.get())(c, v)
+        (self.f.get2())(c, v)
     }
     #[inline]
     fn merge_combiners(&self, a: V, b: V) -> V {
-        (self.f.get())(a, b)
+        (self.f.get2())(a, b)
     }
 }
 
@@ -211,13 +211,13 @@ where
     M: Fn(C, C) -> C + Send + Sync + 'static,
 {
     fn create(&self, v: V) -> C {
-        (self.seq.get())(self.zero.clone(), v)
+        (self.seq.get2())(self.zero.clone(), v)
     }
     fn merge_value(&self, c: C, v: V) -> C {
-        (self.seq.get())(c, v)
+        (self.seq.get2())(c, v)
     }
     fn merge_combiners(&self, a: C, b: C) -> C {
-        (self.comb.get())(a, b)
+        (self.comb.get2())(a, b)
     }
 }
 
@@ -240,13 +240,13 @@ where
     Mc: Fn(C, C) -> C + Send + Sync + 'static,
 {
     fn create(&self, v: V) -> C {
-        (self.create.get())(v)
+        (self.create.get1())(v)
     }
     fn merge_value(&self, c: C, v: V) -> C {
-        (self.merge_value.get())(c, v)
+        (self.merge_value.get2())(c, v)
     }
     fn merge_combiners(&self, a: C, b: C) -> C {
-        (self.merge_combiners.get())(a, b)
+        (self.merge_combiners.get2())(a, b)
     }
 }
 
@@ -934,12 +934,14 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
                 return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
             }
             let origin = PathBuf::from(format!("shuffle_{}_{}(memory)", s.shuffle.0, s.map));
-            return Ok(ChunkDecoder::new(Box::new(SharedSlice { bytes, pos: start as usize, end }), &origin));
+            let src: Box<dyn Read> = Box::new(SharedSlice { bytes, pos: start as usize, end });
+            return Ok(ChunkDecoder::new(src, &origin).expecting(len));
         };
         let mut f = File::open(path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         let buf = (len as usize).clamp(64, 1 << 16);
-        Ok(ChunkDecoder::new(Box::new(BufReader::with_capacity(buf, f).take(len)), path))
+        let src: Box<dyn Read> = Box::new(BufReader::with_capacity(buf, f).take(len));
+        Ok(ChunkDecoder::new(src, path).expecting(len))
     }
 }
 

@@ -370,11 +370,11 @@ impl BlockManager {
             }
             Some(Stored::Bytes(b)) => Ok(Some(Box::new(stream::decode_all::<T>(&b, &origin)?.into_iter()))),
             None => {
-                let path = self.lock().disk.get(id).map(|d| d.path.clone());
-                match path {
-                    Some(p) => {
+                let entry = self.lock().disk.get(id).map(|d| (d.path.clone(), d.size));
+                match entry {
+                    Some((p, size)) => {
                         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-                        Ok(Some(Box::new(stream::decode_all::<T>(&bytes, &p)?.into_iter())))
+                        Ok(Some(Box::new(stream::decode_exact::<T>(&bytes, size, &p)?.into_iter())))
                     }
                     None => Ok(None),
                 }

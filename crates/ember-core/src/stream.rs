@@ -1,9 +1,12 @@
 //! Record streams: records serialized with postcard into checksummed, optionally LZ4-compressed
 //! chunks. Shuffle files, spill files, serialized cache blocks and checkpoints all use this form.
 //!
-//! A chunk is `[tag u8][raw_len u32][stored_len u32][checksum u64][stored bytes]`, little endian.
-//! Chunks hold whole records, so a stream can be cut and concatenated at chunk boundaries: a
-//! shuffle writer copies spilled segments into its output without decoding them.
+//! A chunk is `[tag u8][raw_len u32][stored_len u32][body checksum u64][header checksum u32]`
+//! followed by the stored bytes, little endian. The header checksum covers the 17 bytes before
+//! it, so a corrupt length is caught before anything is allocated for it; the body checksum covers
+//! the stored bytes, checked before they are decompressed. Chunks hold whole records, so a stream
+//! can be cut and concatenated at chunk boundaries: a shuffle writer copies spilled segments into
+//! its output without decoding them.
 
 use std::io::{Read, Write};
 use std::marker::PhantomData;
@@ -17,12 +20,19 @@ use crate::error::{Error, Result};
 
 const TAG_RAW: u8 = 0;
 const TAG_LZ4: u8 = 1;
-const HEADER: usize = 1 + 4 + 4 + 8;
+const TAG_ZSTD: u8 = 2;
+const HEADER: usize = 1 + 4 + 4 + 8 + 4;
+/// Zstandard level: the fastest regular level, which still compresses text well.
+const ZSTD_LEVEL: i32 = 1;
 /// Target size of a chunk's uncompressed records.
 pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 fn checksum(bytes: &[u8]) -> u64 {
     crate::data::stable_hash(bytes)
+}
+
+fn header_checksum(head: &[u8]) -> u32 {
+    checksum(head) as u32
 }
 
 /// Appends records to an in-memory buffer of finished chunks.
@@ -66,12 +76,23 @@ impl ChunkEncoder {
         let raw = std::mem::take(&mut self.pending);
         let (tag, stored) = match self.codec {
             Codec::Lz4 => (TAG_LZ4, lz4_flex::block::compress(&raw)),
+            // Compressing a buffer in memory cannot fail but for allocation; store it raw then.
+            Codec::Zstd => match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
+                Ok(c) => (TAG_ZSTD, c),
+                Err(_) => (TAG_RAW, raw.clone()),
+            },
             Codec::None => (TAG_RAW, raw.clone()),
         };
+        let head_start = self.out.len();
         self.out.push(tag);
+        // `push` refuses records that would take a chunk past `u32::MAX` bytes, and a block
+        // compressor's output is at most a little larger than its input, which `decode_bound`
+        // accounts for; stored lengths over `u32::MAX` are refused by the reader.
         self.out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
         self.out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
         self.out.extend_from_slice(&checksum(&stored).to_le_bytes());
+        let head = header_checksum(&self.out[head_start..]);
+        self.out.extend_from_slice(&head.to_le_bytes());
         self.out.extend_from_slice(&stored);
         self.pending = raw;
         self.pending.clear();
@@ -84,6 +105,16 @@ impl ChunkEncoder {
     }
 }
 
+/// The largest stored length a chunk of `raw_len` record bytes can have under codec `tag`.
+fn decode_bound(tag: u8, raw_len: usize) -> usize {
+    match tag {
+        TAG_RAW => raw_len,
+        // LZ4 and zstd block formats expand incompressible input by well under 1/128 plus a
+        // small constant.
+        _ => raw_len + raw_len / 128 + 64,
+    }
+}
+
 /// Decodes records of type `T` from a byte source holding chunks.
 pub(crate) struct ChunkDecoder<R: Read, T> {
     src: R,
@@ -91,13 +122,32 @@ pub(crate) struct ChunkDecoder<R: Read, T> {
     pos: usize,
     stored: Vec<u8>,
     origin: PathBuf,
+    /// Bytes consumed so far, and how many the stream must have (when known).
+    consumed: u64,
+    expected: Option<u64>,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
     /// `origin` names the source in error messages.
     pub(crate) fn new(src: R, origin: &Path) -> Self {
-        ChunkDecoder { src, buf: Vec::new(), pos: 0, stored: Vec::new(), origin: origin.to_path_buf(), _t: PhantomData }
+        ChunkDecoder {
+            src,
+            buf: Vec::new(),
+            pos: 0,
+            stored: Vec::new(),
+            origin: origin.to_path_buf(),
+            consumed: 0,
+            expected: None,
+            _t: PhantomData,
+        }
+    }
+
+    /// Requires the stream to hold exactly `len` bytes: a stream that ends early, even at a chunk
+    /// boundary, is an error rather than a silently shorter result.
+    pub(crate) fn expecting(mut self, len: u64) -> Self {
+        self.expected = Some(len);
+        self
     }
 
     fn corrupt(&self, what: &str) -> Error {
@@ -112,39 +162,43 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
             let n = self.src.read(&mut header[filled..]).map_err(|e| Error::io(&self.origin, e))?;
             if n == 0 {
                 if filled == 0 {
-                    return Ok(false);
+                    return match self.expected {
+                        Some(e) if e != self.consumed => {
+                            Err(self.corrupt(&format!("truncated stream: {} of {e} bytes", self.consumed)))
+                        }
+                        _ => Ok(false),
+                    };
                 }
                 return Err(self.corrupt("truncated chunk header"));
             }
             filled += n;
         }
+        let u32_at = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+        if header_checksum(&header[..HEADER - 4]) != u32_at(HEADER - 4) {
+            return Err(self.corrupt("chunk header checksum mismatch"));
+        }
         let tag = header[0];
-        let raw_len = u32::from_le_bytes(header[1..5].try_into().unwrap_or_default()) as usize;
-        let stored_len = u32::from_le_bytes(header[5..9].try_into().unwrap_or_default()) as usize;
+        let raw_len = u32_at(1) as usize;
+        let stored_len = u32_at(5) as usize;
         let sum = u64::from_le_bytes(header[9..17].try_into().unwrap_or_default());
-        // A chunk holds whole records, so one large record makes one large chunk; the bound only
-        // rejects a stored length no codec could produce from `raw_len` bytes.
-        let bound = match tag {
-            TAG_RAW => raw_len,
-            _ => raw_len + raw_len / 255 + 16,
-        };
-        if stored_len > bound {
+        if stored_len > decode_bound(tag, raw_len) {
             return Err(self.corrupt("implausible chunk length"));
         }
-        self.stored.resize(stored_len, 0);
+        // Read what is there rather than allocating `stored_len` up front, so a truncated
+        // stream costs no more memory than its bytes.
         let mut stored = std::mem::take(&mut self.stored);
-        let read = self.src.read_exact(&mut stored);
+        stored.clear();
+        let read = (&mut self.src).take(stored_len as u64).read_to_end(&mut stored);
         self.stored = stored;
-        read.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                self.corrupt("truncated chunk")
-            } else {
-                Error::io(&self.origin, e)
-            }
-        })?;
+        read.map_err(|e| Error::io(&self.origin, e))?;
+        if self.stored.len() != stored_len {
+            return Err(self.corrupt("truncated chunk"));
+        }
         if checksum(&self.stored) != sum {
             return Err(self.corrupt("checksum mismatch"));
         }
+        self.consumed += (HEADER + stored_len) as u64;
+        // The checksums passed, so `raw_len` is what the writer recorded.
         match tag {
             TAG_RAW => {
                 std::mem::swap(&mut self.buf, &mut self.stored);
@@ -153,6 +207,14 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
                 self.buf.resize(raw_len, 0);
                 let n = lz4_flex::block::decompress_into(&self.stored, &mut self.buf)
                     .map_err(|e| self.corrupt(&format!("lz4: {e}")))?;
+                if n != raw_len {
+                    return Err(self.corrupt("chunk length mismatch"));
+                }
+            }
+            TAG_ZSTD => {
+                self.buf.resize(raw_len, 0);
+                let n = zstd::bulk::decompress_to_buffer(&self.stored, &mut self.buf)
+                    .map_err(|e| self.corrupt(&format!("zstd: {e}")))?;
                 if n != raw_len {
                     return Err(self.corrupt("chunk length mismatch"));
                 }
@@ -249,7 +311,13 @@ pub(crate) fn encode_all<'a, T: Serialize + 'a>(
 
 /// Decodes all records from chunk bytes.
 pub(crate) fn decode_all<T: DeserializeOwned>(bytes: &[u8], origin: &Path) -> Result<Vec<T>> {
-    let mut dec = ChunkDecoder::<_, T>::new(bytes, origin);
+    decode_exact(bytes, bytes.len() as u64, origin)
+}
+
+/// Decodes all records from chunk bytes that must be `expected` bytes long (a length recorded
+/// when they were written).
+pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8], expected: u64, origin: &Path) -> Result<Vec<T>> {
+    let mut dec = ChunkDecoder::<_, T>::new(bytes, origin).expecting(expected);
     let mut out = Vec::new();
     while let Some(r) = dec.next_record()? {
         out.push(r);
@@ -263,7 +331,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_concatenates() {
-        for codec in [Codec::Lz4, Codec::None] {
+        for codec in [Codec::Lz4, Codec::Zstd, Codec::None] {
             let a: Vec<(String, u64)> = (0..20_000).map(|i| (format!("k{i}"), i)).collect();
             let b: Vec<(String, u64)> = (0..10).map(|i| (format!("z{i}"), i)).collect();
             let mut bytes = encode_all(codec, &a).unwrap();
@@ -292,5 +360,26 @@ mod tests {
         assert!(err.to_string().contains("f.data"), "{err}");
         let err = decode_all::<u64>(&bytes[..n - 5], Path::new("f.data")).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_cut_at_a_chunk_boundary_is_truncated_when_its_length_is_known() {
+        let a: Vec<u64> = (0..100_000).collect();
+        let bytes = encode_all(Codec::None, &a).unwrap();
+        let first = HEADER + u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+        assert!(first < bytes.len());
+        let err = decode_exact::<u64>(&bytes[..first], bytes.len() as u64, Path::new("m")).unwrap_err();
+        assert!(err.to_string().contains("truncated stream"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_length_is_caught_before_allocating_it() {
+        let bytes = encode_all(Codec::Lz4, &[1u64, 2, 3]).unwrap();
+        let mut bad = bytes.clone();
+        // Claim a 4 GiB chunk: the header checksum refuses it before any allocation.
+        bad[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        bad[5..9].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = decode_all::<u64>(&bad, Path::new("m")).unwrap_err();
+        assert!(err.to_string().contains("header checksum"), "{err}");
     }
 }

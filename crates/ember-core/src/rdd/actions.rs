@@ -50,7 +50,13 @@ impl<T: Data> PartitionFn<T, Vec<T>> for CollectPartition<T> {
 
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "")]
-struct CountFn<T>(Marker<T>);
+pub(crate) struct CountFn<T>(Marker<T>);
+
+impl<T> Default for CountFn<T> {
+    fn default() -> Self {
+        CountFn(PhantomData)
+    }
+}
 impl<T: Data> PartitionFn<T, u64> for CountFn<T> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<u64> {
         Ok(it.count() as u64)
@@ -117,7 +123,7 @@ impl<T: Data + Ord> PartitionFn<T, Vec<T>> for TopFn<T> {
 struct ReduceFn<T, F>(Fun<F>, Marker<T>);
 impl<T: Data, F: Fn(T, T) -> T + Send + Sync + 'static> PartitionFn<T, Option<T>> for ReduceFn<T, F> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<Option<T>> {
-        Ok(it.reduce(self.0.get()))
+        Ok(it.reduce(self.0.get2()))
     }
 }
 
@@ -130,7 +136,7 @@ struct AggregateFn<T, U, S> {
 }
 impl<T: Data, U: Data, S: Fn(U, T) -> U + Send + Sync + 'static> PartitionFn<T, U> for AggregateFn<T, U, S> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<U> {
-        Ok(it.fold(self.zero.clone(), self.seq.get()))
+        Ok(it.fold(self.zero.clone(), self.seq.get2()))
     }
 }
 
@@ -143,7 +149,7 @@ struct ForeachFn<T, E, F> {
 }
 impl<T: Data, E: Data, F: Fn(&E, T) + Send + Sync + 'static> PartitionFn<T, ()> for ForeachFn<T, E, F> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<()> {
-        let f = self.f.get();
+        let f = self.f.get2();
         for x in it {
             f(&self.env, x);
         }
@@ -163,7 +169,7 @@ where
     F: for<'a> Fn(&E, BoxIter<'a, T>) + Send + Sync + 'static,
 {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<()> {
-        (self.f.get())(&self.env, it);
+        (self.f.get2())(&self.env, it);
         Ok(())
     }
 }
@@ -373,8 +379,8 @@ impl<T: Data> Rdd<T> {
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
         let f = Fun::new(f);
-        let parts = self.run(ReduceFn::<T, F>(f.clone(), PhantomData), None)?;
-        Ok(parts.into_iter().flatten().reduce(f.get()))
+        let parts = self.run(ReduceFn::<T, F>(f, PhantomData), None)?;
+        Ok(parts.into_iter().flatten().reduce(f.get2()))
     }
 
     /// Folds records with `zero` in every partition and once more when merging (Spark's `fold`).
@@ -383,8 +389,8 @@ impl<T: Data> Rdd<T> {
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
         let f = Fun::new(f);
-        let parts = self.run(AggregateFn::<T, T, F> { zero: zero.clone(), seq: f.clone(), _t: PhantomData }, None)?;
-        Ok(parts.into_iter().fold(zero, f.get()))
+        let parts = self.run(AggregateFn::<T, T, F> { zero: zero.clone(), seq: f, _t: PhantomData }, None)?;
+        Ok(parts.into_iter().fold(zero, f.get2()))
     }
 
     /// Aggregates records into `U`: `seq` within partitions, `comb` across them.
@@ -396,7 +402,7 @@ impl<T: Data> Rdd<T> {
         let comb = Fun::new(comb);
         let parts =
             self.run(AggregateFn::<T, U, S> { zero: zero.clone(), seq: Fun::new(seq), _t: PhantomData }, None)?;
-        Ok(parts.into_iter().fold(zero, comb.get()))
+        Ok(parts.into_iter().fold(zero, comb.get2()))
     }
 
     /// Runs `f` on every record, on the executors.
@@ -404,7 +410,7 @@ impl<T: Data> Rdd<T> {
     where
         F: Fn(T) + Send + Sync + 'static,
     {
-        self.foreach_with(Fun::new(f), |f: &Fun<F>, x| (f.get())(x))
+        self.foreach_with(Fun::new(f), |f: &Fun<F>, x| (f.get1())(x))
     }
 
     /// Runs `f` on every record with an environment value (an accumulator, say).
@@ -420,7 +426,7 @@ impl<T: Data> Rdd<T> {
     where
         F: for<'a> Fn(BoxIter<'a, T>) + Send + Sync + 'static,
     {
-        self.foreach_partition_with(Fun::new(f), |f: &Fun<F>, it| (f.get())(it))
+        self.foreach_partition_with(Fun::new(f), |f: &Fun<F>, it| (f.get1())(it))
     }
 
     /// Runs `f` on every partition's iterator with an environment value.

@@ -26,6 +26,8 @@ use crate::shuffle::ShuffleDepBase;
 use crate::storage::{RddId, StorageLevel};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
+#[cfg(test)]
+pub(crate) use actions::CountFn;
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
 pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
 
@@ -350,7 +352,8 @@ impl<T: Data> Rdd<T> {
         let bytes = DECODING
             .with(|d| d.borrow_mut().as_mut().and_then(|s| s.bytes.remove(&r.id)))
             .ok_or_else(|| Error::Serialization(format!("encoded lineage lacks rdd {}", r.id.0)))?;
-        let inner = Ship::<dyn RddImpl<T>>::decode(&bytes)?;
+        // Decoded with the key of the decode in progress, which sealed the table's code references.
+        let inner = Ship::<dyn RddImpl<T>>::decode_nested(&bytes)?;
         let checkpoint = OnceLock::new();
         if r.checkpointed {
             let _ = checkpoint.set(inner.clone());

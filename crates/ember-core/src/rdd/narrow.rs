@@ -61,7 +61,7 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send + Sync + 'static> Op<T, U> for MapOp
         "map"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        Box::new(input.map(self.0.get()))
+        Box::new(input.map(self.0.get1()))
     }
 }
 
@@ -75,7 +75,7 @@ impl<T: Data, F: Fn(&T) -> bool + Send + Sync + 'static> Op<T, T> for FilterOp<F
         "filter"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, T> {
-        Box::new(input.filter(self.0.get()))
+        Box::new(input.filter(self.0.get1()))
     }
 }
 
@@ -93,7 +93,7 @@ where
         "flat_map"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        Box::new(input.flat_map(self.0.get()))
+        Box::new(input.flat_map(self.0.get1()))
     }
 }
 
@@ -110,7 +110,7 @@ where
         "map_partitions"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        (self.0.get())(input)
+        (self.0.get1())(input)
     }
 }
 
@@ -127,7 +127,7 @@ where
         "map_partitions_with_index"
     }
     fn apply<'a>(&'a self, split: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        (self.0.get())(split, input)
+        (self.0.get2())(split, input)
     }
 }
 
@@ -141,7 +141,7 @@ impl<T: Data, U: Data, E: Data, F: Fn(&E, T) -> U + Send + Sync + 'static> Op<T,
         "map_with"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        let (env, f) = (&self.0, self.1.get());
+        let (env, f) = (&self.0, self.1.get2());
         Box::new(input.map(move |x| f(env, x)))
     }
 }
@@ -156,7 +156,7 @@ impl<T: Data, E: Data, F: Fn(&E, &T) -> bool + Send + Sync + 'static> Op<T, T> f
         "filter_with"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, T> {
-        let (env, f) = (&self.0, self.1.get());
+        let (env, f) = (&self.0, self.1.get2());
         Box::new(input.filter(move |x| f(env, x)))
     }
 }
@@ -175,7 +175,7 @@ where
         "flat_map_with"
     }
     fn apply<'a>(&'a self, _: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        let (env, f) = (&self.0, self.1.get());
+        let (env, f) = (&self.0, self.1.get2());
         Box::new(input.flat_map(move |x| f(env, x)))
     }
 }
@@ -194,7 +194,7 @@ where
         "map_partitions_with"
     }
     fn apply<'a>(&'a self, split: usize, input: BoxIter<'a, T>, _: &'a TaskContext) -> BoxIter<'a, U> {
-        (self.1.get())(&self.0, split, input)
+        (self.1.get3())(&self.0, split, input)
     }
 }
 

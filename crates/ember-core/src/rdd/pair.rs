@@ -269,7 +269,7 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
     {
         let n = self.shuffle_partitions(num_partitions, &[]);
         let f = Fun::new(f);
-        let agg = ZeroAgg::<V, V, F, F> { zero, seq: f.clone(), comb: f, _v: PhantomData };
+        let agg = ZeroAgg::<V, V, F, F> { zero, seq: f, comb: f, _v: PhantomData };
         self.aggregate_with(agg, true, n, "fold_by_key")
     }
 

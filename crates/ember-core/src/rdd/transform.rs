@@ -106,7 +106,7 @@ impl<T: Data> Rdd<T> {
     where
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
-        self.map_with(Fun::new(f), |f: &Fun<F>, x| ((f.get())(&x), x))
+        self.map_with(Fun::new(f), |f: &Fun<F>, x| ((f.get1())(&x), x))
     }
 
     /// The records of this RDD followed by those of `other` (no deduplication).
@@ -202,7 +202,7 @@ impl<K: Data, V: Data> Rdd<(K, V)> {
     where
         F: Fn(V) -> W + Send + Sync + 'static,
     {
-        self.map_with(Fun::new(f), |f: &Fun<F>, (k, v)| (k, (f.get())(v)))
+        self.map_with(Fun::new(f), |f: &Fun<F>, (k, v)| (k, (f.get1())(v)))
     }
 
     /// Maps every value to zero or more values, keeping keys.
@@ -211,6 +211,6 @@ impl<K: Data, V: Data> Rdd<(K, V)> {
         I: IntoIterator<Item = W> + 'static,
         F: Fn(V) -> I + Send + Sync + 'static,
     {
-        self.flat_map_with(Fun::new(f), |f: &Fun<F>, (k, v)| (f.get())(v).into_iter().map(move |w| (k.clone(), w)))
+        self.flat_map_with(Fun::new(f), |f: &Fun<F>, (k, v)| (f.get1())(v).into_iter().map(move |w| (k.clone(), w)))
     }
 }

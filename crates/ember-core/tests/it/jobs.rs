@@ -99,10 +99,14 @@ fn shared_lineage_encodes_once_per_node() {
         for _ in 0..16 {
             r = r.union(&r);
         }
-        let bytes = postcard::to_allocvec(&r).unwrap();
+        // SAFETY: the key stays in this process, which runs this binary.
+        let key = unsafe { ember_core::ship::ShipKey::for_verified_peers([3; 16]) };
+        let bytes = key.encode(&r).unwrap();
         assert!(bytes.len() < 4096, "encoding grows with nodes, not paths: {} bytes", bytes.len());
-        let back: ember_core::Rdd<u64> = postcard::from_bytes(&bytes).unwrap();
+        let back: ember_core::Rdd<u64> = key.decode(&bytes).unwrap();
         assert_eq!(back.num_partitions(), 1 << 16);
+        // Without the key, the bytes cannot be decoded.
+        assert!(postcard::from_bytes::<ember_core::Rdd<u64>>(&bytes).is_err());
         // Run a smaller diamond through the scheduler.
         let mut small = ctx.parallelize(vec![1u64, 2], 2);
         for _ in 0..8 {

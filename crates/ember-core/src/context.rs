@@ -13,16 +13,22 @@ use crate::data::Data;
 use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::rdd::{PartitionFn, Rdd};
-use crate::scheduler::{JobListener, JobSpec, JobSummary, Scheduler};
+use crate::scheduler::{JobListener, JobSpec, JobSummary, MapOutputTracker, Scheduler};
 use crate::ship::{Marker, Ship};
 use crate::storage::StorageStatus;
 use crate::task::{BoxIter, JobId, TaskBody, TaskContext, TaskOutput};
 
 static CONTEXT_IDS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    /// The job group of jobs this thread submits.
+    static JOB_GROUP: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 struct Inner {
     settings: Settings,
     env: Arc<Env>,
+    tracker: Arc<MapOutputTracker>,
     scheduler: Scheduler,
     checkpoint_dir: Mutex<Option<PathBuf>>,
 }
@@ -67,11 +73,12 @@ impl Context {
                 .unwrap_or(0)
         ));
         std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(&local_dir, e))?;
-        let env = Arc::new(Env::new(&settings, local_dir)?);
-        let scheduler = Scheduler::start(&settings, env.clone())?;
+        let tracker = Arc::new(MapOutputTracker::new());
+        let env = Arc::new(Env::new(&settings, local_dir, tracker.clone())?);
+        let scheduler = Scheduler::start(&settings, env.clone(), tracker.clone())?;
         tracing::info!("context `{}` started on local[{}]", settings.app_name, settings.master.slots());
         let checkpoint_dir = Mutex::new(settings.checkpoint_dir.clone());
-        Ok(Context { inner: Arc::new(Inner { settings, env, scheduler, checkpoint_dir }) })
+        Ok(Context { inner: Arc::new(Inner { settings, env, tracker, scheduler, checkpoint_dir }) })
     }
 
     /// A context on `local[N]` with default settings.
@@ -82,6 +89,11 @@ impl Context {
     /// The parsed settings.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The driver's map output tracker (for inspection and fault injection).
+    pub fn map_output_tracker(&self) -> &Arc<MapOutputTracker> {
+        &self.inner.tracker
     }
 
     /// The executor services (in local mode, the driver's own).
@@ -193,7 +205,8 @@ impl Context {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let listener = TypedListener::<U> { results: (0..partitions.len()).map(|_| None).collect(), tx };
         let body = result_task(rdd, func);
-        Ok((JobSpec { final_rdd: rdd.as_base(), body, partitions, listener: Box::new(listener) }, rx))
+        let group = JOB_GROUP.with(|g| g.borrow().clone());
+        Ok((JobSpec { final_rdd: rdd.as_base(), body, partitions, listener: Box::new(listener), group }, rx))
     }
 
     /// Runs `func` on the given partitions of `rdd` (all when `None`) and returns one result per
@@ -247,6 +260,24 @@ impl Context {
     /// `Error::Cancelled`.
     pub fn cancel_job(&self, job: JobId) {
         self.inner.scheduler.cancel(Some(job));
+    }
+
+    /// Puts the jobs this thread submits from now on into job group `group` (as Spark's
+    /// `setJobGroup`, a per-thread setting), so that [`Context::cancel_job_group`] can cancel
+    /// them together.
+    pub fn set_job_group(&self, group: &str) {
+        JOB_GROUP.with(|g| *g.borrow_mut() = Some(group.to_string()));
+    }
+
+    /// Jobs this thread submits from now on belong to no group.
+    pub fn clear_job_group(&self) {
+        JOB_GROUP.with(|g| *g.borrow_mut() = None);
+    }
+
+    /// Cancels the running jobs of a job group: their queued tasks never start and their running
+    /// tasks stop at their next check; each job returns `Error::Cancelled`.
+    pub fn cancel_job_group(&self, group: &str) {
+        self.inner.scheduler.cancel_group(group.to_string());
     }
 
     /// Cancels every running job.

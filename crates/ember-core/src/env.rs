@@ -2,34 +2,42 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::conf::{Codec, Settings};
-use crate::shuffle::ShuffleManager;
+use crate::shuffle::{MapOutputLocations, ShuffleManager};
 use crate::storage::BlockManager;
 
 /// What a task can reach on the executor running it.
 pub struct Env {
     /// This executor's id (`driver` in local mode).
-    pub executor_id: String,
+    pub executor_id: Arc<str>,
     /// Root of this executor's local files (shuffle, spill, blocks).
     pub local_dir: PathBuf,
     /// Compression codec for shuffle, spill and serialized blocks.
     pub codec: Codec,
     /// Cached blocks and the memory budget.
     pub blocks: BlockManager,
-    /// Shuffle files and map output locations.
+    /// This executor's map outputs (files and in-memory outputs).
     pub shuffle: ShuffleManager,
+    /// Where reduce tasks learn the blocks they read: the driver's map output tracker.
+    pub map_outputs: Arc<dyn MapOutputLocations>,
     file_ids: AtomicU64,
 }
 
 impl Env {
-    pub(crate) fn new(settings: &Settings, local_dir: PathBuf) -> crate::error::Result<Self> {
+    pub(crate) fn new(
+        settings: &Settings,
+        local_dir: PathBuf,
+        map_outputs: Arc<dyn MapOutputLocations>,
+    ) -> crate::error::Result<Self> {
         for sub in ["shuffle", "spill", "blocks"] {
             let d = local_dir.join(sub);
             std::fs::create_dir_all(&d).map_err(|e| crate::error::Error::io(&d, e))?;
         }
         Ok(Env {
-            executor_id: "driver".into(),
+            executor_id: Arc::from("driver"),
+            map_outputs,
             codec: settings.codec,
             blocks: BlockManager::new(
                 settings.memory_bytes,

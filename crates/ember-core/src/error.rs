@@ -196,3 +196,101 @@ impl From<postcard::Error> for Error {
 
 /// The result type of the core engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An [`Error`] as plain data, to cross a process boundary with its class intact: I/O errors
+/// keep their path, kind and message; every other variant is carried as it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WireError {
+    /// [`Error::Config`].
+    Config(String, String, String),
+    /// [`Error::InvalidMaster`].
+    InvalidMaster(String),
+    /// [`Error::InvalidArgument`].
+    InvalidArgument(String),
+    /// [`Error::InputNotFound`].
+    InputNotFound(PathBuf),
+    /// [`Error::OutputExists`].
+    OutputExists(PathBuf),
+    /// [`Error::Io`]: the path, the raw OS error code if any, and the message.
+    Io(PathBuf, Option<i32>, String),
+    /// [`Error::InvalidUtf8`].
+    InvalidUtf8(PathBuf, u64),
+    /// [`Error::UserPanic`].
+    UserPanic(String),
+    /// [`Error::JobAborted`]: job, stage, stage name, partition, attempts, message.
+    JobAborted(u64, u64, String, usize, u32, String),
+    /// [`Error::FetchFailed`]: shuffle, map, reduce, message.
+    FetchFailed(u64, usize, usize, String),
+    /// [`Error::Cancelled`].
+    Cancelled(String),
+    /// [`Error::Serialization`].
+    Serialization(String),
+    /// [`Error::ResourcesExhausted`].
+    ResourcesExhausted(String),
+    /// [`Error::NoContext`].
+    NoContext,
+    /// [`Error::Stopped`].
+    Stopped,
+    /// [`Error::Internal`].
+    Internal(String),
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> Self {
+        match e.duplicate() {
+            Error::Config { key, value, reason } => WireError::Config(key, value, reason),
+            Error::InvalidMaster(m) => WireError::InvalidMaster(m),
+            Error::InvalidArgument(m) => WireError::InvalidArgument(m),
+            Error::InputNotFound(p) => WireError::InputNotFound(p),
+            Error::OutputExists(p) => WireError::OutputExists(p),
+            Error::Io { path, source } => WireError::Io(path, source.raw_os_error(), source.to_string()),
+            Error::InvalidUtf8 { path, offset } => WireError::InvalidUtf8(path, offset),
+            Error::UserPanic(m) => WireError::UserPanic(m),
+            Error::JobAborted { job, stage, stage_name, partition, attempts, message } => {
+                WireError::JobAborted(job, stage, stage_name, partition, attempts, message)
+            }
+            Error::FetchFailed { shuffle, map, reduce, message } => {
+                WireError::FetchFailed(shuffle, map, reduce, message)
+            }
+            Error::Cancelled(m) => WireError::Cancelled(m),
+            Error::Serialization(m) => WireError::Serialization(m),
+            Error::ResourcesExhausted(m) => WireError::ResourcesExhausted(m),
+            Error::NoContext => WireError::NoContext,
+            Error::Stopped => WireError::Stopped,
+            Error::Internal(m) => WireError::Internal(m),
+        }
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(w: WireError) -> Self {
+        match w {
+            WireError::Config(key, value, reason) => Error::Config { key, value, reason },
+            WireError::InvalidMaster(m) => Error::InvalidMaster(m),
+            WireError::InvalidArgument(m) => Error::InvalidArgument(m),
+            WireError::InputNotFound(p) => Error::InputNotFound(p),
+            WireError::OutputExists(p) => Error::OutputExists(p),
+            WireError::Io(path, code, message) => {
+                let source = match code {
+                    Some(c) => std::io::Error::from_raw_os_error(c),
+                    None => std::io::Error::other(message),
+                };
+                Error::Io { path, source }
+            }
+            WireError::InvalidUtf8(path, offset) => Error::InvalidUtf8 { path, offset },
+            WireError::UserPanic(m) => Error::UserPanic(m),
+            WireError::JobAborted(job, stage, stage_name, partition, attempts, message) => {
+                Error::JobAborted { job, stage, stage_name, partition, attempts, message }
+            }
+            WireError::FetchFailed(shuffle, map, reduce, message) => {
+                Error::FetchFailed { shuffle, map, reduce, message }
+            }
+            WireError::Cancelled(m) => Error::Cancelled(m),
+            WireError::Serialization(m) => Error::Serialization(m),
+            WireError::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
+            WireError::NoContext => Error::NoContext,
+            WireError::Stopped => Error::Stopped,
+            WireError::Internal(m) => Error::Internal(m),
+        }
+    }
+}

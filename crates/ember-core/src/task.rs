@@ -132,6 +132,11 @@ impl TaskContext {
         self.stop.load(Ordering::Relaxed) || self.cancelled.load(Ordering::Relaxed)
     }
 
+    /// Whether this attempt was killed (its job cancelled or its stage abandoned).
+    pub(crate) fn is_killed(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Takes the recorded error, or a cancellation error.
     pub(crate) fn take_error(&self) -> Option<Error> {
         let taken = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -30,3 +30,15 @@ pub fn ctx() -> Context {
 pub fn both() -> [Context; 2] {
     [ctx_with(false), ctx_with(true)]
 }
+
+/// Fault injection: destroys the data of a registered map output while the driver still lists
+/// it, as when an executor's disk is lost. Returns whether there was such an output.
+pub fn lose_map_output(ctx: &Context, shuffle: ember_core::shuffle::ShuffleId, map: usize) -> bool {
+    match ctx.map_output_tracker().statuses(shuffle).get(map).cloned().flatten() {
+        Some(s) => {
+            ctx.env().shuffle.lose_output(&s);
+            true
+        }
+        None => false,
+    }
+}

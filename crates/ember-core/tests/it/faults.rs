@@ -78,7 +78,7 @@ fn lost_map_output_is_recomputed_from_lineage() {
         let r = shuffled(&ctx);
         let expect = sorted(r.collect().unwrap());
         let dep = shuffle_dep(&r);
-        assert!(ctx.env().shuffle.lose_map_output(dep.shuffle_id(), 2));
+        assert!(lose_map_output(&ctx, dep.shuffle_id(), 2));
         assert_eq!(sorted(r.collect().unwrap()), expect);
         let summary = ctx.last_job_summary().unwrap();
         assert!(summary.stages.len() >= 2, "the map stage ran again: {summary:?}");
@@ -92,7 +92,7 @@ fn corrupt_shuffle_file_is_detected_and_recomputed() {
     let r = ctx.parallelize((0..300_000u64).map(|i| (i, i.to_string())).collect(), 2).reduce_by_key(|a, _| a, Some(2));
     assert_eq!(r.count().unwrap(), 300_000);
     let dep = shuffle_dep(&r);
-    let statuses = ctx.env().shuffle.map_statuses(dep.shuffle_id());
+    let statuses = ctx.map_output_tracker().statuses(dep.shuffle_id());
     let path = statuses[0].as_ref().and_then(|s| s.data.clone()).expect("a file-backed map output");
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
@@ -216,21 +216,21 @@ fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
     let r = shuffled(&ctx);
     let expect = sorted(r.collect().unwrap());
     let dep = shuffle_dep(&r);
-    let statuses = ctx.env().shuffle.map_statuses(dep.shuffle_id());
+    let statuses = ctx.map_output_tracker().statuses(dep.shuffle_id());
     for s in statuses.iter().flatten() {
         let data = s.data.as_ref().expect("a data file");
         assert!(data.exists() && data.with_extension("index").exists());
         let index = std::fs::read(data.with_extension("index")).unwrap();
         assert_eq!(index.len(), 8 * (s.sizes.len() + 1), "one offset per segment boundary");
     }
-    assert!(ctx.env().shuffle.lose_map_output(dep.shuffle_id(), 1));
+    assert!(lose_map_output(&ctx, dep.shuffle_id(), 1));
     assert_eq!(sorted(r.collect().unwrap()), expect);
     // With the default threshold the same small outputs stay in memory.
     let ctx = super::common::ctx();
     let r = shuffled(&ctx);
     r.count().unwrap();
     let dep = shuffle_dep(&r);
-    assert!(ctx.env().shuffle.map_statuses(dep.shuffle_id()).iter().flatten().all(|s| s.data.is_none()));
+    assert!(ctx.map_output_tracker().statuses(dep.shuffle_id()).iter().flatten().all(|s| s.data.is_none()));
 }
 
 #[test]

@@ -293,7 +293,7 @@ fn narrow_operators_and_actions_accept_an_empty_rdd() {
             "{mode}"
         );
         assert_eq!(sorted(other.subtract_by_key(&pe, None).collect().unwrap()), vec![(1, 10), (2, 20)], "{mode}");
-        assert_eq!(pe.lookup(1).unwrap(), vec![], "{mode}");
+        assert_eq!(pe.lookup(1).unwrap(), Vec::<i32>::new(), "{mode}");
         assert!(pe.collect_as_map().unwrap().is_empty(), "{mode}");
     }
 }

@@ -1,0 +1,416 @@
+//! The executor backend: the seam between the task scheduler and whatever runs tasks.
+//!
+//! Everything that crosses it is plain data: a [`TaskLaunch`] goes out, a [`TaskStatus`] comes
+//! back (result or error with its class, metrics, accumulator updates). The first backend,
+//! [`LocalBackend`], runs tasks on slot threads of this process; with
+//! `ember.local.serializeTasks=true` it sends every launch and every status through bytes, as a
+//! remote executor would receive and send them.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::accumulator::{self, AccumUpdates};
+use crate::env::Env;
+use crate::error::{Error, Result, WireError};
+use crate::ship::Ship;
+use crate::shuffle::MapStatus;
+use crate::task::{panic_message, StageId, TaskBody, TaskContext, TaskMetrics, TaskOutput};
+
+/// A task's code: shared in memory, or encoded as for a remote executor.
+pub(crate) enum TaskPayload {
+    /// The body itself (local mode).
+    Local(Ship<dyn TaskBody>),
+    /// The encoded body, shared by all tasks of a stage attempt.
+    Encoded(Arc<Vec<u8>>),
+}
+
+/// A task to run.
+pub(crate) struct TaskLaunch {
+    /// Unique per attempt within the application; the task context's `task_attempt_id`.
+    pub(crate) task_id: u64,
+    pub(crate) stage: StageId,
+    pub(crate) stage_attempt: u32,
+    /// Index of the task within its stage.
+    pub(crate) index: usize,
+    /// The partition it computes.
+    pub(crate) partition: usize,
+    /// Attempt number of this task, from 0.
+    pub(crate) attempt: u32,
+    /// The map output tracker's epoch when the task was launched.
+    pub(crate) epoch: u64,
+    pub(crate) body: TaskPayload,
+}
+
+/// What became of a task.
+pub(crate) struct TaskStatus {
+    pub(crate) task_id: u64,
+    pub(crate) stage: StageId,
+    pub(crate) stage_attempt: u32,
+    pub(crate) index: usize,
+    pub(crate) attempt: u32,
+    pub(crate) epoch: u64,
+    pub(crate) result: Result<TaskOutput>,
+    pub(crate) metrics: TaskMetrics,
+    pub(crate) updates: AccumUpdates,
+}
+
+/// Where tasks run. Implementations must report exactly one status per launched task, including
+/// tasks killed before they started (as `Error::Cancelled`).
+pub(crate) trait ExecutorBackend: Send + Sync {
+    /// Task slots in all.
+    fn slots(&self) -> usize;
+    /// Queues a task.
+    fn launch(&self, task: TaskLaunch);
+    /// Asks tasks to stop: queued ones never start, running ones stop at their next check.
+    fn kill(&self, task_ids: &[u64]);
+    /// Deletes a map output the scheduler will not use (a losing or stale attempt's).
+    fn discard_map_output(&self, status: &MapStatus);
+    /// Stops the backend; queued tasks are dropped.
+    fn stop(&self);
+}
+
+// ---- wire forms ------------------------------------------------------------------------------
+
+#[derive(Serialize, Deserialize)]
+struct WireLaunch<'a> {
+    task_id: u64,
+    stage: StageId,
+    stage_attempt: u32,
+    index: usize,
+    partition: usize,
+    attempt: u32,
+    epoch: u64,
+    #[serde(borrow)]
+    body: &'a [u8],
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireOutput {
+    Map(MapStatus),
+    Value(Vec<u8>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireStatus {
+    task_id: u64,
+    stage: StageId,
+    stage_attempt: u32,
+    index: usize,
+    attempt: u32,
+    epoch: u64,
+    result: std::result::Result<WireOutput, WireError>,
+    metrics: TaskMetrics,
+    updates: Vec<(u64, Vec<u8>)>,
+}
+
+fn encode_status(s: TaskStatus) -> Result<Vec<u8>> {
+    let result = match s.result {
+        Ok(TaskOutput::Map(m)) => Ok(WireOutput::Map(m)),
+        Ok(TaskOutput::Encoded(b)) => Ok(WireOutput::Value(b)),
+        Ok(TaskOutput::Value(_)) => {
+            return Err(Error::Internal("a result crossed the backend without being encoded".into()))
+        }
+        Err(e) => Err(WireError::from(&e)),
+    };
+    let updates = match s.updates {
+        AccumUpdates::Encoded(v) => v,
+        AccumUpdates::Local(_) => {
+            return Err(Error::Internal("accumulator updates crossed the backend without being encoded".into()))
+        }
+    };
+    let wire = WireStatus {
+        task_id: s.task_id,
+        stage: s.stage,
+        stage_attempt: s.stage_attempt,
+        index: s.index,
+        attempt: s.attempt,
+        epoch: s.epoch,
+        result,
+        metrics: s.metrics,
+        updates,
+    };
+    Ok(postcard::to_allocvec(&wire)?)
+}
+
+fn decode_status(bytes: &[u8]) -> Result<TaskStatus> {
+    let w: WireStatus = postcard::from_bytes(bytes)?;
+    Ok(TaskStatus {
+        task_id: w.task_id,
+        stage: w.stage,
+        stage_attempt: w.stage_attempt,
+        index: w.index,
+        attempt: w.attempt,
+        epoch: w.epoch,
+        result: match w.result {
+            Ok(WireOutput::Map(m)) => Ok(TaskOutput::Map(m)),
+            Ok(WireOutput::Value(b)) => Ok(TaskOutput::Encoded(b)),
+            Err(e) => Err(Error::from(e)),
+        },
+        metrics: w.metrics,
+        updates: AccumUpdates::Encoded(w.updates),
+    })
+}
+
+// ---- the local backend -----------------------------------------------------------------------
+
+/// Receives task statuses (the task scheduler's inbox).
+pub(crate) type StatusSink = Box<dyn Fn(TaskStatus) + Send + Sync>;
+
+enum Queued {
+    Local(TaskLaunch),
+    Bytes(Vec<u8>),
+}
+
+struct Shared {
+    env: Arc<Env>,
+    serialize: bool,
+    sink: StatusSink,
+    /// Kill flags of queued and running tasks.
+    kills: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+}
+
+/// Runs tasks on slot threads of this process.
+pub(crate) struct LocalBackend {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<Sender<Queued>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    slots: usize,
+}
+
+/// Stack size of task threads.
+pub(crate) const TASK_STACK_BYTES: usize = 64 << 20;
+
+impl LocalBackend {
+    pub(crate) fn start(slots: usize, env: Arc<Env>, serialize: bool, sink: StatusSink) -> Result<LocalBackend> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
+        let shared = Arc::new(Shared { env, serialize, sink, kills: Mutex::new(HashMap::new()) });
+        let mut workers = Vec::new();
+        for i in 0..slots {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("ember-task-{i}"))
+                // Computing an uncached partition recurses through its lineage; long iterative
+                // lineages need more than the default 2 MiB (checkpoint() truncates them).
+                .stack_size(TASK_STACK_BYTES)
+                .spawn(move || slot_loop(rx, shared))
+                .map_err(|e| Error::ResourcesExhausted(format!("cannot start task thread: {e}")))?;
+            workers.push(h);
+        }
+        Ok(LocalBackend { shared, queue: Mutex::new(Some(tx)), workers: Mutex::new(workers), slots })
+    }
+}
+
+impl ExecutorBackend for LocalBackend {
+    fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn launch(&self, task: TaskLaunch) {
+        self.shared.kills.lock().unwrap_or_else(|p| p.into_inner()).insert(task.task_id, Arc::default());
+        let queued = if self.shared.serialize {
+            match encode_launch(&task) {
+                Ok(b) => Queued::Bytes(b),
+                Err(e) => {
+                    report(&self.shared, failed_status(&task, e));
+                    return;
+                }
+            }
+        } else {
+            Queued::Local(task)
+        };
+        if let Some(q) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = q.send(queued);
+        }
+    }
+
+    fn kill(&self, task_ids: &[u64]) {
+        let kills = self.shared.kills.lock().unwrap_or_else(|p| p.into_inner());
+        for id in task_ids {
+            if let Some(flag) = kills.get(id) {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn discard_map_output(&self, status: &MapStatus) {
+        self.shared.env.shuffle.delete_output(status);
+    }
+
+    fn stop(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let me = std::thread::current().id();
+        for h in self.workers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            // A slot thread may drop the last context handle; it cannot wait for itself.
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn encode_launch(t: &TaskLaunch) -> Result<Vec<u8>> {
+    let encoded;
+    let body: &[u8] = match &t.body {
+        TaskPayload::Encoded(b) => b,
+        TaskPayload::Local(s) => {
+            encoded = s.encode()?;
+            &encoded
+        }
+    };
+    let w = WireLaunch {
+        task_id: t.task_id,
+        stage: t.stage,
+        stage_attempt: t.stage_attempt,
+        index: t.index,
+        partition: t.partition,
+        attempt: t.attempt,
+        epoch: t.epoch,
+        body,
+    };
+    Ok(postcard::to_allocvec(&w)?)
+}
+
+fn decode_launch(bytes: &[u8]) -> Result<TaskLaunch> {
+    let w: WireLaunch<'_> = postcard::from_bytes(bytes)?;
+    Ok(TaskLaunch {
+        task_id: w.task_id,
+        stage: w.stage,
+        stage_attempt: w.stage_attempt,
+        index: w.index,
+        partition: w.partition,
+        attempt: w.attempt,
+        epoch: w.epoch,
+        body: TaskPayload::Encoded(Arc::new(w.body.to_vec())),
+    })
+}
+
+fn failed_status(t: &TaskLaunch, e: Error) -> TaskStatus {
+    TaskStatus {
+        task_id: t.task_id,
+        stage: t.stage,
+        stage_attempt: t.stage_attempt,
+        index: t.index,
+        attempt: t.attempt,
+        epoch: t.epoch,
+        result: Err(e),
+        metrics: TaskMetrics::default(),
+        updates: AccumUpdates::Local(Vec::new()),
+    }
+}
+
+/// Hands a status to the scheduler, through bytes when rehearsing a remote executor.
+fn report(shared: &Shared, status: TaskStatus) {
+    let status = if shared.serialize {
+        let task = (status.task_id, status.stage, status.stage_attempt, status.index, status.attempt, status.epoch);
+        let updates = match status.updates {
+            AccumUpdates::Local(v) if v.is_empty() => AccumUpdates::Encoded(Vec::new()),
+            u => u,
+        };
+        match encode_status(TaskStatus { updates, ..status }).and_then(|b| decode_status(&b)) {
+            Ok(s) => s,
+            Err(e) => TaskStatus {
+                task_id: task.0,
+                stage: task.1,
+                stage_attempt: task.2,
+                index: task.3,
+                attempt: task.4,
+                epoch: task.5,
+                result: Err(e),
+                metrics: TaskMetrics::default(),
+                updates: AccumUpdates::Encoded(Vec::new()),
+            },
+        }
+    } else {
+        status
+    };
+    (shared.sink)(status);
+}
+
+fn slot_loop(rx: Receiver<Queued>, shared: Arc<Shared>) {
+    while let Ok(q) = rx.recv() {
+        let task = match q {
+            Queued::Local(t) => t,
+            Queued::Bytes(b) => match decode_launch(&b) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("dropping a task launch that does not decode: {e}");
+                    continue;
+                }
+            },
+        };
+        let kill =
+            shared.kills.lock().unwrap_or_else(|p| p.into_inner()).get(&task.task_id).cloned().unwrap_or_default();
+        let status = if kill.load(Ordering::Relaxed) {
+            // Killed while queued: it never starts.
+            failed_status(&task, Error::Cancelled("the task was killed before it started".into()))
+        } else {
+            run_task(task, &shared.env, shared.serialize, kill)
+        };
+        shared.kills.lock().unwrap_or_else(|p| p.into_inner()).remove(&status.task_id);
+        report(&shared, status);
+    }
+}
+
+fn run_task(task: TaskLaunch, env: &Arc<Env>, serialize: bool, kill: Arc<AtomicBool>) -> TaskStatus {
+    let tc = TaskContext::new(task.stage, task.partition, task.attempt, task.task_id, env.clone(), kill);
+    let started = Instant::now();
+    accumulator::begin_task();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<TaskOutput> {
+        let body = match &task.body {
+            TaskPayload::Local(b) => b.clone(),
+            TaskPayload::Encoded(bytes) => Ship::<dyn TaskBody>::decode_local(bytes)?,
+        };
+        let out = body.run(task.partition, &tc)?;
+        if let Some(e) = tc.take_error() {
+            if let TaskOutput::Map(status) = &out {
+                env.shuffle.delete_output(status);
+            }
+            return Err(e);
+        }
+        match out {
+            TaskOutput::Value(v) if serialize => Ok(TaskOutput::Encoded(body.encode_value(v)?)),
+            other => Ok(other),
+        }
+    }));
+    let updates = accumulator::end_task(serialize);
+    env.blocks.release_task(task.task_id);
+    let result = match outcome {
+        Ok(r) => r,
+        Err(payload) => Err(Error::UserPanic(panic_message(&*payload))),
+    };
+    // A task that stopped because it was killed reports cancellation, whatever error its
+    // interrupted iterators produced on the way out.
+    let result = match result {
+        Err(e) if tc.is_killed() && !matches!(e, Error::Cancelled(_)) => {
+            Err(Error::Cancelled(format!("the task was killed ({e})")))
+        }
+        r => r,
+    };
+    let mut metrics = tc.metrics();
+    metrics.run_micros = started.elapsed().as_micros() as u64;
+    TaskStatus {
+        task_id: task.task_id,
+        stage: task.stage,
+        stage_attempt: task.stage_attempt,
+        index: task.index,
+        attempt: task.attempt,
+        epoch: task.epoch,
+        result,
+        metrics,
+        updates,
+    }
+}

@@ -1,0 +1,779 @@
+//! The DAG scheduler: cuts jobs into stages at shuffle dependencies, submits a stage once its
+//! parents' outputs exist, tracks map outputs, and recovers from fetch failures by resubmitting
+//! the stages whose outputs were lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::backend::{ExecutorBackend, TaskStatus};
+use super::taskset::{Code, TaskSet};
+use super::tracker::MapOutputTracker;
+use super::{JobListener, JobSpec, JobSummary, StageSummary, SUMMARIES_KEPT};
+use crate::accumulator;
+use crate::conf::Settings;
+use crate::env::Env;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::rdd::{Dependency, RddBase};
+use crate::ship::Ship;
+use crate::shuffle::{ShuffleDepBase, ShuffleId};
+use crate::task::{panic_message, JobId, StageId, TaskBody, TaskMetrics, TaskOutput};
+
+/// The name of the scheduler's event loop thread.
+pub(super) const THREAD_NAME: &str = "ember-dag-scheduler";
+
+/// Stages retried after fetch failures before the job is aborted.
+const MAX_STAGE_ATTEMPTS: u32 = 4;
+
+/// What the event loop reacts to.
+pub(super) enum Event {
+    Submit(Vec<(JobId, JobSpec)>),
+    TaskEnd(Box<TaskStatus>),
+    Cancel(Option<JobId>),
+    CancelGroup(String),
+    Stop,
+}
+
+enum StageKind {
+    ShuffleMap { dep: Arc<dyn ShuffleDepBase> },
+    Result { job: JobId, partitions: Vec<usize> },
+}
+
+/// A stage's lifecycle; each state carries its own data.
+enum StageState {
+    /// Created, not yet submitted.
+    New,
+    /// Waiting for parent stages' outputs.
+    Waiting,
+    /// Tasks are running.
+    Running(TaskSet),
+    /// All outputs exist.
+    Done,
+}
+
+struct Stage {
+    id: StageId,
+    name: String,
+    kind: StageKind,
+    /// The RDD whose partitions the stage's tasks compute.
+    rdd: Arc<dyn RddBase>,
+    parents: Vec<StageId>,
+    jobs: BTreeSet<JobId>,
+    code: Code,
+    state: StageState,
+    attempt: u32,
+    fetch_failures: u32,
+    /// Failed attempts per task index, across stage attempts.
+    failures: HashMap<usize, u32>,
+    failed_attempts: u32,
+    launched: usize,
+    tasks_done: usize,
+    metrics: TaskMetrics,
+}
+
+struct ActiveJob {
+    final_stage: StageId,
+    finished: Vec<bool>,
+    num_finished: usize,
+    listener: Option<Box<dyn JobListener>>,
+    started: Instant,
+    group: Option<String>,
+}
+
+/// All scheduling state, owned by the event loop thread.
+pub(super) struct State {
+    settings: Settings,
+    /// Where cached blocks are known (the driver's block manager in local mode).
+    env: Arc<Env>,
+    backend: Arc<dyn ExecutorBackend>,
+    tracker: Arc<MapOutputTracker>,
+    next_stage: u64,
+    stages: BTreeMap<StageId, Stage>,
+    shuffle_stages: HashMap<ShuffleId, StageId>,
+    jobs: HashMap<JobId, ActiveJob>,
+    progress: Progress,
+    summaries: Arc<Mutex<VecDeque<JobSummary>>>,
+}
+
+impl State {
+    pub(super) fn new(
+        settings: Settings,
+        env: Arc<Env>,
+        backend: Arc<dyn ExecutorBackend>,
+        tracker: Arc<MapOutputTracker>,
+        summaries: Arc<Mutex<VecDeque<JobSummary>>>,
+    ) -> Self {
+        State {
+            progress: Progress::new(settings.show_progress),
+            settings,
+            env,
+            backend,
+            tracker,
+            next_stage: 0,
+            stages: BTreeMap::new(),
+            shuffle_stages: HashMap::new(),
+            jobs: HashMap::new(),
+            summaries,
+        }
+    }
+
+    pub(super) fn run(&mut self, events: Receiver<Event>) {
+        loop {
+            let ev = match events.recv_timeout(Duration::from_millis(200)) {
+                Ok(ev) => ev,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.render_progress();
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
+            if matches!(ev, Event::Stop) {
+                let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+                for j in ids {
+                    self.fail_job(j, Error::Stopped);
+                }
+                break;
+            }
+            // User code runs here too (partitioners, `Serialize` impls, result decoding). A panic
+            // in it fails the jobs in flight, not the scheduler.
+            if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(ev))) {
+                let message = panic_message(&*payload);
+                tracing::warn!("a user function panicked on the driver: {message}");
+                self.fail_all(&format!("a user function panicked on the driver: {message}"));
+            }
+            self.render_progress();
+        }
+        self.progress.clear();
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Submit(jobs) => self.on_submit(jobs),
+            Event::TaskEnd(end) => self.on_task_end(*end),
+            Event::Cancel(job) => {
+                let ids: Vec<JobId> = match job {
+                    Some(j) => vec![j],
+                    None => self.jobs.keys().copied().collect(),
+                };
+                for j in ids {
+                    self.fail_job(j, Error::Cancelled(format!("job {} was cancelled", j.0)));
+                }
+            }
+            Event::CancelGroup(group) => {
+                let ids: Vec<JobId> =
+                    self.jobs.iter().filter(|(_, j)| j.group.as_deref() == Some(&group)).map(|(id, _)| *id).collect();
+                for j in ids {
+                    self.fail_job(j, Error::Cancelled(format!("job {} was cancelled with its group `{group}`", j.0)));
+                }
+            }
+            Event::Stop => {}
+        }
+    }
+
+    /// Fails every job after a panic left the state in doubt, and forgets every stage.
+    fn fail_all(&mut self, message: &str) {
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for j in ids {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| self.fail_job(j, Error::UserPanic(message.into()))));
+        }
+        for s in std::mem::take(&mut self.stages).into_values() {
+            if let StageState::Running(ts) = &s.state {
+                ts.kill_all(&*self.backend);
+            }
+        }
+        self.shuffle_stages.clear();
+        self.jobs.clear();
+    }
+
+    fn render_progress(&mut self) {
+        if !self.progress.enabled() {
+            return;
+        }
+        // Tasks wait in one queue, so at most `slots` of a stage's queued tasks are running.
+        let slots = self.backend.slots();
+        let rows: Vec<(u64, usize, usize, usize, Instant)> = self
+            .stages
+            .values()
+            .filter_map(|s| match &s.state {
+                StageState::Running(ts) => {
+                    Some((s.id.0, ts.total - ts.pending.len(), ts.running.len().min(slots), ts.total, ts.started))
+                }
+                _ => None,
+            })
+            .collect();
+        self.progress.render(&rows);
+    }
+
+    // ---- stage creation ----------------------------------------------------------------------
+
+    fn new_stage(
+        &mut self,
+        (name, kind, rdd): (String, StageKind, Arc<dyn RddBase>),
+        parents: Vec<StageId>,
+        body: Ship<dyn TaskBody>,
+        job: JobId,
+    ) -> Result<StageId> {
+        let id = StageId(self.next_stage);
+        self.next_stage += 1;
+        let code =
+            if self.settings.serialize_tasks { Code::Encoded(Arc::new(body.encode()?)) } else { Code::Local(body) };
+        self.stages.insert(
+            id,
+            Stage {
+                id,
+                name,
+                kind,
+                rdd,
+                parents,
+                jobs: BTreeSet::from([job]),
+                code,
+                state: StageState::New,
+                attempt: 0,
+                fetch_failures: 0,
+                failures: HashMap::new(),
+                failed_attempts: 0,
+                launched: 0,
+                tasks_done: 0,
+                metrics: TaskMetrics::default(),
+            },
+        );
+        Ok(id)
+    }
+
+    /// The shuffle map stages `rdd` directly depends on (walking narrow dependencies, and
+    /// stopping at RDDs whose partitions are all cached).
+    fn parent_stages(&mut self, rdd: &Arc<dyn RddBase>, job: JobId) -> Result<Vec<StageId>> {
+        let mut parents = Vec::new();
+        let mut seen = HashSet::new();
+        let mut stack = vec![rdd.clone()];
+        while let Some(r) = stack.pop() {
+            if !seen.insert(r.id()) {
+                continue;
+            }
+            if r.storage_level() != crate::storage::StorageLevel::None
+                && self.env.blocks.has_all(r.id(), r.num_partitions())
+            {
+                continue;
+            }
+            for dep in r.dependencies() {
+                match dep {
+                    Dependency::Narrow(p) => stack.push(p),
+                    Dependency::Shuffle(d) => {
+                        let s = self.shuffle_stage(d, job)?;
+                        if !parents.contains(&s) {
+                            parents.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(parents)
+    }
+
+    fn shuffle_stage(&mut self, dep: Arc<dyn ShuffleDepBase>, job: JobId) -> Result<StageId> {
+        if let Some(&id) = self.shuffle_stages.get(&dep.shuffle_id()) {
+            self.add_job_to(id, job);
+            return Ok(id);
+        }
+        let rdd = dep.parent().ok_or(Error::NoContext)?;
+        let parents = self.parent_stages(&rdd, job)?;
+        let name = format!("shuffle {} of {}", dep.shuffle_id().0, rdd.describe());
+        let body = dep.map_task()?;
+        let kind = StageKind::ShuffleMap { dep: dep.clone() };
+        let id = self.new_stage((name, kind, rdd), parents, body, job)?;
+        self.shuffle_stages.insert(dep.shuffle_id(), id);
+        Ok(id)
+    }
+
+    fn add_job_to(&mut self, id: StageId, job: JobId) {
+        let mut stack = vec![id];
+        while let Some(s) = stack.pop() {
+            if let Some(st) = self.stages.get_mut(&s) {
+                if st.jobs.insert(job) {
+                    stack.extend(st.parents.iter().copied());
+                }
+            }
+        }
+    }
+
+    // ---- submission ----------------------------------------------------------------------------
+
+    fn on_submit(&mut self, jobs: Vec<(JobId, JobSpec)>) {
+        let mut finals = Vec::new();
+        for (id, spec) in jobs {
+            let JobSpec { final_rdd, body, partitions, listener, group } = spec;
+            let created =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.create_job(id, final_rdd, body, &partitions)));
+            let created = match created {
+                Ok(r) => r,
+                Err(payload) => Err(Error::UserPanic(format!(
+                    "a user function panicked on the driver while planning job {}: {}",
+                    id.0,
+                    panic_message(&*payload)
+                ))),
+            };
+            match created {
+                Ok(Some(stage)) => {
+                    self.jobs.insert(
+                        id,
+                        ActiveJob {
+                            final_stage: stage,
+                            finished: vec![false; partitions.len()],
+                            num_finished: 0,
+                            listener: Some(listener),
+                            started: Instant::now(),
+                            group,
+                        },
+                    );
+                    finals.push((id, stage));
+                }
+                Ok(None) => {
+                    listener.job_finished(Ok(()));
+                    self.record_summary(id, true, Instant::now(), &[]);
+                }
+                Err(e) => {
+                    self.forget_job_stages(id);
+                    listener.job_finished(Err(e));
+                }
+            }
+        }
+        for (job, s) in finals {
+            if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| self.submit_stage(s))) {
+                let message = panic_message(&*payload);
+                self.fail_job(job, Error::UserPanic(format!("a user function panicked on the driver: {message}")));
+            }
+        }
+    }
+
+    fn create_job(
+        &mut self,
+        id: JobId,
+        final_rdd: Arc<dyn RddBase>,
+        body: Ship<dyn TaskBody>,
+        partitions: &[usize],
+    ) -> Result<Option<StageId>> {
+        if partitions.is_empty() {
+            return Ok(None);
+        }
+        let parents = self.parent_stages(&final_rdd, id)?;
+        let name = final_rdd.describe();
+        let kind = StageKind::Result { job: id, partitions: partitions.to_vec() };
+        Ok(Some(self.new_stage((name, kind, final_rdd), parents, body, id)?))
+    }
+
+    /// Removes the stages only job `id` needed (after it failed while being created).
+    fn forget_job_stages(&mut self, id: JobId) {
+        let gone: Vec<StageId> = self
+            .stages
+            .values_mut()
+            .filter_map(|s| (s.jobs.remove(&id) && s.jobs.is_empty()).then_some(s.id))
+            .collect();
+        for g in gone {
+            if let Some(StageKind::ShuffleMap { dep }) = self.stages.remove(&g).map(|s| s.kind) {
+                self.shuffle_stages.remove(&dep.shuffle_id());
+            }
+        }
+    }
+
+    fn stage_available(&self, id: StageId) -> bool {
+        match self.stages.get(&id) {
+            Some(Stage { kind: StageKind::ShuffleMap { dep }, .. }) => {
+                self.tracker.missing(dep.shuffle_id(), dep.num_maps()).is_empty()
+            }
+            _ => false,
+        }
+    }
+
+    fn submit_stage(&mut self, id: StageId) {
+        let Some(stage) = self.stages.get(&id) else { return };
+        if matches!(stage.state, StageState::Running(_)) {
+            return;
+        }
+        let parents = stage.parents.clone();
+        let missing: Vec<StageId> = parents.into_iter().filter(|p| !self.stage_available(*p)).collect();
+        if missing.is_empty() {
+            self.launch(id);
+        } else {
+            if let Some(s) = self.stages.get_mut(&id) {
+                s.state = StageState::Waiting;
+            }
+            for p in missing {
+                self.submit_stage(p);
+            }
+        }
+    }
+
+    fn launch(&mut self, id: StageId) {
+        let to_run: Vec<(usize, usize)> = {
+            let Some(stage) = self.stages.get(&id) else { return };
+            match &stage.kind {
+                StageKind::ShuffleMap { dep } => {
+                    self.tracker.missing(dep.shuffle_id(), dep.num_maps()).into_iter().map(|m| (m, m)).collect()
+                }
+                StageKind::Result { job, partitions } => match self.jobs.get(job) {
+                    Some(j) => {
+                        partitions.iter().enumerate().filter(|(i, _)| !j.finished[*i]).map(|(i, &p)| (i, p)).collect()
+                    }
+                    None => Vec::new(),
+                },
+            }
+        };
+        let epoch = self.tracker.epoch();
+        let backend = self.backend.clone();
+        let Some(stage) = self.stages.get_mut(&id) else { return };
+        if to_run.is_empty() {
+            stage.state = StageState::Done;
+            self.on_stage_done(id);
+            return;
+        }
+        stage.attempt += 1;
+        let mut ts = TaskSet::new(id, stage.attempt, to_run.iter().map(|(i, _)| *i));
+        tracing::debug!("stage {} ({}) attempt {}: {} tasks", id.0, stage.name, stage.attempt, to_run.len());
+        for (index, partition) in to_run {
+            let attempt = stage.failures.get(&index).copied().unwrap_or(0);
+            ts.launch(&*backend, &stage.code, (index, partition, attempt), epoch);
+        }
+        stage.launched += ts.launched;
+        stage.state = StageState::Running(ts);
+    }
+
+    // ---- completion --------------------------------------------------------------------------
+
+    /// Drops the output of a task whose result the scheduler does not use.
+    fn discard(&self, output: &Result<TaskOutput>) {
+        if let Ok(TaskOutput::Map(status)) = output {
+            self.backend.discard_map_output(status);
+        }
+    }
+
+    fn on_task_end(&mut self, end: TaskStatus) {
+        let Some(stage) = self.stages.get_mut(&end.stage) else {
+            self.discard(&end.result);
+            return;
+        };
+        let StageState::Running(ts) = &mut stage.state else {
+            self.discard(&end.result);
+            return;
+        };
+        if ts.stage_attempt != end.stage_attempt || !ts.ended(end.task_id) {
+            self.discard(&end.result);
+            return;
+        }
+        match end.result {
+            Ok(output) => {
+                if !ts.pending.contains(&end.index) {
+                    self.discard(&Ok(output));
+                    return;
+                }
+                match &stage.kind {
+                    StageKind::ShuffleMap { dep } => {
+                        let TaskOutput::Map(status) = output else {
+                            let err = Error::Internal("a shuffle map task returned a value".into());
+                            self.abort_stage(end.stage, err);
+                            return;
+                        };
+                        match self.tracker.register(status, dep.num_maps(), end.epoch) {
+                            Ok(replaced) => {
+                                if let Some(old) = replaced {
+                                    self.backend.discard_map_output(&old);
+                                }
+                            }
+                            Err((refused, why)) => {
+                                // Its executor was lost after the task started: run it again.
+                                tracing::warn!("stage {} task {}: output refused ({why:?})", end.stage.0, end.index);
+                                self.backend.discard_map_output(&refused);
+                                let partition = end.index;
+                                let attempt = stage.failures.get(&end.index).copied().unwrap_or(0);
+                                let epoch = self.tracker.epoch();
+                                ts.launch(&*self.backend, &stage.code, (end.index, partition, attempt), epoch);
+                                stage.launched += 1;
+                                return;
+                            }
+                        }
+                        ts.pending.remove(&end.index);
+                        accumulator::merge_updates(end.updates);
+                        stage.metrics.add(&end.metrics);
+                        stage.tasks_done += 1;
+                        if ts.pending.is_empty() {
+                            stage.state = StageState::Done;
+                            self.on_stage_done(end.stage);
+                        }
+                    }
+                    StageKind::Result { job, .. } => {
+                        let job = *job;
+                        ts.pending.remove(&end.index);
+                        accumulator::merge_updates(end.updates);
+                        stage.metrics.add(&end.metrics);
+                        stage.tasks_done += 1;
+                        if ts.pending.is_empty() {
+                            stage.state = StageState::Done;
+                        }
+                        self.on_result(job, end.index, output);
+                    }
+                }
+            }
+            Err(Error::FetchFailed { shuffle, map, reduce, message }) => {
+                tracing::warn!(
+                    "stage {} task {}: fetch failed for shuffle {shuffle} map {map}: {message}",
+                    end.stage.0,
+                    end.index
+                );
+                ts.kill_all(&*self.backend);
+                stage.state = StageState::Waiting;
+                stage.fetch_failures += 1;
+                let sid = ShuffleId(shuffle);
+                if let Some(lost) = self.tracker.unregister(sid, map) {
+                    self.backend.discard_map_output(&lost);
+                }
+                if stage.fetch_failures > MAX_STAGE_ATTEMPTS {
+                    let err = Error::JobAborted {
+                        job: 0,
+                        stage: end.stage.0,
+                        stage_name: stage.name.clone(),
+                        partition: reduce,
+                        attempts: MAX_STAGE_ATTEMPTS,
+                        message: format!("shuffle {shuffle} output of map {map} kept failing: {message}"),
+                    };
+                    self.abort_stage(end.stage, err);
+                    return;
+                }
+                let parent = match self.shuffle_stages.get(&sid) {
+                    Some(&p) => Some(p),
+                    // The shuffle's stage was skipped because a cached RDD covered it, and the
+                    // cache has since lost blocks: create the stage now.
+                    None => self.missing_shuffle_stage(end.stage, sid),
+                };
+                match parent {
+                    Some(p) => {
+                        if let Some(ps) = self.stages.get_mut(&p) {
+                            if matches!(ps.state, StageState::Done) {
+                                ps.state = StageState::New;
+                            }
+                        }
+                    }
+                    None => {
+                        let err =
+                            Error::Internal(format!("shuffle {shuffle} read by stage {} is unknown", end.stage.0));
+                        self.abort_stage(end.stage, err);
+                        return;
+                    }
+                }
+                self.submit_stage(end.stage);
+            }
+            Err(err) => {
+                if matches!(err, Error::Cancelled(_)) {
+                    // A killed attempt is not a failure. If its stage still runs (it was killed
+                    // for another job), run it again.
+                    if ts.pending.contains(&end.index) {
+                        let partition = match &stage.kind {
+                            StageKind::ShuffleMap { .. } => end.index,
+                            StageKind::Result { partitions, .. } => partitions.get(end.index).copied().unwrap_or(0),
+                        };
+                        let epoch = self.tracker.epoch();
+                        ts.launch(&*self.backend, &stage.code, (end.index, partition, end.attempt), epoch);
+                        stage.launched += 1;
+                    }
+                    return;
+                }
+                let fails = stage.failures.entry(end.index).or_insert(0);
+                *fails += 1;
+                stage.failed_attempts += 1;
+                let fails = *fails;
+                let max = self.settings.max_task_failures;
+                tracing::warn!("stage {} task {} attempt {} failed: {err}", end.stage.0, end.index, end.attempt);
+                let partition = match &stage.kind {
+                    StageKind::ShuffleMap { .. } => end.index,
+                    StageKind::Result { partitions, .. } => partitions.get(end.index).copied().unwrap_or(0),
+                };
+                if err.is_retryable() && fails < max {
+                    let epoch = self.tracker.epoch();
+                    ts.launch(&*self.backend, &stage.code, (end.index, partition, fails), epoch);
+                    stage.launched += 1;
+                } else {
+                    let abort = match err {
+                        // Input errors are the user's to fix: report them as they are.
+                        e if !e.is_retryable() => e,
+                        e => Error::JobAborted {
+                            job: 0,
+                            stage: end.stage.0,
+                            stage_name: stage.name.clone(),
+                            partition,
+                            attempts: fails,
+                            message: e.to_string(),
+                        },
+                    };
+                    self.abort_stage(end.stage, abort);
+                }
+            }
+        }
+    }
+
+    /// Creates the map stage of shuffle `sid`, found in the lineage of `stage` (through cached
+    /// RDDs), as a parent of `stage`.
+    fn missing_shuffle_stage(&mut self, stage: StageId, sid: ShuffleId) -> Option<StageId> {
+        let (rdd, jobs) = {
+            let s = self.stages.get(&stage)?;
+            (s.rdd.clone(), s.jobs.iter().copied().collect::<Vec<_>>())
+        };
+        let dep = find_shuffle(&rdd, sid)?;
+        let first = *jobs.first()?;
+        let p = self.shuffle_stage(dep, first).ok()?;
+        for j in jobs {
+            self.add_job_to(p, j);
+        }
+        if let Some(s) = self.stages.get_mut(&stage) {
+            if !s.parents.contains(&p) {
+                s.parents.push(p);
+            }
+        }
+        Some(p)
+    }
+
+    fn on_stage_done(&mut self, id: StageId) {
+        if let Some(s) = self.stages.get(&id) {
+            tracing::debug!("stage {} ({}) done", id.0, s.name);
+        }
+        let waiting: Vec<StageId> = self
+            .stages
+            .values()
+            .filter(|s| matches!(s.state, StageState::Waiting) && s.parents.contains(&id))
+            .map(|s| s.id)
+            .collect();
+        for w in waiting {
+            self.submit_stage(w);
+        }
+    }
+
+    fn on_result(&mut self, job_id: JobId, index: usize, output: TaskOutput) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        if job.finished.get(index).is_none_or(|f| *f) {
+            return;
+        }
+        job.finished[index] = true;
+        job.num_finished += 1;
+        let res = match job.listener.as_mut() {
+            Some(l) => l.task_succeeded(index, output),
+            None => Ok(()),
+        };
+        if let Err(e) = res {
+            self.fail_job(job_id, e);
+            return;
+        }
+        if job.num_finished == job.finished.len() {
+            self.finish_job(job_id, Ok(()));
+        }
+    }
+
+    /// Fails every job that needs `stage`.
+    fn abort_stage(&mut self, stage: StageId, err: Error) {
+        let jobs: Vec<JobId> = self.stages.get(&stage).map(|s| s.jobs.iter().copied().collect()).unwrap_or_default();
+        for j in jobs {
+            let e = match &err {
+                Error::JobAborted { stage, stage_name, partition, attempts, message, .. } => Error::JobAborted {
+                    job: j.0,
+                    stage: *stage,
+                    stage_name: stage_name.clone(),
+                    partition: *partition,
+                    attempts: *attempts,
+                    message: message.clone(),
+                },
+                other => other.duplicate(),
+            };
+            self.fail_job(j, e);
+        }
+    }
+
+    fn fail_job(&mut self, job: JobId, err: Error) {
+        self.finish_job(job, Err(err));
+    }
+
+    fn finish_job(&mut self, job_id: JobId, result: Result<()>) {
+        let Some(mut job) = self.jobs.remove(&job_id) else { return };
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::info!("job {} failed: {e}", job_id.0);
+        }
+        // Stages no other job needs go away; their running tasks are killed.
+        let mut gone = Vec::new();
+        for s in self.stages.values_mut() {
+            if s.jobs.remove(&job_id) && s.jobs.is_empty() {
+                if let StageState::Running(ts) = &s.state {
+                    ts.kill_all(&*self.backend);
+                }
+                gone.push(s.id);
+            }
+        }
+        let mut summaries = Vec::new();
+        let mut ids: Vec<StageId> = gone.clone();
+        ids.push(job.final_stage);
+        ids.sort();
+        ids.dedup();
+        for id in &ids {
+            if let Some(s) = self.stages.get(id) {
+                if s.launched > 0 {
+                    summaries.push(StageSummary {
+                        id: s.id,
+                        name: s.name.clone(),
+                        tasks: s.tasks_done,
+                        launched: s.launched,
+                        failed_attempts: s.failed_attempts,
+                        fetch_failures: s.fetch_failures,
+                        metrics: s.metrics,
+                    });
+                }
+            }
+        }
+        for id in gone {
+            if let Some(s) = self.stages.remove(&id) {
+                if let StageKind::ShuffleMap { dep } = &s.kind {
+                    self.shuffle_stages.remove(&dep.shuffle_id());
+                }
+            }
+        }
+        self.record_summary(job_id, ok, job.started, &summaries);
+        if let Some(l) = job.listener.take() {
+            l.job_finished(result);
+        }
+    }
+
+    fn record_summary(&mut self, id: JobId, succeeded: bool, started: Instant, stages: &[StageSummary]) {
+        let summary = JobSummary { id, succeeded, duration: started.elapsed(), stages: stages.to_vec() };
+        let m = summary.metrics();
+        tracing::debug!(
+            "job {} {} in {:?}: shuffle write {} B, spill {} B",
+            id.0,
+            if succeeded { "finished" } else { "failed" },
+            summary.duration,
+            m.shuffle_bytes_written,
+            m.disk_bytes_spilled
+        );
+        let mut q = self.summaries.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= SUMMARIES_KEPT {
+            q.pop_front();
+        }
+        q.push_back(summary);
+    }
+}
+
+/// The shuffle dependency `sid` in the lineage of `rdd`, looking through cached RDDs.
+fn find_shuffle(rdd: &Arc<dyn RddBase>, sid: ShuffleId) -> Option<Arc<dyn ShuffleDepBase>> {
+    let mut seen = HashSet::new();
+    let mut stack = vec![rdd.clone()];
+    while let Some(r) = stack.pop() {
+        if !seen.insert(r.id()) {
+            continue;
+        }
+        for dep in r.dependencies() {
+            match dep {
+                Dependency::Narrow(p) => stack.push(p),
+                Dependency::Shuffle(d) if d.shuffle_id() == sid => return Some(d),
+                Dependency::Shuffle(d) => stack.extend(d.parent()),
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,230 @@
+//! The driver's map output tracker: which executor holds each map output, with epochs so that
+//! outputs of lost executors and superseded attempts never come back.
+//!
+//! A reduce task asks for its own column only ([`MapOutputLocations::reduce_blocks`]): one block
+//! per map task, with the segment's offset precomputed at registration, so serving a reducer
+//! costs O(maps), not O(maps x reducers).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
+
+struct Registered {
+    status: MapStatus,
+    /// `offsets[r]` is where reduce segment `r` starts; `offsets[r + 1]` where it ends.
+    offsets: Vec<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    shuffles: HashMap<ShuffleId, Vec<Option<Registered>>>,
+    /// Bumped whenever outputs are unregistered; tasks carry the epoch they were launched in.
+    epoch: u64,
+    /// Executors declared lost, with the epoch at which they were.
+    lost: HashMap<Arc<str>, u64>,
+}
+
+/// Why a map output was not registered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its executor was lost after the task was launched: the output may be gone.
+    ExecutorLost,
+    /// The map index is out of range for the shuffle.
+    UnknownMap,
+}
+
+/// The driver's record of map outputs, by shuffle and map partition.
+#[derive(Default)]
+pub struct MapOutputTracker {
+    state: Mutex<State>,
+}
+
+impl MapOutputTracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Registers the output of a map task launched at `launched_epoch`. Returns the output it
+    /// replaced (an earlier attempt's, to delete), or why it was refused (the caller deletes the
+    /// refused output).
+    pub(crate) fn register(
+        &self,
+        status: MapStatus,
+        maps: usize,
+        launched_epoch: u64,
+    ) -> std::result::Result<Option<MapStatus>, (MapStatus, Refused)> {
+        let mut st = self.lock();
+        if st.lost.get(&status.location).is_some_and(|&lost_at| lost_at > launched_epoch) {
+            return Err((status, Refused::ExecutorLost));
+        }
+        let slots = st.shuffles.entry(status.shuffle).or_insert_with(|| (0..maps).map(|_| None).collect());
+        let Some(slot) = slots.get_mut(status.map) else {
+            return Err((status, Refused::UnknownMap));
+        };
+        let mut offsets = Vec::with_capacity(status.sizes.len() + 1);
+        let mut at = 0u64;
+        offsets.push(0);
+        for s in &status.sizes {
+            at = at.saturating_add(*s);
+            offsets.push(at);
+        }
+        let old = slot.replace(Registered { status, offsets });
+        Ok(old.map(|r| r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &r.status)))
+    }
+
+    /// Forgets a map output (it was lost or found corrupt); the map task must run again. Returns
+    /// the status that was registered.
+    pub fn unregister(&self, shuffle: ShuffleId, map: usize) -> Option<MapStatus> {
+        let mut st = self.lock();
+        let old = st.shuffles.get_mut(&shuffle).and_then(|v| v.get_mut(map)).and_then(Option::take);
+        if old.is_some() {
+            st.epoch += 1;
+        }
+        old.map(|r| r.status)
+    }
+
+    /// Forgets every output held by a lost executor at once, and refuses outputs of tasks that
+    /// were launched before the loss. Returns the forgotten statuses.
+    pub fn executor_lost(&self, executor: &str) -> Vec<MapStatus> {
+        let mut st = self.lock();
+        st.epoch += 1;
+        let epoch = st.epoch;
+        st.lost.insert(Arc::from(executor), epoch);
+        let mut gone = Vec::new();
+        for slots in st.shuffles.values_mut() {
+            for slot in slots.iter_mut() {
+                if slot.as_ref().is_some_and(|r| &*r.status.location == executor) {
+                    gone.extend(slot.take().map(|r| r.status));
+                }
+            }
+        }
+        gone
+    }
+
+    /// Map partitions of a shuffle with `maps` map tasks whose output is missing.
+    pub(crate) fn missing(&self, shuffle: ShuffleId, maps: usize) -> Vec<usize> {
+        match self.lock().shuffles.get(&shuffle) {
+            Some(v) => v.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect(),
+            None => (0..maps).collect(),
+        }
+    }
+
+    /// The registered statuses of a shuffle, by map partition.
+    pub fn statuses(&self, shuffle: ShuffleId) -> Vec<Option<MapStatus>> {
+        self.lock()
+            .shuffles
+            .get(&shuffle)
+            .map(|v| v.iter().map(|s| s.as_ref().map(|r| r.status.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl MapOutputLocations for MapOutputTracker {
+    fn reduce_blocks(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<ReduceBlock>> {
+        if maps == 0 {
+            return Ok(Vec::new());
+        }
+        let missing = |map: usize, message: &str| Error::FetchFailed {
+            shuffle: shuffle.0,
+            map,
+            reduce,
+            message: message.to_string(),
+        };
+        let st = self.lock();
+        let slots = st.shuffles.get(&shuffle).ok_or_else(|| missing(0, "shuffle is not registered"))?;
+        slots
+            .iter()
+            .enumerate()
+            .map(|(m, slot)| {
+                let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
+                let (Some(&start), Some(&end)) = (r.offsets.get(reduce), r.offsets.get(reduce + 1)) else {
+                    return Err(missing(
+                        m,
+                        &format!("map output has {} segments, not {}", r.status.sizes.len(), reduce + 1),
+                    ));
+                };
+                Ok(ReduceBlock {
+                    shuffle,
+                    map: m,
+                    attempt: r.status.attempt,
+                    location: r.status.location.clone(),
+                    data: r.status.data.clone(),
+                    offset: start,
+                    len: end - start,
+                })
+            })
+            .collect()
+    }
+
+    fn remove_shuffle(&self, shuffle: ShuffleId) {
+        self.lock().shuffles.remove(&shuffle);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(map: usize, attempt: u64, location: &str) -> MapStatus {
+        MapStatus {
+            shuffle: ShuffleId(1),
+            map,
+            attempt,
+            location: Arc::from(location),
+            data: None,
+            sizes: vec![3, 0, 5],
+        }
+    }
+
+    #[test]
+    fn reducers_get_their_column_with_offsets() {
+        let t = MapOutputTracker::new();
+        t.register(status(0, 7, "a"), 2, 0).unwrap();
+        assert!(matches!(t.reduce_blocks(ShuffleId(1), 2, 0), Err(Error::FetchFailed { map: 1, .. })));
+        t.register(status(1, 8, "b"), 2, 0).unwrap();
+        let col = t.reduce_blocks(ShuffleId(1), 2, 2).unwrap();
+        assert_eq!(
+            col.iter().map(|b| (b.map, b.attempt, b.offset, b.len)).collect::<Vec<_>>(),
+            [(0, 7, 3, 5), (1, 8, 3, 5)]
+        );
+        assert!(t.reduce_blocks(ShuffleId(1), 2, 3).is_err());
+    }
+
+    #[test]
+    fn a_lost_executor_loses_all_its_outputs_and_stale_tasks_cannot_register() {
+        let t = MapOutputTracker::new();
+        let launched = t.epoch();
+        t.register(status(0, 1, "a"), 3, launched).unwrap();
+        t.register(status(1, 2, "b"), 3, launched).unwrap();
+        t.register(status(2, 3, "a"), 3, launched).unwrap();
+        let gone = t.executor_lost("a");
+        assert_eq!(gone.len(), 2);
+        assert_eq!(t.missing(ShuffleId(1), 3), [0, 2]);
+        // A task launched before the loss reports an output on the lost executor: refused.
+        assert_eq!(t.register(status(0, 4, "a"), 3, launched).unwrap_err().1, Refused::ExecutorLost);
+        // One launched after it is accepted.
+        assert!(t.register(status(0, 5, "a"), 3, t.epoch()).is_ok());
+    }
+
+    #[test]
+    fn a_newer_attempt_replaces_and_returns_the_older_output() {
+        let t = MapOutputTracker::new();
+        t.register(status(0, 1, "a"), 1, 0).unwrap();
+        let old = t.register(status(0, 2, "a"), 1, 0).unwrap();
+        assert_eq!(old.map(|s| s.attempt), Some(1));
+        assert_eq!(t.unregister(ShuffleId(1), 0).map(|s| s.attempt), Some(2));
+        assert!(t.epoch() > 0);
+    }
+}

@@ -1,0 +1,170 @@
+//! Map outputs: the status a map task reports, the block list a reducer reads, and the store of
+//! one executor's map output files and in-memory outputs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::ShuffleId;
+use crate::error::Result;
+
+/// Where a map task's shuffle output lives and how big each reduce segment is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapStatus {
+    /// The shuffle.
+    pub shuffle: ShuffleId,
+    /// The map partition.
+    pub map: usize,
+    /// The task attempt that wrote it: outputs of different attempts never share storage.
+    pub attempt: u64,
+    /// The executor holding the output.
+    pub location: Arc<str>,
+    /// The data file (the index file has the same stem with extension `index`), or `None` when
+    /// the output is small enough to be held in the executor's memory.
+    pub data: Option<PathBuf>,
+    /// Compressed bytes of each reduce segment.
+    pub sizes: Vec<u64>,
+}
+
+/// One map output's segment for one reducer: what a reduce task needs to fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReduceBlock {
+    /// The shuffle.
+    pub shuffle: ShuffleId,
+    /// The map partition.
+    pub map: usize,
+    /// The map task attempt that wrote it.
+    pub attempt: u64,
+    /// The executor holding it.
+    pub location: Arc<str>,
+    /// The data file, or `None` for an in-memory output.
+    pub data: Option<PathBuf>,
+    /// Byte offset of the segment in the output.
+    pub offset: u64,
+    /// Length of the segment in bytes.
+    pub len: u64,
+}
+
+/// Where a reduce task learns the blocks it reads: the driver's map output tracker, in-process
+/// in local mode (a remote executor asks the driver).
+pub trait MapOutputLocations: Send + Sync {
+    /// The blocks of reduce partition `reduce` of `shuffle`, one per map task in map order, or
+    /// a fetch failure naming the first map whose output is missing.
+    fn reduce_blocks(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<ReduceBlock>>;
+    /// Forgets a shuffle whose dependency is gone.
+    fn remove_shuffle(&self, shuffle: ShuffleId);
+}
+
+/// The map outputs one executor holds: files, and small outputs kept in memory.
+pub struct ShuffleManager {
+    dir: PathBuf,
+    /// Every output this executor wrote, by shuffle, so that removing a shuffle deletes them all
+    /// (including those of attempts the driver never registered).
+    written: Mutex<HashMap<ShuffleId, Vec<MapStatus>>>,
+    memory: Mutex<HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>>>,
+    memory_used: AtomicU64,
+    memory_cap: u64,
+    /// Map outputs up to this size are kept in memory instead of files (creating and deleting
+    /// small files dominates the cost of tiny jobs); larger ones stream to disk. 0: always files.
+    pub(crate) memory_output_limit: usize,
+}
+
+impl ShuffleManager {
+    /// `memory_cap` bounds the bytes of map outputs held in memory; outputs larger than
+    /// `memory_output_limit` always go to files.
+    pub(crate) fn new(dir: PathBuf, memory_cap: u64, memory_output_limit: usize) -> Self {
+        ShuffleManager {
+            dir,
+            written: Mutex::new(HashMap::new()),
+            memory: Mutex::new(HashMap::new()),
+            memory_used: AtomicU64::new(0),
+            memory_cap,
+            memory_output_limit,
+        }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn written(&self) -> MutexGuard<'_, HashMap<ShuffleId, Vec<MapStatus>>> {
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes of map outputs held in memory.
+    pub fn memory_used(&self) -> u64 {
+        self.memory_used.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a map output in memory if the cap allows; gives the bytes back otherwise.
+    pub(crate) fn try_keep_in_memory(
+        &self,
+        (id, map, attempt): (ShuffleId, usize, u64),
+        bytes: Vec<u8>,
+    ) -> std::result::Result<(), Vec<u8>> {
+        let n = bytes.len() as u64;
+        let mut used = self.memory_used.load(Ordering::Relaxed);
+        loop {
+            if used.checked_add(n).is_none_or(|t| t > self.memory_cap) {
+                return Err(bytes);
+            }
+            match self.memory_used.compare_exchange(used, used + n, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(u) => used = u,
+            }
+        }
+        if let Some(old) = self.memory().insert((id, map, attempt), Arc::new(bytes)) {
+            self.memory_used.fetch_sub(old.len() as u64, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// Records an output this executor wrote (before its status goes to the driver).
+    pub(crate) fn record_written(&self, status: &MapStatus) {
+        self.written().entry(status.shuffle).or_default().push(status.clone());
+    }
+
+    pub(crate) fn memory_output(&self, b: &ReduceBlock) -> Option<Arc<Vec<u8>>> {
+        self.memory().get(&(b.shuffle, b.map, b.attempt)).cloned()
+    }
+
+    /// Deletes one output (an attempt that lost, or an output the driver dropped).
+    pub fn delete_output(&self, s: &MapStatus) {
+        match &s.data {
+            Some(p) => {
+                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_file(p.with_extension("index"));
+            }
+            None => {
+                if let Some(b) = self.memory().remove(&(s.shuffle, s.map, s.attempt)) {
+                    self.memory_used.fetch_sub(b.len() as u64, Ordering::AcqRel);
+                }
+            }
+        }
+        if let Some(v) = self.written().get_mut(&s.shuffle) {
+            v.retain(|w| !(w.map == s.map && w.attempt == s.attempt));
+        }
+    }
+
+    /// Fault injection: destroys a map output's data (file or memory) while the driver still
+    /// lists it, as when an executor's disk is lost. Readers then hit a fetch failure and the
+    /// scheduler recomputes the output.
+    pub fn lose_output(&self, s: &MapStatus) {
+        self.delete_output(s);
+    }
+
+    /// Deletes every output of a shuffle.
+    pub(crate) fn remove_shuffle(&self, id: ShuffleId) {
+        let removed = self.written().remove(&id);
+        for s in removed.into_iter().flatten() {
+            self.delete_output(&s);
+        }
+    }
+
+    pub(crate) fn data_path(&self, id: ShuffleId, map: usize, attempt: u64) -> PathBuf {
+        self.dir.join(format!("shuffle_{}_{}_{}.data", id.0, map, attempt))
+    }
+}

@@ -1,0 +1,127 @@
+//! The reduce-side reader: the segments of every map output for one reduce partition.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::ReduceBlock;
+use crate::error::{Error, Result};
+use crate::stream::ChunkDecoder;
+use crate::task::TaskContext;
+
+/// A byte range of a shared buffer, read without copying the buffer.
+struct SharedSlice {
+    bytes: Arc<Vec<u8>>,
+    pos: usize,
+    end: usize,
+}
+
+impl Read for SharedSlice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.end - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads reduce partition `reduce`: the segment of each map output in `blocks`, in map order.
+/// A missing, short or corrupt segment is a fetch failure recorded on the task context.
+pub(crate) struct ShuffleReader<'a, R> {
+    blocks: Vec<ReduceBlock>,
+    next_map: usize,
+    current: Option<ChunkDecoder<Box<dyn Read>, R>>,
+    reduce: usize,
+    tc: &'a TaskContext,
+    records: u64,
+    bytes: u64,
+}
+
+impl<'a, R> ShuffleReader<'a, R> {
+    pub(crate) fn new(blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
+        ShuffleReader { blocks, next_map: 0, current: None, reduce, tc, records: 0, bytes: 0 }
+    }
+}
+
+impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
+    fn open(&self, b: &ReduceBlock) -> Result<ChunkDecoder<Box<dyn Read>, R>> {
+        let fetch_failed =
+            |message: String| Error::FetchFailed { shuffle: b.shuffle.0, map: b.map, reduce: self.reduce, message };
+        // The tracker gives the segment's offset and length, so a read needs no index lookup;
+        // the index file is there for a remote executor's transfer service.
+        let (start, len) = (b.offset, b.len);
+        let Some(path) = &b.data else {
+            let bytes = self
+                .tc
+                .env()
+                .shuffle
+                .memory_output(b)
+                .ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
+            let end = start.checked_add(len).and_then(|e| usize::try_from(e).ok()).filter(|&e| e <= bytes.len());
+            let Some(end) = end else {
+                return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
+            };
+            let origin = PathBuf::from(format!("shuffle_{}_{}(memory)", b.shuffle.0, b.map));
+            let src: Box<dyn Read> = Box::new(SharedSlice { bytes, pos: start as usize, end });
+            return Ok(ChunkDecoder::new(src, &origin).expecting(len));
+        };
+        let mut f = File::open(path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
+        let buf = (len as usize).clamp(64, 1 << 16);
+        let src: Box<dyn Read> = Box::new(BufReader::with_capacity(buf, f).take(len));
+        Ok(ChunkDecoder::new(src, path).expecting(len))
+    }
+}
+
+impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
+    type Item = R;
+    fn next(&mut self) -> Option<R> {
+        loop {
+            if let Some(dec) = &mut self.current {
+                match dec.next_record() {
+                    Ok(Some(r)) => {
+                        self.records += 1;
+                        if self.records & 63 == 0 && self.tc.should_stop() {
+                            return None;
+                        }
+                        return Some(r);
+                    }
+                    Ok(None) => self.current = None,
+                    Err(e) => {
+                        let s = &self.blocks[self.next_map - 1];
+                        self.tc.fail(Error::FetchFailed {
+                            shuffle: s.shuffle.0,
+                            map: s.map,
+                            reduce: self.reduce,
+                            message: e.to_string(),
+                        });
+                        return None;
+                    }
+                }
+            }
+            if self.tc.should_stop() {
+                return None;
+            }
+            let b = self.blocks.get(self.next_map)?;
+            self.next_map += 1;
+            if b.len == 0 {
+                continue;
+            }
+            self.bytes += b.len;
+            match self.open(b) {
+                Ok(d) => self.current = Some(d),
+                Err(e) => {
+                    self.tc.fail(e);
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl<R> Drop for ShuffleReader<'_, R> {
+    fn drop(&mut self) {
+        self.tc.add_shuffle_read(self.records, self.bytes);
+    }
+}

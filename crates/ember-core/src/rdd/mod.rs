@@ -223,13 +223,32 @@ impl<T: Data> Rdd<T> {
     }
 
     /// Keeps computed partitions at `level` (Spark's `persist`). Returns the same RDD.
-    pub fn persist(&self, level: StorageLevel) -> Rdd<T> {
-        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = level;
-        self.clone()
+    ///
+    /// As in Spark, an RDD's level can be assigned only once: persisting again at the same
+    /// level is a no-op, at another level an [`Error::InvalidArgument`] (call
+    /// [`Rdd::unpersist`] first). `StorageLevel::None` is rejected; use `unpersist`.
+    pub fn persist(&self, level: StorageLevel) -> Result<Rdd<T>> {
+        if level == StorageLevel::None {
+            return Err(Error::InvalidArgument(format!(
+                "persist(StorageLevel::None) on rdd {}: use unpersist() to stop caching",
+                self.node.id.0
+            )));
+        }
+        let mut current = self.node.level.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != StorageLevel::None && *current != level {
+            return Err(Error::InvalidArgument(format!(
+                "cannot change the storage level of rdd {} from {:?} to {:?} after it was assigned; \
+                 unpersist() it first",
+                self.node.id.0, *current, level
+            )));
+        }
+        *current = level;
+        Ok(self.clone())
     }
 
-    /// `persist(StorageLevel::MemoryOnly)`.
-    pub fn cache(&self) -> Rdd<T> {
+    /// `persist(StorageLevel::MemoryOnly)`: fails, like `persist`, when the RDD is already
+    /// persisted at another level.
+    pub fn cache(&self) -> Result<Rdd<T>> {
         self.persist(StorageLevel::MemoryOnly)
     }
 

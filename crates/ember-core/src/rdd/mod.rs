@@ -7,6 +7,7 @@
 //! RDD has: an id, a storage level and an optional checkpoint that replaces its lineage.
 
 mod actions;
+mod lineage;
 mod narrow;
 mod pair;
 mod source;
@@ -83,6 +84,11 @@ pub trait RddImpl<T>: Send + Sync + 'static {
     fn dependencies(&self) -> Vec<Dependency>;
     /// Computes one partition. Errors are recorded with [`TaskContext::fail`].
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T>;
+    /// The node's kind as shown by [`Rdd::to_debug_string`]: by default the implementing
+    /// type's name without its path or type parameters (`PipeRdd`, `ShuffledRdd`, ...).
+    fn kind(&self) -> &'static str {
+        lineage::short_type_name(std::any::type_name::<Self>())
+    }
 }
 
 impl<T: 'static, R: RddImpl<T>> Upcast<dyn RddImpl<T>> for R {
@@ -103,6 +109,11 @@ pub trait RddBase: Send + Sync {
     fn dependencies(&self) -> Vec<Dependency>;
     /// The storage level.
     fn storage_level(&self) -> StorageLevel;
+    /// One line of [`Rdd::to_debug_string`], without partition count or storage level:
+    /// `[name ]Kind[id] at operation`.
+    fn debug_label(&self) -> String;
+    /// The driver context, when this node was built on the driver.
+    fn context(&self) -> Option<&Context>;
 }
 
 struct Node<T> {
@@ -111,6 +122,8 @@ struct Node<T> {
     inner: Ship<dyn RddImpl<T>>,
     level: Mutex<StorageLevel>,
     checkpoint: OnceLock<Ship<dyn RddImpl<T>>>,
+    /// The user-given name (`set_name`); driver side only, not encoded.
+    name: Mutex<Option<String>>,
 }
 
 impl<T: Data> Node<T> {
@@ -134,6 +147,15 @@ impl<T: Data> RddBase for Node<T> {
     }
     fn storage_level(&self) -> StorageLevel {
         *self.level.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn debug_label(&self) -> String {
+        let name = self.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let node = self.effective();
+        let prefix = name.map(|n| n + " ").unwrap_or_default();
+        format!("{prefix}{}[{}] at {}", node.kind(), self.id.0, node.name())
+    }
+    fn context(&self) -> Option<&Context> {
+        self.ctx.as_ref()
     }
 }
 
@@ -180,6 +202,7 @@ impl<T: Data> Rdd<T> {
                 inner: Ship::new(node),
                 level: Mutex::new(StorageLevel::None),
                 checkpoint: OnceLock::new(),
+                name: Mutex::new(None),
             }),
         }
     }
@@ -250,6 +273,12 @@ impl<T: Data> Rdd<T> {
     /// persisted at another level.
     pub fn cache(&self) -> Result<Rdd<T>> {
         self.persist(StorageLevel::MemoryOnly)
+    }
+
+    /// Sets the storage level without the check `persist` makes (local checkpoints upgrade the
+    /// level to one that survives eviction).
+    fn force_level(&self, level: StorageLevel) {
+        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = level;
     }
 
     /// Drops cached partitions and stops caching.
@@ -374,7 +403,14 @@ impl<T: Data> Rdd<T> {
         if r.checkpointed {
             let _ = checkpoint.set(inner.clone());
         }
-        let node = Arc::new(Node { id: r.id, ctx: None, inner, level: Mutex::new(r.level), checkpoint });
+        let node = Arc::new(Node {
+            id: r.id,
+            ctx: None,
+            inner,
+            level: Mutex::new(r.level),
+            checkpoint,
+            name: Mutex::new(None),
+        });
         DECODING.with(|d| {
             if let Some(s) = d.borrow_mut().as_mut() {
                 s.decoded.insert(r.id, node.clone() as Arc<dyn std::any::Any + Send + Sync>);

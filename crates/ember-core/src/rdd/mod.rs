@@ -7,11 +7,18 @@
 //! RDD has: an id, a storage level and an optional checkpoint that replaces its lineage.
 
 mod actions;
+mod approx;
+mod keyed;
 mod lineage;
+mod more_actions;
 mod narrow;
+mod numeric;
 mod pair;
+mod sampling;
+mod setops;
 mod source;
 mod transform;
+mod tree;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +35,8 @@ use crate::storage::{RddId, StorageLevel};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
+pub use more_actions::LocalIterator;
+pub use numeric::OrderedF64;
 pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
 
 pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {

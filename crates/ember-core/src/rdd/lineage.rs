@@ -127,6 +127,16 @@ fn debug_shuffle(rdd: &dyn RddBase, prefix: &str, last: bool, out: &mut Vec<Stri
     debug_children(rdd, &next, out);
 }
 
+/// The level a local checkpoint keeps its blocks at: `level`, spilling to disk rather than
+/// dropping blocks on eviction (Spark's `LocalRDDCheckpointData.transformStorageLevel`).
+pub(super) fn with_disk(level: StorageLevel) -> StorageLevel {
+    match level {
+        StorageLevel::None | StorageLevel::MemoryOnly => StorageLevel::MemoryAndDisk,
+        StorageLevel::MemoryOnlySer => StorageLevel::MemoryAndDiskSer,
+        other => other,
+    }
+}
+
 /// Reads the cached blocks of a locally checkpointed RDD; a missing block is an error since the
 /// lineage to recompute it is gone.
 #[derive(Serialize, Deserialize)]
@@ -226,12 +236,7 @@ impl<T: Data> Rdd<T> {
         if self.is_checkpointed() {
             return Ok(());
         }
-        let level = match self.storage_level() {
-            StorageLevel::None | StorageLevel::MemoryOnly => StorageLevel::MemoryAndDisk,
-            StorageLevel::MemoryOnlySer => StorageLevel::MemoryAndDiskSer,
-            other => other,
-        };
-        self.force_level(level);
+        self.force_level(with_disk(self.storage_level()));
         let ctx = self.context()?.clone();
         ctx.run_job(self, Ship::new(MaterializeFn::<T>(PhantomData)), None)?;
         let n = self.num_partitions();

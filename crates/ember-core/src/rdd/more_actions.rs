@@ -166,7 +166,8 @@ impl<T: Data> Rdd<T> {
     }
 
     /// The record with the largest key `f` gives it (PySpark's `max(key=f)`); on ties, the
-    /// first such record in RDD order. `None` when empty.
+    /// first such record in RDD order. `None` when empty. Unlike `Iterator::max_by`, `f` is a
+    /// key function, not a comparator; for `f64` keys use [`crate::OrderedF64`].
     pub fn max_by<K: Ord + 'static, F>(&self, f: F) -> Result<Option<T>>
     where
         F: Fn(&T) -> K + Send + Sync + 'static,

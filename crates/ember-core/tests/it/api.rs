@@ -678,6 +678,9 @@ fn local_checkpoint_truncates_lineage_onto_cached_blocks() {
         assert!(r.is_locally_checkpointed(), "{mode}");
         assert!(r.dependencies().is_empty(), "{mode}: lineage not truncated");
         assert_eq!(r.storage_level(), StorageLevel::MemoryAndDisk, "{mode}: memory levels gain disk");
+        // As in Spark, a locally checkpointed RDD may be persisted again, keeping disk.
+        r.persist(StorageLevel::MemoryOnlySer).unwrap();
+        assert_eq!(r.storage_level(), StorageLevel::MemoryAndDiskSer, "{mode}");
         assert_eq!(computed.value().unwrap(), 500, "{mode}");
         let want: Vec<(u32, i64)> =
             model::group(&data).into_iter().map(|(k, vs)| (k, vs.iter().map(|v| v * 2).sum::<i64>() + 1)).collect();

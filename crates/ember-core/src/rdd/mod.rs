@@ -258,17 +258,12 @@ impl<T: Data> Rdd<T> {
     ///
     /// As in Spark, an RDD's level can be assigned only once: persisting again at the same
     /// level is a no-op, at another level an [`Error::InvalidArgument`] (call
-    /// [`Rdd::unpersist`] first). `StorageLevel::None` is rejected; use `unpersist`. On a
-    /// locally checkpointed RDD, as in Spark, the level may change but keeps using disk.
+    /// [`Rdd::unpersist`] first). On a locally checkpointed RDD, as in Spark, the level may
+    /// change but keeps using disk.
     pub fn persist(&self, level: StorageLevel) -> Result<Rdd<T>> {
-        if level == StorageLevel::None {
-            return Err(Error::InvalidArgument(format!(
-                "persist(StorageLevel::None) on rdd {}: use unpersist() to stop caching",
-                self.node.id.0
-            )));
-        }
         if self.is_locally_checkpointed() {
-            self.force_level(lineage::with_disk(level));
+            let kept = if level == StorageLevel::None { StorageLevel::DiskOnly } else { lineage::with_disk(level) };
+            self.force_level(kept);
             return Ok(self.clone());
         }
         let mut current = self.node.level.lock().unwrap_or_else(|p| p.into_inner());

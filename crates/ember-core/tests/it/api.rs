@@ -657,6 +657,7 @@ fn persist_at_another_level_is_an_error() {
     r.persist(StorageLevel::DiskOnly).unwrap();
     assert!(r.cache().is_err());
     assert!(r.persist(StorageLevel::None).is_err());
+    assert!(ctx.parallelize(vec![1], 1).persist(StorageLevel::None).is_ok(), "None on None is a no-op");
     assert_eq!(r.collect().unwrap(), vec![1, 2, 3]);
 }
 

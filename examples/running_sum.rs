@@ -43,18 +43,18 @@ fn step(data: &Rdd<u64>, state: &Rdd<(u64, u64)>, offset: u64, tasks: usize) -> 
     let sums = data
         .map_with((offset, tasks as u64), |&(off, n), x| ((x + off) % n, x + off))
         .reduce_by_key_with(IndexPartitioner::new(tasks), |a, b| a + b);
-    Ok(sums.zip(state)?.map(|((k, inc), (_, old))| (k, old + inc)).persist(StorageLevel::MemoryOnly))
+    sums.zip(state)?.map(|((k, inc), (_, old))| (k, old + inc)).persist(StorageLevel::MemoryOnly)
 }
 
 fn run(args: &common::Args, iters: usize, tasks: usize, group: usize, trials: usize) -> Result<()> {
     let ctx = args.context()?;
     let n = PER_TASK * tasks as u64;
     for trial in 0..=trials {
-        let data = ctx.parallelize((1..=n).collect::<Vec<u64>>(), tasks).cache();
+        let data = ctx.parallelize((1..=n).collect::<Vec<u64>>(), tasks).cache()?;
         let mut state = ctx
             .parallelize((0..tasks as u64).map(|k| (k, 0u64)).collect(), tasks)
             .partition_by(IndexPartitioner::new(tasks))
-            .cache();
+            .cache()?;
         data.count()?;
         state.count()?;
         let start = Instant::now();

@@ -47,7 +47,7 @@ fn run(args: &common::Args) -> ember::Result<()> {
         .text_file(&input, ctx.default_parallelism())?
         .flat_map(|line: String| line.split_whitespace().map(|w| (w.to_string(), 1u64)).collect::<Vec<_>>())
         .reduce_by_key(|a, b| a + b, None)
-        .persist(StorageLevel::MemoryOnly);
+        .persist(StorageLevel::MemoryOnly)?;
     counts.map(|(w, c)| format!("{w}\t{c}")).save_as_text_file(&output)?;
     let elapsed = start.elapsed();
     let distinct = counts.count()?;

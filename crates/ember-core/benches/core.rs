@@ -29,7 +29,7 @@ fn encoding(c: &mut Criterion) {
 
 fn scheduling(c: &mut Criterion) {
     let ctx = ctx();
-    let cached = ctx.parallelize((0..10_000u64).collect(), 10).cache();
+    let cached = ctx.parallelize((0..10_000u64).collect(), 10).cache().unwrap();
     cached.count().unwrap();
     c.bench_function("scheduler/count_job_10_tasks", |b| b.iter(|| cached.count().unwrap()));
     c.bench_function("scheduler/reduce_by_key_job_10x10_tasks", |b| {
@@ -41,7 +41,8 @@ fn scheduling(c: &mut Criterion) {
 
 fn shuffle_and_sort(c: &mut Criterion) {
     let ctx = ctx();
-    let pairs = ctx.parallelize((0..200_000u64).map(|i| (format!("key-{}", i % 5000), i)).collect(), 4).cache();
+    let pairs =
+        ctx.parallelize((0..200_000u64).map(|i| (format!("key-{}", i % 5000), i)).collect(), 4).cache().unwrap();
     pairs.count().unwrap();
     let mut g = c.benchmark_group("shuffle");
     g.sample_size(10);

@@ -94,6 +94,18 @@ pub enum Error {
     /// The context has been stopped.
     #[error("the context has been stopped")]
     Stopped,
+    /// A partition of a locally checkpointed RDD is no longer cached; its lineage was
+    /// truncated, so it cannot be recomputed.
+    #[error(
+        "block rdd_{rdd}_{split} of a locally checkpointed RDD is lost (unpersisted or its executor \
+         is gone); local checkpoints trade fault tolerance for speed"
+    )]
+    LocalCheckpointLost {
+        /// The RDD.
+        rdd: u64,
+        /// The partition.
+        split: usize,
+    },
     /// A broken invariant: a bug in Ember, please report it.
     #[error("internal error (a bug, please report): {0}")]
     Internal(String),
@@ -127,7 +139,8 @@ impl Error {
             | Error::OutputExists(_)
             | Error::InvalidUtf8 { .. }
             | Error::NoContext
-            | Error::Stopped => ErrorClass::User,
+            | Error::Stopped
+            | Error::LocalCheckpointLost { .. } => ErrorClass::User,
             Error::Io { .. } | Error::UserPanic(_) | Error::Serialization(_) | Error::JobAborted { .. } => {
                 ErrorClass::Execution
             }
@@ -180,6 +193,7 @@ impl Error {
             Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
             Error::NoContext => Error::NoContext,
             Error::Stopped => Error::Stopped,
+            Error::LocalCheckpointLost { rdd, split } => Error::LocalCheckpointLost { rdd: *rdd, split: *split },
             Error::Internal(m) => Error::Internal(m.clone()),
         }
     }

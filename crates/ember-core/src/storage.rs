@@ -345,7 +345,8 @@ impl BlockManager {
         Ok(())
     }
 
-    fn get<T: Data>(&self, id: &BlockId) -> Result<Option<BoxIter<'static, T>>> {
+    /// The records of a cached block, or `None` when this block manager does not hold it.
+    pub(crate) fn get<T: Data>(&self, id: &BlockId) -> Result<Option<BoxIter<'static, T>>> {
         let found = {
             let mut st = self.lock();
             st.tick += 1;

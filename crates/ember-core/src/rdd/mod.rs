@@ -7,10 +7,18 @@
 //! RDD has: an id, a storage level and an optional checkpoint that replaces its lineage.
 
 mod actions;
+mod approx;
+mod keyed;
+mod lineage;
+mod more_actions;
 mod narrow;
+mod numeric;
 mod pair;
+mod sampling;
+mod setops;
 mod source;
 mod transform;
+mod tree;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +37,8 @@ use crate::task::{BoxIter, Interruptible, TaskContext};
 #[cfg(test)]
 pub(crate) use actions::CountFn;
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
+pub use more_actions::LocalIterator;
+pub use numeric::OrderedF64;
 pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
 
 pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {
@@ -85,6 +95,11 @@ pub trait RddImpl<T>: Send + Sync + 'static {
     fn dependencies(&self) -> Vec<Dependency>;
     /// Computes one partition. Errors are recorded with [`TaskContext::fail`].
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T>;
+    /// The node's kind as shown by [`Rdd::to_debug_string`]: by default the implementing
+    /// type's name without its path or type parameters (`PipeRdd`, `ShuffledRdd`, ...).
+    fn kind(&self) -> &'static str {
+        lineage::short_type_name(std::any::type_name::<Self>())
+    }
 }
 
 impl<T: 'static, R: RddImpl<T>> Upcast<dyn RddImpl<T>> for R {
@@ -105,6 +120,11 @@ pub trait RddBase: Send + Sync {
     fn dependencies(&self) -> Vec<Dependency>;
     /// The storage level.
     fn storage_level(&self) -> StorageLevel;
+    /// One line of [`Rdd::to_debug_string`], without partition count or storage level:
+    /// `[name ]Kind[id] at operation`.
+    fn debug_label(&self) -> String;
+    /// The driver context, when this node was built on the driver.
+    fn context(&self) -> Option<&Context>;
 }
 
 struct Node<T> {
@@ -113,6 +133,8 @@ struct Node<T> {
     inner: Ship<dyn RddImpl<T>>,
     level: Mutex<StorageLevel>,
     checkpoint: OnceLock<Ship<dyn RddImpl<T>>>,
+    /// The user-given name (`set_name`); driver side only, not encoded.
+    name: Mutex<Option<String>>,
 }
 
 impl<T: Data> Node<T> {
@@ -136,6 +158,15 @@ impl<T: Data> RddBase for Node<T> {
     }
     fn storage_level(&self) -> StorageLevel {
         *self.level.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn debug_label(&self) -> String {
+        let name = self.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let node = self.effective();
+        let prefix = name.map(|n| n + " ").unwrap_or_default();
+        format!("{prefix}{}[{}] at {}", node.kind(), self.id.0, node.name())
+    }
+    fn context(&self) -> Option<&Context> {
+        self.ctx.as_ref()
     }
 }
 
@@ -182,6 +213,7 @@ impl<T: Data> Rdd<T> {
                 inner: Ship::new(node),
                 level: Mutex::new(StorageLevel::None),
                 checkpoint: OnceLock::new(),
+                name: Mutex::new(None),
             }),
         }
     }
@@ -225,14 +257,39 @@ impl<T: Data> Rdd<T> {
     }
 
     /// Keeps computed partitions at `level` (Spark's `persist`). Returns the same RDD.
-    pub fn persist(&self, level: StorageLevel) -> Rdd<T> {
-        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = level;
-        self.clone()
+    ///
+    /// As in Spark, an RDD's level can be assigned only once: persisting again at the same
+    /// level is a no-op, at another level an [`Error::InvalidArgument`] (call
+    /// [`Rdd::unpersist`] first). On a locally checkpointed RDD, as in Spark, the level may
+    /// change but keeps using disk.
+    pub fn persist(&self, level: StorageLevel) -> Result<Rdd<T>> {
+        if self.is_locally_checkpointed() {
+            let kept = if level == StorageLevel::None { StorageLevel::DiskOnly } else { lineage::with_disk(level) };
+            self.force_level(kept);
+            return Ok(self.clone());
+        }
+        let mut current = self.node.level.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != StorageLevel::None && *current != level {
+            return Err(Error::InvalidArgument(format!(
+                "cannot change the storage level of rdd {} from {:?} to {:?} after it was assigned; \
+                 unpersist() it first",
+                self.node.id.0, *current, level
+            )));
+        }
+        *current = level;
+        Ok(self.clone())
     }
 
-    /// `persist(StorageLevel::MemoryOnly)`.
-    pub fn cache(&self) -> Rdd<T> {
+    /// `persist(StorageLevel::MemoryOnly)`: fails, like `persist`, when the RDD is already
+    /// persisted at another level.
+    pub fn cache(&self) -> Result<Rdd<T>> {
         self.persist(StorageLevel::MemoryOnly)
+    }
+
+    /// Sets the storage level without the check `persist` makes (local checkpoints upgrade the
+    /// level to one that survives eviction).
+    fn force_level(&self, level: StorageLevel) {
+        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = level;
     }
 
     /// Drops cached partitions and stops caching.
@@ -358,7 +415,14 @@ impl<T: Data> Rdd<T> {
         if r.checkpointed {
             let _ = checkpoint.set(inner.clone());
         }
-        let node = Arc::new(Node { id: r.id, ctx: None, inner, level: Mutex::new(r.level), checkpoint });
+        let node = Arc::new(Node {
+            id: r.id,
+            ctx: None,
+            inner,
+            level: Mutex::new(r.level),
+            checkpoint,
+            name: Mutex::new(None),
+        });
         DECODING.with(|d| {
             if let Some(s) = d.borrow_mut().as_mut() {
                 s.decoded.insert(r.id, node.clone() as Arc<dyn std::any::Any + Send + Sync>);

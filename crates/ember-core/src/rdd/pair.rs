@@ -183,7 +183,7 @@ fn add_u64(a: u64, b: u64) -> u64 {
 }
 
 impl<K: Key, V: Data> Rdd<(K, V)> {
-    fn shuffle_partitions(&self, requested: Option<usize>, others: &[usize]) -> usize {
+    pub(super) fn shuffle_partitions(&self, requested: Option<usize>, others: &[usize]) -> usize {
         requested
             .or_else(|| self.context().ok().and_then(|c| c.settings().shuffle_partitions_explicit))
             .unwrap_or_else(|| others.iter().copied().chain([self.num_partitions()]).max().unwrap_or(1))
@@ -203,7 +203,7 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         self.aggregate_into(Ship::new(HashPartitioner::<K>::new(partitions)), agg, map_side_combine, name)
     }
 
-    fn aggregate_into<C: Data, A>(
+    pub(super) fn aggregate_into<C: Data, A>(
         &self,
         partitioner: Ship<dyn Partitioner<K>>,
         agg: A,

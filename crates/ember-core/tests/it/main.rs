@@ -1,5 +1,6 @@
 //! Integration tests of the core engine, one binary with a module per area.
 
+mod api;
 mod common;
 mod faults;
 mod io;

@@ -175,3 +175,88 @@ fn model_self_checks() {
     );
     assert_eq!(subtract_by_key(&[(1, 'a'), (2, 'b')], &[(1, ())]), vec![(2, 'b')]);
 }
+
+// ---- models of the Spark API completion (tests in `api`) -----------------------------------
+
+/// `intersection`: the distinct records present in both, sorted.
+pub fn intersection<T: Ord + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let right: BTreeSet<&T> = b.iter().collect();
+    distinct(&a.iter().filter(|x| right.contains(x)).cloned().collect::<Vec<_>>())
+}
+
+/// `subtract`: the records of `a` (duplicates kept) absent from `b`, sorted.
+pub fn subtract<T: Ord + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let right: BTreeSet<&T> = b.iter().collect();
+    sorted(a.iter().filter(|x| !right.contains(x)).cloned().collect())
+}
+
+/// `cogroup` of four sides: for every key of any side, the (sorted) values of each.
+pub type CoGroups4<K, A, B, C, D> = BTreeMap<K, (Vec<A>, Vec<B>, Vec<C>, Vec<D>)>;
+
+/// `cogroup3`: for every key of any of the four sides, each side's values, sorted.
+pub fn cogroup4<K: Ord + Clone, A: Ord + Clone, B: Ord + Clone, C: Ord + Clone, D: Ord + Clone>(
+    a: &[(K, A)],
+    b: &[(K, B)],
+    c: &[(K, C)],
+    d: &[(K, D)],
+) -> CoGroups4<K, A, B, C, D> {
+    let mut m: CoGroups4<K, A, B, C, D> = BTreeMap::new();
+    for (k, v) in a {
+        m.entry(k.clone()).or_default().0.push(v.clone());
+    }
+    for (k, v) in b {
+        m.entry(k.clone()).or_default().1.push(v.clone());
+    }
+    for (k, v) in c {
+        m.entry(k.clone()).or_default().2.push(v.clone());
+    }
+    for (k, v) in d {
+        m.entry(k.clone()).or_default().3.push(v.clone());
+    }
+    for (a, b, c, d) in m.values_mut() {
+        a.sort();
+        b.sort();
+        c.sort();
+        d.sort();
+    }
+    m
+}
+
+/// The first record with the largest (`largest`) or smallest key.
+pub fn extreme_by<T: Clone, K: Ord>(v: &[T], largest: bool, key: impl Fn(&T) -> K) -> Option<T> {
+    let mut best: Option<&T> = None;
+    for x in v {
+        best = match best {
+            Some(b) if (largest && key(x) <= key(b)) || (!largest && key(x) >= key(b)) => Some(b),
+            _ => Some(x),
+        };
+    }
+    best.cloned()
+}
+
+/// The first `n` records of `v` stably sorted by key (descending for `largest`).
+pub fn best_n_by<T: Clone, K: Ord>(v: &[T], n: usize, largest: bool, key: impl Fn(&T) -> K) -> Vec<T> {
+    let mut out = v.to_vec();
+    if largest {
+        out.sort_by_key(|b| std::cmp::Reverse(key(b)));
+    } else {
+        out.sort_by_key(|a| key(a));
+    }
+    out.truncate(n);
+    out
+}
+
+/// A histogram over `buckets` (`[b[i], b[i+1])`, the last one closed), by linear scan.
+pub fn histogram(xs: &[f64], buckets: &[f64]) -> Vec<u64> {
+    let mut counts = vec![0; buckets.len() - 1];
+    for &x in xs {
+        for i in 0..buckets.len() - 1 {
+            let last = i == buckets.len() - 2;
+            if buckets[i] <= x && (x < buckets[i + 1] || (last && x == buckets[i + 1])) {
+                counts[i] += 1;
+                break;
+            }
+        }
+    }
+    counts
+}

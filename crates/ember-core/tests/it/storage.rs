@@ -25,6 +25,7 @@ fn counted_blobs(
             blob(i as u64)
         })
         .persist(level)
+        .expect("a fresh RDD accepts a storage level")
 }
 
 #[test]
@@ -42,7 +43,7 @@ fn eviction_under_tiny_budget_recomputes_correctly() {
     assert_eq!(a.count().unwrap(), 20_000);
     let recomputed_before = computed.value().unwrap();
 
-    let b = ctx.range(0, 40_000, 1, 4).unwrap().map(|i| blob(i as u64 + 1)).persist(StorageLevel::MemoryOnly);
+    let b = ctx.range(0, 40_000, 1, 4).unwrap().map(|i| blob(i as u64 + 1)).persist(StorageLevel::MemoryOnly).unwrap();
     assert_eq!(b.count().unwrap(), 40_000);
     let st = ctx.storage_status();
     assert!(st.evictions > 0, "caching B must evict blocks of A: {st:?}");
@@ -59,7 +60,7 @@ fn memory_and_disk_keeps_evicted_blocks_on_disk() {
     let computed = ctx.long_accumulator();
     let a = counted_blobs(&ctx, &computed, StorageLevel::MemoryAndDisk);
     assert_eq!(a.count().unwrap(), 20_000);
-    let b = ctx.range(0, 40_000, 1, 4).unwrap().map(|i| blob(i as u64)).persist(StorageLevel::MemoryOnly);
+    let b = ctx.range(0, 40_000, 1, 4).unwrap().map(|i| blob(i as u64)).persist(StorageLevel::MemoryOnly).unwrap();
     assert_eq!(b.count().unwrap(), 40_000);
     assert!(ctx.storage_status().blocks.iter().any(|b| b.disk_bytes > 0), "evicted blocks go to disk");
     let expect: Vec<(u64, String)> = (0..20_000).map(blob).collect();
@@ -87,7 +88,8 @@ fn every_storage_level_round_trips_and_unpersist_drops_blocks() {
                     COMPUTED.fetch_add(1, Ordering::SeqCst);
                     (x, x.to_string())
                 })
-                .persist(level);
+                .persist(level)
+                .unwrap();
             let first = r.collect().unwrap();
             let second = r.collect().unwrap();
             assert_eq!(first, second);
@@ -103,8 +105,11 @@ fn every_storage_level_round_trips_and_unpersist_drops_blocks() {
 #[test]
 fn fully_cached_parent_skips_its_shuffle() {
     let ctx = tiny(false);
-    let summed =
-        ctx.parallelize((0..100u64).map(|i| (i % 10, i)).collect(), 4).reduce_by_key(|a, b| a + b, Some(2)).cache();
+    let summed = ctx
+        .parallelize((0..100u64).map(|i| (i % 10, i)).collect(), 4)
+        .reduce_by_key(|a, b| a + b, Some(2))
+        .cache()
+        .unwrap();
     assert_eq!(summed.count().unwrap(), 10);
     let doubled = summed.map_values(|v| v * 2);
     assert_eq!(doubled.count().unwrap(), 10);

@@ -245,6 +245,8 @@ pub enum WireError {
     NoContext,
     /// [`Error::Stopped`].
     Stopped,
+    /// [`Error::LocalCheckpointLost`]: rdd, split.
+    LocalCheckpointLost(u64, usize),
     /// [`Error::Internal`].
     Internal(String),
 }
@@ -271,6 +273,7 @@ impl From<&Error> for WireError {
             Error::ResourcesExhausted(m) => WireError::ResourcesExhausted(m),
             Error::NoContext => WireError::NoContext,
             Error::Stopped => WireError::Stopped,
+            Error::LocalCheckpointLost { rdd, split } => WireError::LocalCheckpointLost(rdd, split),
             Error::Internal(m) => WireError::Internal(m),
         }
     }
@@ -304,6 +307,7 @@ impl From<WireError> for Error {
             WireError::ResourcesExhausted(m) => Error::ResourcesExhausted(m),
             WireError::NoContext => Error::NoContext,
             WireError::Stopped => Error::Stopped,
+            WireError::LocalCheckpointLost(rdd, split) => Error::LocalCheckpointLost { rdd, split },
             WireError::Internal(m) => Error::Internal(m),
         }
     }

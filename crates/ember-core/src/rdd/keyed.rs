@@ -134,15 +134,12 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         F: Fn(V, V) -> V + Send + Sync + 'static,
     {
         let f = Fun::new(f);
-        let parts = self.context()?.run_job(
-            self,
-            Ship::new(ReduceLocallyFn::<K, V, F> { f: f.clone(), _kv: PhantomData }),
-            None,
-        )?;
+        let parts =
+            self.context()?.run_job(self, Ship::new(ReduceLocallyFn::<K, V, F> { f, _kv: PhantomData }), None)?;
         let mut out: HashMap<K, V> = HashMap::new();
         for part in parts {
             for (k, v) in part {
-                merge_into(&mut out, k, v, f.get());
+                merge_into(&mut out, k, v, f.get2());
             }
         }
         Ok(out)
@@ -175,7 +172,7 @@ where
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, (K, V)>) -> Result<Vec<(K, V)>> {
         let mut map = HashMap::new();
         for (k, v) in it {
-            merge_into(&mut map, k, v, self.f.get());
+            merge_into(&mut map, k, v, self.f.get2());
         }
         Ok(map.into_iter().collect())
     }

@@ -71,7 +71,7 @@ impl<T: Data, K: Ord + 'static, F: Fn(&T) -> K + Send + Sync + 'static> Partitio
     for ExtremeFn<T, K, F>
 {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<Option<T>> {
-        Ok(extreme(it, self.f.get(), self.largest))
+        Ok(extreme(it, self.f.get1(), self.largest))
     }
 }
 
@@ -86,7 +86,7 @@ struct BestNFn<T, K, F> {
 
 impl<T: Data, K: Ord + 'static, F: Fn(&T) -> K + Send + Sync + 'static> PartitionFn<T, Vec<T>> for BestNFn<T, K, F> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<Vec<T>> {
-        Ok(best_n(it, self.n, self.f.get(), self.largest))
+        Ok(best_n(it, self.n, self.f.get1(), self.largest))
     }
 }
 
@@ -149,9 +149,9 @@ impl<T: Data> Rdd<T> {
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
         let f = Fun::new(f);
-        let job = ExtremeFn::<T, K, F> { f: f.clone(), largest, _tk: PhantomData };
+        let job = ExtremeFn::<T, K, F> { f, largest, _tk: PhantomData };
         let parts = self.context()?.run_job(self, Ship::new(job), None)?;
-        Ok(extreme(parts.into_iter().flatten(), f.get(), largest))
+        Ok(extreme(parts.into_iter().flatten(), f.get1(), largest))
     }
 
     fn best_n_by<K: Ord + 'static, F>(&self, n: usize, f: F, largest: bool) -> Result<Vec<T>>
@@ -159,10 +159,10 @@ impl<T: Data> Rdd<T> {
         F: Fn(&T) -> K + Send + Sync + 'static,
     {
         let f = Fun::new(f);
-        let job = BestNFn::<T, K, F> { n, f: f.clone(), largest, _tk: PhantomData };
+        let job = BestNFn::<T, K, F> { n, f, largest, _tk: PhantomData };
         let parts = self.context()?.run_job(self, Ship::new(job), None)?;
         // Partition results in partition order: ties keep their order in the RDD.
-        Ok(best_n(parts.into_iter().flatten(), n, f.get(), largest))
+        Ok(best_n(parts.into_iter().flatten(), n, f.get1(), largest))
     }
 
     /// The record with the largest key `f` gives it (PySpark's `max(key=f)`); on ties, the

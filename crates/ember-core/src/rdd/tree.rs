@@ -30,7 +30,7 @@ struct FoldMerge<U, C> {
 
 impl<U: Clone, C> Clone for FoldMerge<U, C> {
     fn clone(&self) -> Self {
-        FoldMerge { zero: self.zero.clone(), comb: self.comb.clone() }
+        FoldMerge { zero: self.zero.clone(), comb: self.comb }
     }
 }
 
@@ -39,7 +39,7 @@ impl<U: Data, C: Fn(U, U) -> U + Send + Sync + 'static> Merge<U> for FoldMerge<U
         self.zero.clone()
     }
     fn merge(&self, a: U, b: U) -> U {
-        (self.comb.get())(a, b)
+        (self.comb.get2())(a, b)
     }
 }
 
@@ -50,7 +50,7 @@ struct OptionMerge<T, F>(Fun<F>, Marker<T>);
 
 impl<T, F> Clone for OptionMerge<T, F> {
     fn clone(&self) -> Self {
-        OptionMerge(self.0.clone(), PhantomData)
+        OptionMerge(self.0, PhantomData)
     }
 }
 
@@ -60,7 +60,7 @@ impl<T: Data, F: Fn(T, T) -> T + Send + Sync + 'static> Merge<Option<T>> for Opt
     }
     fn merge(&self, a: Option<T>, b: Option<T>) -> Option<T> {
         match (a, b) {
-            (Some(a), Some(b)) => Some((self.0.get())(a, b)),
+            (Some(a), Some(b)) => Some((self.0.get2())(a, b)),
             (a, None) => a,
             (None, b) => b,
         }
@@ -147,7 +147,7 @@ impl<T: Data> Rdd<T> {
             return Ok(zero);
         }
         let partials = self.map_partitions_with((zero.clone(), Fun::new(seq)), |env: &(U, Fun<S>), _, it| {
-            Box::new(std::iter::once(it.fold(env.0.clone(), env.1.get())))
+            Box::new(std::iter::once(it.fold(env.0.clone(), env.1.get2())))
         });
         tree_merge(partials, FoldMerge { zero, comb: Fun::new(comb) }, depth)
     }
@@ -163,8 +163,7 @@ impl<T: Data> Rdd<T> {
             return Ok(None);
         }
         let f = Fun::new(f);
-        let partials =
-            self.map_partitions_with(f.clone(), |f: &Fun<F>, _, it| Box::new(std::iter::once(it.reduce(f.get()))));
+        let partials = self.map_partitions_with(f, |f: &Fun<F>, _, it| Box::new(std::iter::once(it.reduce(f.get2()))));
         tree_merge(partials, OptionMerge::<T, F>(f, PhantomData), depth)
     }
 }

@@ -24,6 +24,11 @@ const TAG_ZSTD: u8 = 2;
 const HEADER: usize = 1 + 4 + 4 + 8 + 4;
 /// Zstandard level: the fastest regular level, which still compresses text well.
 const ZSTD_LEVEL: i32 = 1;
+/// Chunks up to this stored size are read into a buffer allocated at once; larger ones grow with
+/// the bytes actually read.
+const EAGER_READ: usize = 1 << 20;
+/// Chunks smaller than this are stored uncompressed.
+const SMALL_CHUNK: usize = 256;
 /// Target size of a chunk's uncompressed records.
 pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -73,28 +78,31 @@ impl ChunkEncoder {
         if self.pending.is_empty() {
             return;
         }
-        let raw = std::mem::take(&mut self.pending);
-        let (tag, stored) = match self.codec {
-            Codec::Lz4 => (TAG_LZ4, lz4_flex::block::compress(&raw)),
+        let compressed = match self.codec {
+            // Compressing a few bytes saves nothing and costs a compressor's setup (hash tables
+            // to clear), which dominates shuffles of many tiny blocks.
+            _ if self.pending.len() < SMALL_CHUNK => None,
+            Codec::Lz4 => Some((TAG_LZ4, lz4_flex::block::compress(&self.pending))),
             // Compressing a buffer in memory cannot fail but for allocation; store it raw then.
-            Codec::Zstd => match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
-                Ok(c) => (TAG_ZSTD, c),
-                Err(_) => (TAG_RAW, raw.clone()),
-            },
-            Codec::None => (TAG_RAW, raw.clone()),
+            Codec::Zstd => zstd::bulk::compress(&self.pending, ZSTD_LEVEL).ok().map(|c| (TAG_ZSTD, c)),
+            Codec::None => None,
         };
+        let (tag, stored): (u8, &[u8]) = match &compressed {
+            Some((tag, c)) => (*tag, c),
+            None => (TAG_RAW, &self.pending),
+        };
+        self.out.reserve(HEADER + stored.len());
         let head_start = self.out.len();
         self.out.push(tag);
         // `push` refuses records that would take a chunk past `u32::MAX` bytes, and a block
         // compressor's output is at most a little larger than its input, which `decode_bound`
         // accounts for; stored lengths over `u32::MAX` are refused by the reader.
-        self.out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        self.out.extend_from_slice(&(self.pending.len() as u32).to_le_bytes());
         self.out.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-        self.out.extend_from_slice(&checksum(&stored).to_le_bytes());
+        self.out.extend_from_slice(&checksum(stored).to_le_bytes());
         let head = header_checksum(&self.out[head_start..]);
         self.out.extend_from_slice(&head.to_le_bytes());
-        self.out.extend_from_slice(&stored);
-        self.pending = raw;
+        self.out.extend_from_slice(stored);
         self.pending.clear();
     }
 
@@ -102,6 +110,38 @@ impl ChunkEncoder {
     pub(crate) fn take_bytes(&mut self) -> Vec<u8> {
         self.finish_chunk();
         std::mem::take(&mut self.out)
+    }
+}
+
+/// Names a record stream's source in error messages.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// A file (or a name standing for one).
+    Path(PathBuf),
+    /// An in-memory shuffle map output.
+    ShuffleMemory {
+        /// The shuffle.
+        shuffle: u64,
+        /// The map partition.
+        map: usize,
+    },
+}
+
+impl Origin {
+    fn path(&self) -> PathBuf {
+        match self {
+            Origin::Path(p) => p.clone(),
+            other => PathBuf::from(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Path(p) => write!(f, "{}", p.display()),
+            Origin::ShuffleMemory { shuffle, map } => write!(f, "shuffle_{shuffle}_{map}(memory)"),
+        }
     }
 }
 
@@ -121,7 +161,7 @@ pub(crate) struct ChunkDecoder<R: Read, T> {
     buf: Vec<u8>,
     pos: usize,
     stored: Vec<u8>,
-    origin: PathBuf,
+    origin: Origin,
     /// Bytes consumed so far, and how many the stream must have (when known).
     consumed: u64,
     expected: Option<u64>,
@@ -131,16 +171,31 @@ pub(crate) struct ChunkDecoder<R: Read, T> {
 impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
     /// `origin` names the source in error messages.
     pub(crate) fn new(src: R, origin: &Path) -> Self {
+        Self::with_origin(src, Origin::Path(origin.to_path_buf()))
+    }
+
+    /// A decoder whose source is named by `origin`, formatted only if an error needs it.
+    pub(crate) fn with_origin(src: R, origin: Origin) -> Self {
         ChunkDecoder {
             src,
             buf: Vec::new(),
             pos: 0,
             stored: Vec::new(),
-            origin: origin.to_path_buf(),
+            origin,
             consumed: 0,
             expected: None,
             _t: PhantomData,
         }
+    }
+
+    /// Reads another source with this decoder's buffers (the next block of a shuffle read).
+    pub(crate) fn reset(&mut self, src: R, origin: Origin, expected: u64) {
+        self.src = src;
+        self.origin = origin;
+        self.buf.clear();
+        self.pos = 0;
+        self.consumed = 0;
+        self.expected = Some(expected);
     }
 
     /// Requires the stream to hold exactly `len` bytes: a stream that ends early, even at a chunk
@@ -151,7 +206,7 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
     }
 
     fn corrupt(&self, what: &str) -> Error {
-        Error::Serialization(format!("corrupt record stream in {}: {what}", self.origin.display()))
+        Error::Serialization(format!("corrupt record stream in {}: {what}", self.origin))
     }
 
     /// Reads the next chunk; `Ok(false)` at a clean end of stream.
@@ -159,7 +214,7 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
         let mut header = [0u8; HEADER];
         let mut filled = 0;
         while filled < HEADER {
-            let n = self.src.read(&mut header[filled..]).map_err(|e| Error::io(&self.origin, e))?;
+            let n = self.src.read(&mut header[filled..]).map_err(|e| Error::io(self.origin.path(), e))?;
             if n == 0 {
                 if filled == 0 {
                     return match self.expected {
@@ -184,15 +239,23 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
         if stored_len > decode_bound(tag, raw_len) {
             return Err(self.corrupt("implausible chunk length"));
         }
-        // Read what is there rather than allocating `stored_len` up front, so a truncated
-        // stream costs no more memory than its bytes.
         let mut stored = std::mem::take(&mut self.stored);
         stored.clear();
-        let read = (&mut self.src).take(stored_len as u64).read_to_end(&mut stored);
+        let read = if stored_len <= EAGER_READ {
+            // Small enough to allocate before reading: one exact read.
+            stored.resize(stored_len, 0);
+            self.src.read_exact(&mut stored).map(|_| stored_len)
+        } else {
+            // Read what is there rather than allocating `stored_len` up front, so a truncated
+            // stream costs no more memory than its bytes.
+            (&mut self.src).take(stored_len as u64).read_to_end(&mut stored)
+        };
         self.stored = stored;
-        read.map_err(|e| Error::io(&self.origin, e))?;
-        if self.stored.len() != stored_len {
-            return Err(self.corrupt("truncated chunk"));
+        match read {
+            Ok(n) if n == stored_len => {}
+            Ok(_) => return Err(self.corrupt("truncated chunk")),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(self.corrupt("truncated chunk")),
+            Err(e) => return Err(Error::io(self.origin.path(), e)),
         }
         if checksum(&self.stored) != sum {
             return Err(self.corrupt("checksum mismatch"));

@@ -58,13 +58,16 @@ pub trait MapOutputLocations: Send + Sync {
     fn remove_shuffle(&self, shuffle: ShuffleId);
 }
 
+/// In-memory map outputs by (shuffle, map, attempt).
+type MemoryOutputs = HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>, rustc_hash::FxBuildHasher>;
+
 /// The map outputs one executor holds: files, and small outputs kept in memory.
 pub struct ShuffleManager {
     dir: PathBuf,
     /// Every output this executor wrote, by shuffle, so that removing a shuffle deletes them all
     /// (including those of attempts the driver never registered).
     written: Mutex<HashMap<ShuffleId, Vec<MapStatus>>>,
-    memory: Mutex<HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>>>,
+    memory: Mutex<MemoryOutputs>,
     memory_used: AtomicU64,
     memory_cap: u64,
     /// Map outputs up to this size are kept in memory instead of files (creating and deleting
@@ -79,14 +82,14 @@ impl ShuffleManager {
         ShuffleManager {
             dir,
             written: Mutex::new(HashMap::new()),
-            memory: Mutex::new(HashMap::new()),
+            memory: Mutex::new(MemoryOutputs::default()),
             memory_used: AtomicU64::new(0),
             memory_cap,
             memory_output_limit,
         }
     }
 
-    fn memory(&self) -> MutexGuard<'_, HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>>> {
+    fn memory(&self) -> MutexGuard<'_, MemoryOutputs> {
         self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -127,8 +130,20 @@ impl ShuffleManager {
         self.written().entry(status.shuffle).or_default().push(status.clone());
     }
 
-    pub(crate) fn memory_output(&self, b: &ReduceBlock) -> Option<Arc<Vec<u8>>> {
-        self.memory().get(&(b.shuffle, b.map, b.attempt)).cloned()
+    /// The in-memory outputs holding `blocks` (`None` for file outputs and lost ones), looked
+    /// up under one lock.
+    pub(crate) fn memory_outputs(&self, blocks: &[ReduceBlock]) -> Vec<Option<Arc<Vec<u8>>>> {
+        if blocks.iter().all(|b| b.data.is_some()) {
+            return vec![None; blocks.len()];
+        }
+        let memory = self.memory();
+        blocks
+            .iter()
+            .map(|b| match b.data {
+                Some(_) => None,
+                None => memory.get(&(b.shuffle, b.map, b.attempt)).cloned(),
+            })
+            .collect()
     }
 
     /// Deletes one output (an attempt that lost, or an output the driver dropped).

@@ -2,12 +2,11 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::ReduceBlock;
 use crate::error::{Error, Result};
-use crate::stream::ChunkDecoder;
+use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
 
 /// A byte range of a shared buffer, read without copying the buffer.
@@ -30,8 +29,12 @@ impl Read for SharedSlice {
 /// A missing, short or corrupt segment is a fetch failure recorded on the task context.
 pub(crate) struct ShuffleReader<'a, R> {
     blocks: Vec<ReduceBlock>,
+    /// In-memory outputs of the blocks, looked up at once.
+    memory: Vec<Option<Arc<Vec<u8>>>>,
     next_map: usize,
     current: Option<ChunkDecoder<Box<dyn Read>, R>>,
+    /// A finished decoder, kept for its buffers.
+    spare: Option<ChunkDecoder<Box<dyn Read>, R>>,
     reduce: usize,
     tc: &'a TaskContext,
     records: u64,
@@ -40,37 +43,47 @@ pub(crate) struct ShuffleReader<'a, R> {
 
 impl<'a, R> ShuffleReader<'a, R> {
     pub(crate) fn new(blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
-        ShuffleReader { blocks, next_map: 0, current: None, reduce, tc, records: 0, bytes: 0 }
+        let memory = tc.env().shuffle.memory_outputs(&blocks);
+        ShuffleReader { blocks, memory, next_map: 0, current: None, spare: None, reduce, tc, records: 0, bytes: 0 }
     }
 }
 
 impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
-    fn open(&self, b: &ReduceBlock) -> Result<ChunkDecoder<Box<dyn Read>, R>> {
-        let fetch_failed =
-            |message: String| Error::FetchFailed { shuffle: b.shuffle.0, map: b.map, reduce: self.reduce, message };
+    fn decoder(&mut self, src: Box<dyn Read>, origin: Origin, len: u64) -> ChunkDecoder<Box<dyn Read>, R> {
+        match self.spare.take() {
+            Some(mut d) => {
+                d.reset(src, origin, len);
+                d
+            }
+            None => ChunkDecoder::with_origin(src, origin).expecting(len),
+        }
+    }
+
+    fn open(&mut self, i: usize) -> Result<ChunkDecoder<Box<dyn Read>, R>> {
+        let b = &self.blocks[i];
+        let (shuffle, map, reduce) = (b.shuffle.0, b.map, self.reduce);
+        let fetch_failed = |message: String| Error::FetchFailed { shuffle, map, reduce, message };
         // The tracker gives the segment's offset and length, so a read needs no index lookup;
         // the index file is there for a remote executor's transfer service.
         let (start, len) = (b.offset, b.len);
-        let Some(path) = &b.data else {
+        let Some(path) = b.data.clone() else {
             let bytes = self
-                .tc
-                .env()
-                .shuffle
-                .memory_output(b)
+                .memory
+                .get_mut(i)
+                .and_then(Option::take)
                 .ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
             let end = start.checked_add(len).and_then(|e| usize::try_from(e).ok()).filter(|&e| e <= bytes.len());
             let Some(end) = end else {
                 return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
             };
-            let origin = PathBuf::from(format!("shuffle_{}_{}(memory)", b.shuffle.0, b.map));
             let src: Box<dyn Read> = Box::new(SharedSlice { bytes, pos: start as usize, end });
-            return Ok(ChunkDecoder::new(src, &origin).expecting(len));
+            return Ok(self.decoder(src, Origin::ShuffleMemory { shuffle, map }, len));
         };
-        let mut f = File::open(path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
+        let mut f = File::open(&path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         let buf = (len as usize).clamp(64, 1 << 16);
         let src: Box<dyn Read> = Box::new(BufReader::with_capacity(buf, f).take(len));
-        Ok(ChunkDecoder::new(src, path).expecting(len))
+        Ok(self.decoder(src, Origin::Path(path), len))
     }
 }
 
@@ -87,7 +100,7 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                         }
                         return Some(r);
                     }
-                    Ok(None) => self.current = None,
+                    Ok(None) => self.spare = self.current.take(),
                     Err(e) => {
                         let s = &self.blocks[self.next_map - 1];
                         self.tc.fail(Error::FetchFailed {
@@ -103,13 +116,14 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
             if self.tc.should_stop() {
                 return None;
             }
-            let b = self.blocks.get(self.next_map)?;
+            let i = self.next_map;
+            let len = self.blocks.get(i)?.len;
             self.next_map += 1;
-            if b.len == 0 {
+            if len == 0 {
                 continue;
             }
-            self.bytes += b.len;
-            match self.open(b) {
+            self.bytes += len;
+            match self.open(i) {
                 Ok(d) => self.current = Some(d),
                 Err(e) => {
                     self.tc.fail(e);

@@ -59,8 +59,11 @@ struct MapOutputFile {
 }
 
 impl MapOutputFile {
-    fn create(tmp: PathBuf, codec: crate::conf::Codec, limit: usize) -> Result<Self> {
-        let sink = OutputSink { sink: Sink::Memory(Vec::new()), tmp: tmp.clone(), limit };
+    /// `expected` is about how many bytes the output will have; an output that may stay in
+    /// memory gets its buffer at once.
+    fn create(tmp: PathBuf, codec: crate::conf::Codec, limit: usize, expected: usize) -> Result<Self> {
+        let buf = Vec::with_capacity(if expected <= limit { expected } else { 0 });
+        let sink = OutputSink { sink: Sink::Memory(buf), tmp: tmp.clone(), limit };
         Ok(MapOutputFile { w: StreamWriter::new(sink, codec, &tmp), tmp, offsets: vec![0] })
     }
 
@@ -278,7 +281,10 @@ impl<'a> PartitionBuffers<'a> {
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         let env = self.tc.env();
         let parts = self.bufs.len();
-        let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit)?;
+        // Buffered chunks, one header per partition for the pending records, and spilled runs.
+        let expected = self.bufs.iter().map(|b| b.held_bytes() + 32).sum::<usize>()
+            + self.runs.iter().map(|(_, segs)| segs.iter().map(|s| s.1 as usize).sum::<usize>()).sum::<usize>();
+        let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;
         let mut copy = Vec::new();
         for (p, b) in self.bufs.iter_mut().enumerate() {
             out.close_until(p)?;

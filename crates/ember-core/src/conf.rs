@@ -106,6 +106,26 @@ pub const KEYS: &[ConfKey] = &[
     },
     ConfKey { key: "ember.ui.showConsoleProgress", default: "true", doc: "Show a progress bar on a terminal." },
     ConfKey { key: "ember.checkpoint.dir", default: "(unset)", doc: "Directory for RDD checkpoints." },
+    ConfKey {
+        key: "ember.files.maxPartitionBytes",
+        default: "128m",
+        doc: "Most bytes of input files packed into one partition of text_file; larger files are cut \
+              into byte ranges.",
+    },
+    ConfKey {
+        key: "ember.files.openCostInBytes",
+        default: "4m",
+        doc: "What opening a file costs, counted in bytes, when packing files into partitions: small \
+              files share a partition instead of getting one each.",
+    },
+    ConfKey {
+        key: "ember.input.maxLineLength",
+        default: "64m",
+        doc: "Longest line text_file accepts (bytes, without the line end); a longer line fails the \
+              job with an error naming the file and byte offset. 64m is far beyond real text lines, \
+              yet a line, its buffer and the string made from it fit many times in a task's share \
+              of the default budget.",
+    },
 ];
 
 /// Settings for a [`crate::Context`]. Keys are validated when set; unknown keys are rejected.
@@ -144,6 +164,12 @@ pub struct Settings {
     pub show_progress: bool,
     /// Checkpoint directory.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Most input bytes packed into one `text_file` partition.
+    pub files_max_partition_bytes: u64,
+    /// The cost of opening a file, in bytes, when packing files into partitions.
+    pub files_open_cost_bytes: u64,
+    /// Longest line `text_file` accepts, in bytes.
+    pub max_line_length: u64,
 }
 
 /// Parses a size such as `512m`, `1g`, `64k` or `1048576` into bytes.
@@ -263,6 +289,15 @@ impl EmberConf {
             "ember.local.serializeTasks" | "ember.ui.showConsoleProgress" if !matches!(value, "true" | "false") => {
                 return Err(bad("expected true or false"));
             }
+            "ember.files.maxPartitionBytes" | "ember.input.maxLineLength" => {
+                let n = parse_size(value).ok_or_else(|| bad("expected a size like 128m"))?;
+                if n == 0 {
+                    return Err(bad("must be at least 1 byte"));
+                }
+            }
+            "ember.files.openCostInBytes" => {
+                parse_size(value).ok_or_else(|| bad("expected a size like 4m or 0"))?;
+            }
             "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" if value.trim().is_empty() => {
                 return Err(bad("must not be empty"));
             }
@@ -296,6 +331,12 @@ impl EmberConf {
             serialize_tasks: self.get("ember.local.serializeTasks") == Some("true"),
             show_progress: self.get("ember.ui.showConsoleProgress") != Some("false"),
             checkpoint_dir: self.get("ember.checkpoint.dir").map(PathBuf::from),
+            files_max_partition_bytes: self
+                .get("ember.files.maxPartitionBytes")
+                .and_then(parse_size)
+                .unwrap_or(128 << 20),
+            files_open_cost_bytes: self.get("ember.files.openCostInBytes").and_then(parse_size).unwrap_or(4 << 20),
+            max_line_length: self.get("ember.input.maxLineLength").and_then(parse_size).unwrap_or(64 << 20),
         })
     }
 }

@@ -119,14 +119,26 @@ impl Context {
         Rdd::from_impl(Some(self.clone()), crate::rdd::source_union(rdds.to_vec()))
     }
 
-    /// The lines of a text file, a directory of files, or a glob (`data/*.txt`), split into
-    /// at least `min_partitions` partitions by size. `.gz` files are decompressed (one partition
-    /// each). Lines that are not valid UTF-8 fail the job with an error naming the file and the
-    /// byte offset.
+    /// The lines of a text file, a directory of files, or a glob (`data/*.txt`), with their
+    /// `\n` or `\r\n` ends removed.
+    ///
+    /// Files are cut into byte ranges and packed into partitions as Spark's file sources do: a
+    /// partition holds up to `ember.files.maxPartitionBytes` of input, each file counting
+    /// `ember.files.openCostInBytes` more than its length, so many small files share a few
+    /// partitions. `min_partitions` lowers the target size to `total / min_partitions`, but not
+    /// below the open cost. `.gz` files are decompressed and never cut. Lines come out in path
+    /// order. A line that is not valid UTF-8, or longer than `ember.input.maxLineLength`, fails
+    /// the job with an error naming the file and the byte offset.
     pub fn text_file(&self, path: &str, min_partitions: usize) -> Result<Rdd<String>> {
         let files = crate::rdd::resolve_input(path)?;
-        let splits = crate::rdd::plan_splits(&files, min_partitions.max(1))?;
-        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(splits)))
+        let s = self.settings();
+        let policy = crate::rdd::SplitPolicy {
+            min_partitions: min_partitions.max(1),
+            max_partition_bytes: s.files_max_partition_bytes,
+            open_cost: s.files_open_cost_bytes,
+        };
+        let partitions = crate::rdd::plan_splits(&files, policy)?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(partitions, s.max_line_length)))
     }
 
     /// (path, content) for each file of a directory or glob.

@@ -48,6 +48,20 @@ pub enum Error {
         /// Byte offset of the line holding the invalid bytes.
         offset: u64,
     },
+    /// A text file holds a line longer than `ember.input.maxLineLength`.
+    #[error(
+        "line longer than {limit} bytes in {} at byte offset {offset}; raise ember.input.maxLineLength \
+         if such lines are expected",
+        path.display()
+    )]
+    LineTooLong {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the line's first byte (in the decompressed stream for gzip files).
+        offset: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// A user function panicked while running a task attempt.
     #[error("user function panicked: {0}")]
     UserPanic(String),
@@ -126,6 +140,7 @@ impl Error {
             | Error::InputNotFound(_)
             | Error::OutputExists(_)
             | Error::InvalidUtf8 { .. }
+            | Error::LineTooLong { .. }
             | Error::NoContext
             | Error::Stopped => ErrorClass::User,
             Error::Io { .. } | Error::UserPanic(_) | Error::Serialization(_) | Error::JobAborted { .. } => {
@@ -163,6 +178,9 @@ impl Error {
             Error::InputNotFound(p) => Error::InputNotFound(p.clone()),
             Error::OutputExists(p) => Error::OutputExists(p.clone()),
             Error::InvalidUtf8 { path, offset } => Error::InvalidUtf8 { path: path.clone(), offset: *offset },
+            Error::LineTooLong { path, offset, limit } => {
+                Error::LineTooLong { path: path.clone(), offset: *offset, limit: *limit }
+            }
             Error::UserPanic(m) => Error::UserPanic(m.clone()),
             Error::JobAborted { job, stage, stage_name, partition, attempts, message } => Error::JobAborted {
                 job: *job,

@@ -27,7 +27,7 @@ use crate::storage::{RddId, StorageLevel};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
-pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
+pub(crate) use source::{plan_splits, resolve_input, ParallelCollection, SplitPolicy};
 
 pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {
     source::RangeRdd { start, end, step, slices }
@@ -41,8 +41,8 @@ pub(crate) fn source_union<T: Data>(parents: Vec<Rdd<T>>) -> narrow::UnionRdd<T>
     narrow::UnionRdd::new(parents)
 }
 
-pub(crate) fn source_text(splits: Vec<source::FileSplit>) -> source::TextFileRdd {
-    source::TextFileRdd { splits }
+pub(crate) fn source_text(partitions: Vec<Vec<source::FileSplit>>, max_line: u64) -> source::TextFileRdd {
+    source::TextFileRdd { partitions, max_line }
 }
 
 pub(crate) fn source_whole_files(

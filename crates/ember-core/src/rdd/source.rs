@@ -14,6 +14,7 @@ use crate::context::Context;
 use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::ship::{Marker, Ship};
+use crate::storage::MemoryConsumer;
 use crate::stream::{ChunkDecoder, StreamWriter};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
@@ -172,111 +173,248 @@ fn is_gzip(p: &Path) -> bool {
 }
 
 /// A byte range of a file, read as lines.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FileSplit {
     pub(crate) path: PathBuf,
     pub(crate) start: u64,
     pub(crate) len: u64,
 }
 
-/// Local file systems report no block size; Spark uses 32 MiB for them.
-const MAX_SPLIT: u64 = 32 << 20;
+/// How input files are cut and packed into partitions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SplitPolicy {
+    /// The requested minimum number of partitions.
+    pub(crate) min_partitions: usize,
+    /// Most bytes in one partition (`ember.files.maxPartitionBytes`).
+    pub(crate) max_partition_bytes: u64,
+    /// What opening a file costs, in bytes (`ember.files.openCostInBytes`).
+    pub(crate) open_cost: u64,
+}
 
-/// Cuts files into splits of about `total / min_partitions` bytes (at most 32 MiB). Gzip files
-/// cannot be split and give one split each.
-pub(crate) fn plan_splits(files: &[PathBuf], min_partitions: usize) -> Result<Vec<FileSplit>> {
+/// Cuts files into byte ranges and packs them into partitions, as Spark's file sources do.
+///
+/// The target size is `min(max_partition_bytes, max(open_cost, total / min_partitions))`, where
+/// `total` counts every file's length plus `open_cost`. Files larger than the target are cut
+/// into ranges of that size (gzip files cannot be split and stay whole); ranges are then packed,
+/// in path order, into partitions of at most the target size, each file counting its length
+/// plus `open_cost`. So a directory of many small files gives a few partitions, not one per
+/// file, and the number of shuffle partitions downstream follows. Unlike Spark, ranges are not
+/// reordered by size: lines come out in path order.
+pub(crate) fn plan_splits(files: &[PathBuf], policy: SplitPolicy) -> Result<Vec<Vec<FileSplit>>> {
     let mut sizes = Vec::with_capacity(files.len());
     for f in files {
         let m = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
         sizes.push(m.len());
     }
-    let total: u64 = sizes.iter().sum();
-    let goal = (total / min_partitions.max(1) as u64).max(1);
-    let split = goal.clamp(1 << 10, MAX_SPLIT);
-    let mut out = Vec::new();
+    let open_cost = policy.open_cost;
+    let total: u64 = sizes.iter().map(|&s| s.saturating_add(open_cost)).fold(0, u64::saturating_add);
+    let per_partition = total / policy.min_partitions.max(1) as u64;
+    let target = policy.max_partition_bytes.min(open_cost.max(per_partition)).max(1);
+
+    let mut ranges = Vec::new();
     for (f, &size) in files.iter().zip(&sizes) {
-        if is_gzip(f) || size == 0 {
-            out.push(FileSplit { path: f.clone(), start: 0, len: size });
+        if is_gzip(f) || size <= target {
+            ranges.push(FileSplit { path: f.clone(), start: 0, len: size });
             continue;
         }
         let mut start = 0;
-        // Like Hadoop, let the last split run up to 10% over rather than leave a sliver.
-        while (size - start) as f64 / split as f64 > 1.1 {
-            out.push(FileSplit { path: f.clone(), start, len: split });
-            start += split;
+        while start < size {
+            let len = target.min(size - start);
+            ranges.push(FileSplit { path: f.clone(), start, len });
+            start += len;
         }
-        out.push(FileSplit { path: f.clone(), start, len: size - start });
     }
-    Ok(out)
+
+    let mut partitions = Vec::new();
+    let mut current: Vec<FileSplit> = Vec::new();
+    let mut current_size = 0u64;
+    for r in ranges {
+        if !current.is_empty() && current_size.saturating_add(r.len) > target {
+            partitions.push(std::mem::take(&mut current));
+            current_size = 0;
+        }
+        current_size = current_size.saturating_add(r.len).saturating_add(open_cost);
+        current.push(r);
+    }
+    if !current.is_empty() || partitions.is_empty() {
+        partitions.push(current);
+    }
+    Ok(partitions)
 }
 
-/// `text_file`: the lines of files, one partition per split.
+/// `text_file`: the lines of files; each partition reads one or more byte ranges in order.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct TextFileRdd {
-    pub(crate) splits: Vec<FileSplit>,
+    pub(crate) partitions: Vec<Vec<FileSplit>>,
+    /// Longest accepted line, in bytes without its end.
+    pub(crate) max_line: u64,
 }
 
-struct LineReader<'a> {
+/// Lines up to this size are read in one step and not counted in the memory budget; a longer
+/// line grows its buffer by this much at a time, each step granted by the budget first.
+const LINE_STEP: u64 = 1 << 20;
+
+/// The open range of a [`LineReader`].
+struct OpenRange {
     src: Box<dyn BufRead>,
     path: PathBuf,
     /// Position of the next line's first byte.
     pos: u64,
-    /// Lines starting after `end` belong to the next split.
+    /// Lines starting after `end` belong to the next range.
     end: u64,
-    buf: Vec<u8>,
-    tc: &'a TaskContext,
-    n: u32,
 }
 
-impl LineReader<'_> {
-    fn open<'a>(split: &FileSplit, tc: &'a TaskContext) -> Result<LineReader<'a>> {
+impl OpenRange {
+    fn open(split: &FileSplit) -> Result<OpenRange> {
         let p = &split.path;
         let mut f = File::open(p).map_err(|e| Error::io(p, e))?;
         if is_gzip(p) {
             let dec = flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, f));
-            return Ok(LineReader {
+            return Ok(OpenRange {
                 src: Box::new(BufReader::with_capacity(1 << 18, dec)),
                 path: p.clone(),
                 pos: 0,
                 end: u64::MAX,
-                buf: Vec::new(),
-                tc,
-                n: 0,
             });
         }
         f.seek(SeekFrom::Start(split.start)).map_err(|e| Error::io(p, e))?;
-        let mut src: Box<dyn BufRead> = Box::new(BufReader::with_capacity(1 << 18, f));
-        let mut pos = split.start;
+        let mut range = OpenRange {
+            src: Box::new(BufReader::with_capacity(1 << 18, f)),
+            path: p.clone(),
+            pos: split.start,
+            end: split.start + split.len,
+        };
         if split.start != 0 {
-            // The line in progress at `start` belongs to the previous split.
-            let mut skip = Vec::new();
-            pos += src.read_until(b'\n', &mut skip).map_err(|e| Error::io(p, e))? as u64;
+            // The line in progress at `start` belongs to the previous range. Skipped without
+            // buffering it, however long it is.
+            range.skip_line()?;
         }
-        Ok(LineReader { src, path: p.clone(), pos, end: split.start + split.len, buf: Vec::new(), tc, n: 0 })
+        Ok(range)
+    }
+
+    fn skip_line(&mut self) -> Result<()> {
+        loop {
+            let avail = self.src.fill_buf().map_err(|e| Error::io(&self.path, e))?;
+            if avail.is_empty() {
+                return Ok(());
+            }
+            let (n, found) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (avail.len(), false),
+            };
+            self.src.consume(n);
+            self.pos += n as u64;
+            if found {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads the lines of a partition's byte ranges, one range after the other. A line's buffer
+/// is bounded by the line limit and, past [`LINE_STEP`], counted in the task's memory budget.
+struct LineReader<'a> {
+    ranges: &'a [FileSplit],
+    next_range: usize,
+    current: Option<OpenRange>,
+    max_line: u64,
+    buf: Vec<u8>,
+    mem: MemoryConsumer<'a>,
+    tc: &'a TaskContext,
+    n: u32,
+}
+
+impl<'a> LineReader<'a> {
+    fn new(ranges: &'a [FileSplit], max_line: u64, tc: &'a TaskContext) -> Self {
+        LineReader {
+            ranges,
+            next_range: 0,
+            current: None,
+            max_line,
+            buf: Vec::new(),
+            mem: MemoryConsumer::new(tc),
+            tc,
+            n: 0,
+        }
     }
 
     fn next_line(&mut self) -> Result<Option<String>> {
-        if self.pos > self.end {
-            return Ok(None);
+        loop {
+            let range = match &mut self.current {
+                Some(r) => r,
+                None => {
+                    let Some(split) = self.ranges.get(self.next_range) else {
+                        return Ok(None);
+                    };
+                    self.next_range += 1;
+                    self.current.insert(OpenRange::open(split)?)
+                }
+            };
+            if range.pos <= range.end {
+                if let Some(line) = read_line(range, &mut self.buf, self.max_line, &mut self.mem)? {
+                    return Ok(Some(line));
+                }
+            }
+            self.current = None;
         }
-        self.buf.clear();
-        let n = self.src.read_until(b'\n', &mut self.buf).map_err(|e| Error::io(&self.path, e))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        let line_start = self.pos;
-        self.pos += n as u64;
-        let mut len = self.buf.len();
-        if self.buf[len - 1] == b'\n' {
-            len -= 1;
-            if len > 0 && self.buf[len - 1] == b'\r' {
-                len -= 1;
+    }
+}
+
+/// Reads the next line of `range` (its `\n` or `\r\n` end removed), or `None` at the end of
+/// the file.
+fn read_line(
+    range: &mut OpenRange,
+    buf: &mut Vec<u8>,
+    max_line: u64,
+    mem: &mut MemoryConsumer,
+) -> Result<Option<String>> {
+    if buf.capacity() as u64 > LINE_STEP {
+        // The last line was long: give its memory back.
+        *buf = Vec::new();
+        mem.release_all();
+    }
+    buf.clear();
+    let line_start = range.pos;
+    let too_long = || Error::LineTooLong { path: range.path.clone(), offset: line_start, limit: max_line };
+    loop {
+        let before = buf.len() as u64;
+        if before > 0 {
+            // A long line: the buffer and the string made from it must fit in the budget.
+            let need = 2 * (before + LINE_STEP);
+            if !mem.ensure(need) {
+                return Err(Error::ResourcesExhausted(format!(
+                    "a line of more than {before} bytes in {} at byte offset {line_start} does not fit in \
+                     the task's share of the memory budget (ember.memory.size)",
+                    range.path.display()
+                )));
             }
         }
-        match std::str::from_utf8(&self.buf[..len]) {
-            Ok(s) => Ok(Some(s.to_owned())),
-            Err(e) => Err(Error::InvalidUtf8 { path: self.path.clone(), offset: line_start + e.valid_up_to() as u64 }),
+        let n = (&mut range.src).take(LINE_STEP).read_until(b'\n', buf).map_err(|e| Error::io(&range.path, e))?;
+        range.pos += n as u64;
+        if n == 0 || buf.last() == Some(&b'\n') {
+            break;
         }
+        // Without its end, the line so far is at least `len - 1` bytes (a `\r` may end it).
+        if buf.len() as u64 > max_line.saturating_add(1) {
+            return Err(too_long());
+        }
+    }
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let mut len = buf.len();
+    if buf[len - 1] == b'\n' {
+        len -= 1;
+        if len > 0 && buf[len - 1] == b'\r' {
+            len -= 1;
+        }
+    }
+    if len as u64 > max_line {
+        return Err(too_long());
+    }
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(s) => Ok(Some(s.to_owned())),
+        Err(e) => Err(Error::InvalidUtf8 { path: range.path.clone(), offset: line_start + e.valid_up_to() as u64 }),
     }
 }
 
@@ -302,23 +440,17 @@ impl RddImpl<String> for TextFileRdd {
         "text_file"
     }
     fn num_partitions(&self) -> usize {
-        self.splits.len()
+        self.partitions.len()
     }
     fn dependencies(&self) -> Vec<Dependency> {
         Vec::new()
     }
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, String> {
-        let Some(s) = self.splits.get(split) else {
-            tc.fail(Error::Internal(format!("text file has no split {split}")));
+        let Some(ranges) = self.partitions.get(split) else {
+            tc.fail(Error::Internal(format!("text file has no partition {split}")));
             return Box::new(std::iter::empty());
         };
-        match LineReader::open(s, tc) {
-            Ok(r) => Box::new(r),
-            Err(e) => {
-                tc.fail(e);
-                Box::new(std::iter::empty())
-            }
-        }
+        Box::new(LineReader::new(ranges, self.max_line, tc))
     }
 }
 

@@ -30,3 +30,17 @@ pub fn ctx() -> Context {
 pub fn both() -> [Context; 2] {
     [ctx_with(false), ctx_with(true)]
 }
+
+/// A `local[2]` context with extra settings; with `serialize`, tasks are encoded as for a remote
+/// executor.
+pub fn ctx_conf(settings: &[(&str, &str)], serialize: bool) -> Context {
+    let mut conf = EmberConf::new()
+        .master("local[2]")
+        .and_then(|c| c.set("ember.local.serializeTasks", if serialize { "true" } else { "false" }))
+        .and_then(|c| c.set("ember.ui.showConsoleProgress", "false"))
+        .expect("valid conf");
+    for (k, v) in settings {
+        conf = conf.set(k, *v).expect("valid setting");
+    }
+    Context::new(conf).expect("context starts")
+}

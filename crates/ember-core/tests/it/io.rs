@@ -10,7 +10,8 @@ fn write(path: &std::path::Path, text: &str) {
 
 #[test]
 fn text_file_splits_reproduce_the_lines_in_order() {
-    let ctx = ctx();
+    // No open cost, so that `min_partitions` cuts even a small file.
+    let ctx = ctx_conf(&[("ember.files.openCostInBytes", "0")], false);
     let dir = tempfile::tempdir().unwrap();
     let lines: Vec<String> = (0..3000).map(|i| format!("line {i} {}", "é".repeat(i % 7))).collect();
     let f = dir.path().join("big.txt");
@@ -68,6 +69,88 @@ fn save_as_text_file_writes_parts_atomically_and_reads_back() {
     }
 }
 
+#[test]
+fn many_small_files_share_partitions_and_count_exactly() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let files = 5000usize;
+    for i in 0..files {
+        write(&dir.path().join(format!("f{i:05}.txt")), &format!("common w{} w{}\n", i % 10, i % 7));
+    }
+    let lines = ctx.text_file(dir.path().to_str().unwrap(), 2).unwrap();
+    // 128 MiB per partition at 4 MiB per file: 32 files each.
+    assert_eq!(lines.num_partitions(), files.div_ceil(32));
+    let counts = lines
+        .flat_map(|l: String| l.split_whitespace().map(|w| (w.to_string(), 1u64)).collect::<Vec<_>>())
+        .reduce_by_key(|a, b| a + b, None);
+    assert_eq!(counts.num_partitions(), files.div_ceil(32), "shuffle partitions follow the input");
+    let mut got = counts.collect().unwrap();
+    got.sort();
+    let mut want = std::collections::BTreeMap::new();
+    *want.entry("common".to_string()).or_insert(0u64) += files as u64;
+    for i in 0..files {
+        *want.entry(format!("w{}", i % 10)).or_insert(0) += 1;
+        *want.entry(format!("w{}", i % 7)).or_insert(0) += 1;
+    }
+    assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn splits_pack_whole_files_and_ranges_and_read_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    // Small files, a big one cut into many ranges, a gzip file, an empty file, no final newline.
+    for (name, n, width) in [("a.txt", 3, 5), ("b.txt", 1, 0), ("c.txt", 400, 37), ("d.txt", 2, 3), ("e.txt", 0, 0)] {
+        let lines: Vec<String> = (0..n).map(|i| format!("{name}-{i}-{}", "é".repeat((i * width) % 50))).collect();
+        write(&dir.path().join(name), &lines.join("\n"));
+        expected.extend(lines);
+    }
+    let gz = dir.path().join("f.txt.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+    enc.write_all(b"g1\r\ng2\r\n").unwrap();
+    enc.finish().unwrap();
+    expected.extend(["g1".to_string(), "g2".to_string()]);
+    for serialize in [false, true] {
+        let ctx =
+            ctx_conf(&[("ember.files.maxPartitionBytes", "1k"), ("ember.files.openCostInBytes", "100")], serialize);
+        let rdd = ctx.text_file(dir.path().to_str().unwrap(), 1).unwrap();
+        let parts = rdd.glom().collect().unwrap();
+        assert!(parts.len() > 10, "c.txt is cut into ranges: {} partitions", parts.len());
+        assert!(parts[0].iter().any(|l| l.starts_with("a.txt")) && parts[0].iter().any(|l| l.starts_with("b.txt")));
+        assert!(parts.iter().any(|p| p.iter().any(|l| l.starts_with("d.txt")) && p.contains(&"g1".to_string())));
+        assert_eq!(parts.concat(), expected);
+    }
+}
+
+#[test]
+fn a_line_longer_than_the_limit_fails_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("long.txt");
+    let exact = "y".repeat(1024);
+    write(&f, &format!("short\n{exact}\r\n{}\nafter\n", "x".repeat(3 << 20)));
+    let ctx = ctx_conf(&[("ember.input.maxLineLength", "1k")], false);
+    let e = ctx.text_file(f.to_str().unwrap(), 1).unwrap().count().unwrap_err().to_string();
+    assert!(e.contains("line longer than 1024 bytes"), "{e}");
+    assert!(e.contains(&f.display().to_string()), "{e}");
+    assert!(e.contains("byte offset 1032"), "{e}");
+    // Up to the limit, lines are read; the default limit lets a 3 MiB line through.
+    let ok = ctx.text_file(f.to_str().unwrap(), 1).unwrap().take(2).unwrap();
+    assert_eq!(ok, vec!["short".to_string(), exact]);
+    let lens = ctx_conf(&[], false).text_file(f.to_str().unwrap(), 1).unwrap().map(|l: String| l.len()).collect();
+    assert_eq!(lens.unwrap(), vec![5, 1024, 3 << 20, 5]);
+}
+
+#[test]
+fn a_long_line_counts_in_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("long.txt");
+    write(&f, &format!("short\n{}\n", "x".repeat(3 << 20)));
+    // A task's share of a 2 MiB budget on two slots is 1 MiB: the 3 MiB line does not fit.
+    let ctx = ctx_with_memory(Some("2m"), false);
+    let e = ctx.text_file(f.to_str().unwrap(), 1).unwrap().count().unwrap_err().to_string();
+    assert!(e.contains("memory budget") && e.contains(&f.display().to_string()) && e.contains("offset 6"), "{e}");
+}
+
 mod props {
     use proptest::prelude::*;
 
@@ -79,7 +162,9 @@ mod props {
 
     #[test]
     fn text_file_reads_back_what_save_as_text_file_wrote() {
-        let ctxs = both();
+        // Tiny partitions: ranges end mid-line, and several part files share a partition.
+        let tiny = [("ember.files.maxPartitionBytes", "200"), ("ember.files.openCostInBytes", "16")];
+        let ctxs = [ctx_conf(&tiny, false), ctx_conf(&tiny, true)];
         let config = ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() };
         proptest!(config, |(lines in prop::collection::vec(line(), 0..300), parts in 1usize..7, min_parts in 1usize..9, crlf in any::<bool>())| {
             for ctx in &ctxs {

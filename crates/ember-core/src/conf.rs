@@ -105,7 +105,11 @@ pub const KEYS: &[ConfKey] = &[
         doc: "In local mode, encode and decode every task and result as a remote executor would.",
     },
     ConfKey { key: "ember.ui.showConsoleProgress", default: "true", doc: "Show a progress bar on a terminal." },
-    ConfKey { key: "ember.checkpoint.dir", default: "(unset)", doc: "Directory for RDD checkpoints." },
+    ConfKey {
+        key: "ember.checkpoint.dir",
+        default: "(unset)",
+        doc: "Directory for RDD checkpoints; each application writes into its own subdirectory.",
+    },
     ConfKey {
         key: "ember.files.maxPartitionBytes",
         default: "128m",

@@ -24,7 +24,28 @@ struct Inner {
     settings: Settings,
     env: Arc<Env>,
     scheduler: Scheduler,
+    /// Unique across processes and time: names this application's checkpoint directory.
+    app_id: String,
+    /// This application's own directory under the checkpoint directory.
     checkpoint_dir: Mutex<Option<PathBuf>>,
+}
+
+/// An application id unique across processes and runs: time, process, a counter and a random
+/// number (from the standard library's randomly seeded hasher).
+fn new_app_id() -> String {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let n = CONTEXT_IDS.fetch_add(1, Ordering::Relaxed);
+    let random = std::collections::hash_map::RandomState::new().hash_one((now.as_nanos(), n));
+    format!("app-{}-{}-{n}-{random:016x}", now.as_millis(), std::process::id())
+}
+
+/// Creates `base` and this application's subdirectory in it, as Spark does, so that
+/// applications sharing a checkpoint directory never write to the same files.
+fn app_checkpoint_dir(base: &std::path::Path, app_id: &str) -> Result<PathBuf> {
+    let dir = base.join(app_id);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
 }
 
 impl Drop for Inner {
@@ -70,8 +91,13 @@ impl Context {
         let env = Arc::new(Env::new(&settings, local_dir)?);
         let scheduler = Scheduler::start(&settings, env.clone())?;
         tracing::info!("context `{}` started on local[{}]", settings.app_name, settings.master.slots());
-        let checkpoint_dir = Mutex::new(settings.checkpoint_dir.clone());
-        Ok(Context { inner: Arc::new(Inner { settings, env, scheduler, checkpoint_dir }) })
+        let app_id = new_app_id();
+        let checkpoint_dir = match &settings.checkpoint_dir {
+            Some(base) => Some(app_checkpoint_dir(base, &app_id)?),
+            None => None,
+        };
+        let checkpoint_dir = Mutex::new(checkpoint_dir);
+        Ok(Context { inner: Arc::new(Inner { settings, env, scheduler, app_id, checkpoint_dir }) })
     }
 
     /// A context on `local[N]` with default settings.
@@ -164,10 +190,15 @@ impl Context {
         Accumulator::new(param)
     }
 
-    /// Sets the directory `Rdd::checkpoint` writes to.
+    /// This application's id, unique across processes and runs (`app-<millis>-<pid>-...`).
+    pub fn application_id(&self) -> &str {
+        &self.inner.app_id
+    }
+
+    /// Sets the directory `Rdd::checkpoint` writes to. Checkpoints go into a subdirectory named
+    /// after [`Context::application_id`], so applications sharing `dir` do not collide.
     pub fn set_checkpoint_dir(&self, dir: impl Into<PathBuf>) -> Result<()> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dir = app_checkpoint_dir(&dir.into(), &self.inner.app_id)?;
         *self.inner.checkpoint_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
         Ok(())
     }

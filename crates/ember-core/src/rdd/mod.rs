@@ -8,6 +8,7 @@
 
 mod actions;
 mod narrow;
+mod output;
 mod pair;
 mod source;
 mod transform;
@@ -27,6 +28,7 @@ use crate::storage::{RddId, StorageLevel};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
+pub use output::TextCodec;
 pub(crate) use source::{plan_splits, resolve_input, ParallelCollection, SplitPolicy};
 
 pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {

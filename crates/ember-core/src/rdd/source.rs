@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::actions::PartitionFn;
+use super::output::RemoveOnDrop;
 use super::{Dependency, Rdd, RddImpl};
 use crate::context::Context;
 use crate::data::Data;
@@ -572,6 +573,8 @@ impl<T: Data> PartitionFn<T, u64> for CheckpointWriteFn<T> {
         let path = checkpoint_file(&self.dir, split);
         let tmp = path.with_extension(format!("tmp-{}", tc.task_attempt_id));
         let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        // From here on, any early return removes the temporary file.
+        let mut cleanup = RemoveOnDrop::new(tmp.clone());
         let mut w = StreamWriter::new(std::io::BufWriter::new(f), tc.env().codec, &tmp);
         let mut n = 0;
         for x in it {
@@ -579,18 +582,21 @@ impl<T: Data> PartitionFn<T, u64> for CheckpointWriteFn<T> {
             n += 1;
         }
         if let Some(e) = tc.take_error() {
-            let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         w.finish()?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        cleanup.disarm();
         Ok(n)
     }
 }
 
+/// Writes every partition of `rdd` into `dir`; if the job fails, `dir` is removed.
 pub(crate) fn write_checkpoint<T: Data>(ctx: &Context, rdd: &Rdd<T>, dir: &Path) -> Result<CheckpointRdd<T>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut cleanup = RemoveOnDrop::new(dir.to_path_buf());
     let f = Ship::new(CheckpointWriteFn::<T> { dir: dir.to_path_buf(), _t: PhantomData });
     ctx.run_job(rdd, f, None)?;
+    cleanup.disarm();
     Ok(CheckpointRdd { dir: dir.to_path_buf(), partitions: rdd.num_partitions(), _t: PhantomData })
 }

@@ -374,6 +374,28 @@ mod tests {
     }
 
     #[test]
+    fn input_keys() {
+        let s = EmberConf::new().settings().unwrap();
+        assert_eq!(
+            (s.files_max_partition_bytes, s.files_open_cost_bytes, s.max_line_length),
+            (128 << 20, 4 << 20, 64 << 20)
+        );
+        let s = EmberConf::new()
+            .set("ember.files.maxPartitionBytes", "1m")
+            .and_then(|c| c.set("ember.files.openCostInBytes", "0"))
+            .and_then(|c| c.set("ember.input.maxLineLength", "2k"))
+            .unwrap()
+            .settings()
+            .unwrap();
+        assert_eq!((s.files_max_partition_bytes, s.files_open_cost_bytes, s.max_line_length), (1 << 20, 0, 2048));
+        for key in ["ember.files.maxPartitionBytes", "ember.input.maxLineLength"] {
+            assert!(EmberConf::new().set(key, "0").is_err(), "{key}");
+            assert!(EmberConf::new().set(key, "big").is_err(), "{key}");
+        }
+        assert!(EmberConf::new().set("ember.files.openCostInBytes", "-1").is_err());
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("1g"), Some(1 << 30));
         assert_eq!(parse_size("512M"), Some(512 << 20));

@@ -145,32 +145,57 @@ impl Context {
         Rdd::from_impl(Some(self.clone()), crate::rdd::source_union(rdds.to_vec()))
     }
 
-    /// The lines of a text file, a directory of files, or a glob (`data/*.txt`), with their
-    /// `\n` or `\r\n` ends removed.
+    /// The split policy of file sources: `ember.files.*` and `min_partitions`.
+    fn split_policy(&self, min_partitions: usize) -> crate::rdd::SplitPolicy {
+        let s = self.settings();
+        crate::rdd::SplitPolicy {
+            min_partitions: min_partitions.max(1),
+            max_partition_bytes: s.files_max_partition_bytes,
+            open_cost: s.files_open_cost_bytes,
+        }
+    }
+
+    /// The lines of text files, with their `\n` or `\r\n` ends removed. `path` is a file, a
+    /// directory of files, a glob (`data/*.txt`), or several of these separated by commas
+    /// (`a.txt,logs/,more/*.txt`); lines come out in that order, each directory's or glob's
+    /// files in path order.
     ///
     /// Files are cut into byte ranges and packed into partitions as Spark's file sources do: a
     /// partition holds up to `ember.files.maxPartitionBytes` of input, each file counting
     /// `ember.files.openCostInBytes` more than its length, so many small files share a few
     /// partitions. `min_partitions` lowers the target size to `total / min_partitions`, but not
-    /// below the open cost. `.gz` files are decompressed and never cut. Lines come out in path
-    /// order. A line that is not valid UTF-8, or longer than `ember.input.maxLineLength`, fails
-    /// the job with an error naming the file and the byte offset.
+    /// below the open cost. `.gz` files are decompressed and never cut. A line that is not valid
+    /// UTF-8, or longer than `ember.input.maxLineLength`, fails the job with an error naming
+    /// the file and the byte offset.
     pub fn text_file(&self, path: &str, min_partitions: usize) -> Result<Rdd<String>> {
         let files = crate::rdd::resolve_input(path)?;
-        let s = self.settings();
-        let policy = crate::rdd::SplitPolicy {
-            min_partitions: min_partitions.max(1),
-            max_partition_bytes: s.files_max_partition_bytes,
-            open_cost: s.files_open_cost_bytes,
-        };
-        let partitions = crate::rdd::plan_splits(&files, policy)?;
-        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(partitions, s.max_line_length)))
+        let partitions = crate::rdd::plan_splits(&files, self.split_policy(min_partitions))?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(partitions, self.settings().max_line_length)))
     }
 
-    /// (path, content) for each file of a directory or glob.
+    /// (path, content) for each file named by `path` (as for [`Context::text_file`]), files
+    /// spread over `min_partitions` partitions by size.
     pub fn whole_text_files(&self, path: &str, min_partitions: usize) -> Result<Rdd<(String, String)>> {
         let files = crate::rdd::resolve_input(path)?;
         Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_whole_files(files, min_partitions)?))
+    }
+
+    /// (path, bytes) for each file named by `path` (as for [`Context::text_file`]), read as
+    /// they are (`.gz` files are not decompressed), files spread over `min_partitions`
+    /// partitions by size. Like PySpark's `binaryFiles`.
+    pub fn binary_files(&self, path: &str, min_partitions: usize) -> Result<Rdd<(String, Vec<u8>)>> {
+        let files = crate::rdd::resolve_input(path)?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_binary_files(files, min_partitions)?))
+    }
+
+    /// Fixed-length records of `record_length` bytes from the files named by `path` (as for
+    /// [`Context::text_file`]), in file order, read as they are. Files are split into
+    /// partitions like `text_file`'s, at record boundaries. A file whose length is not a
+    /// multiple of `record_length` is an error naming it. Like PySpark's `binaryRecords`.
+    pub fn binary_records(&self, path: &str, record_length: usize) -> Result<Rdd<Vec<u8>>> {
+        let files = crate::rdd::resolve_input(path)?;
+        let policy = self.split_policy(self.default_parallelism());
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_binary_records(files, record_length, policy)?))
     }
 
     // ---- shared variables ----------------------------------------------------------------------

@@ -54,6 +54,21 @@ pub(crate) fn source_whole_files(
     source::WholeTextFilesRdd::new(files, min_partitions)
 }
 
+pub(crate) fn source_binary_files(
+    files: Vec<std::path::PathBuf>,
+    min_partitions: usize,
+) -> Result<source::BinaryFilesRdd> {
+    source::BinaryFilesRdd::new(files, min_partitions)
+}
+
+pub(crate) fn source_binary_records(
+    files: Vec<std::path::PathBuf>,
+    record_length: usize,
+    policy: SplitPolicy,
+) -> Result<source::BinaryRecordsRdd> {
+    source::BinaryRecordsRdd::new(files, record_length, policy)
+}
+
 static NEXT_RDD_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A dependency of an RDD on a parent.

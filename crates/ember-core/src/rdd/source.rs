@@ -1,4 +1,4 @@
-//! Source RDDs: in-memory collections, ranges, text files, whole files, checkpoints.
+//! Source RDDs: in-memory collections, ranges, text files, whole files, binary files and records, checkpoints.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -119,9 +119,22 @@ impl<T: Data> RddImpl<T> for EmptyRdd<T> {
 
 // ---- files -----------------------------------------------------------------------------------
 
-/// Resolves a path, directory or glob into the sorted list of files it names. Hidden files
-/// (`.name`, `_name`) inside directories are skipped, as Hadoop input formats do.
-pub(crate) fn resolve_input(path: &str) -> Result<Vec<PathBuf>> {
+/// Resolves comma-separated paths, each a file, directory or glob, into the files they name:
+/// each path's files sorted, the paths in the order given. Hidden files (`.name`, `_name`)
+/// inside directories are skipped, as Hadoop input formats do.
+pub(crate) fn resolve_input(paths: &str) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths.split(',') {
+        if path.trim().is_empty() {
+            return Err(Error::InvalidArgument(format!("empty path in the comma-separated input `{paths}`")));
+        }
+        files.extend(resolve_one(path)?);
+    }
+    Ok(files)
+}
+
+/// Resolves one path, directory or glob into the sorted list of files it names.
+fn resolve_one(path: &str) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     if path.contains(['*', '?', '[']) {
         let paths = glob::glob(path).map_err(|e| Error::InvalidArgument(format!("bad glob pattern `{path}`: {e}")))?;
@@ -463,32 +476,35 @@ pub(crate) struct WholeTextFilesRdd {
 
 impl WholeTextFilesRdd {
     pub(crate) fn new(files: Vec<PathBuf>, min_partitions: usize) -> Result<Self> {
-        let n = min_partitions.max(1).min(files.len().max(1));
-        let mut groups: Vec<(u64, Vec<PathBuf>)> = (0..n).map(|_| (0, Vec::new())).collect();
-        let mut sized = Vec::with_capacity(files.len());
-        for f in files {
-            let len = std::fs::metadata(&f).map_err(|e| Error::io(&f, e))?.len();
-            sized.push((len, f));
-        }
-        // Largest first into the lightest group keeps partitions balanced; order within a group
-        // follows the path order.
-        sized.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        for (len, f) in sized {
-            if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
-                g.0 += len;
-                g.1.push(f);
-            }
-        }
-        Ok(WholeTextFilesRdd {
-            groups: groups
-                .into_iter()
-                .map(|(_, mut g)| {
-                    g.sort();
-                    g
-                })
-                .collect(),
-        })
+        Ok(WholeTextFilesRdd { groups: group_by_size(files, min_partitions)? })
     }
+}
+
+/// Spreads whole files over `min_partitions` groups (fewer if there are fewer files), balanced
+/// by size; within a group, files keep path order.
+fn group_by_size(files: Vec<PathBuf>, min_partitions: usize) -> Result<Vec<Vec<PathBuf>>> {
+    let n = min_partitions.max(1).min(files.len().max(1));
+    let mut groups: Vec<(u64, Vec<PathBuf>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    let mut sized = Vec::with_capacity(files.len());
+    for f in files {
+        let len = std::fs::metadata(&f).map_err(|e| Error::io(&f, e))?.len();
+        sized.push((len, f));
+    }
+    // Largest first into the lightest group keeps partitions balanced.
+    sized.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (len, f) in sized {
+        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+            g.0 += len;
+            g.1.push(f);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(_, mut g)| {
+            g.sort();
+            g
+        })
+        .collect())
 }
 
 fn read_whole(path: &Path) -> Result<(String, String)> {
@@ -518,6 +534,144 @@ impl RddImpl<(String, String)> for WholeTextFilesRdd {
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, (String, String)> {
         let files = self.groups.get(split).map(Vec::as_slice).unwrap_or(&[]);
         Box::new(files.iter().map_while(move |f| tc.ok(read_whole(f))))
+    }
+}
+
+/// `binary_files`: (path, bytes) of each file, files grouped into partitions by size. Files are
+/// read as they are (`.gz` files are not decompressed).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BinaryFilesRdd {
+    pub(crate) groups: Vec<Vec<PathBuf>>,
+}
+
+impl BinaryFilesRdd {
+    pub(crate) fn new(files: Vec<PathBuf>, min_partitions: usize) -> Result<Self> {
+        Ok(BinaryFilesRdd { groups: group_by_size(files, min_partitions)? })
+    }
+}
+
+fn read_bytes(path: &Path) -> Result<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok((path.display().to_string(), bytes))
+}
+
+impl RddImpl<(String, Vec<u8>)> for BinaryFilesRdd {
+    fn name(&self) -> &'static str {
+        "binary_files"
+    }
+    fn num_partitions(&self) -> usize {
+        self.groups.len()
+    }
+    fn dependencies(&self) -> Vec<Dependency> {
+        Vec::new()
+    }
+    fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, (String, Vec<u8>)> {
+        let files = self.groups.get(split).map(Vec::as_slice).unwrap_or(&[]);
+        Box::new(files.iter().map_while(move |f| tc.ok(read_bytes(f))))
+    }
+}
+
+/// `binary_records`: fixed-length records of files, read as they are. Partitions are the byte
+/// ranges of `text_file`; a range reads the records that start inside it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct BinaryRecordsRdd {
+    pub(crate) partitions: Vec<Vec<FileSplit>>,
+    pub(crate) record_length: u64,
+}
+
+impl BinaryRecordsRdd {
+    /// Plans the ranges; every file's length must be a multiple of `record_length`.
+    pub(crate) fn new(files: Vec<PathBuf>, record_length: usize, policy: SplitPolicy) -> Result<Self> {
+        if record_length == 0 {
+            return Err(Error::InvalidArgument("binary_records: the record length must be at least 1".into()));
+        }
+        let k = record_length as u64;
+        for f in &files {
+            let len = std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len();
+            if len % k != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "binary_records: {} is {len} bytes long, not a multiple of the record length {k} \
+                     ({} bytes left over)",
+                    f.display(),
+                    len % k
+                )));
+            }
+        }
+        // `.gz` files stay whole ranges, but are read raw like any other file.
+        Ok(BinaryRecordsRdd { partitions: plan_splits(&files, policy)?, record_length: k })
+    }
+}
+
+/// Reads the records starting inside a partition's ranges.
+struct RecordReader<'a> {
+    ranges: &'a [FileSplit],
+    next_range: usize,
+    k: u64,
+    /// The open range: reader, path, offset of the next record, records left.
+    current: Option<(BufReader<File>, &'a Path, u64, u64)>,
+    tc: &'a TaskContext,
+    n: u32,
+}
+
+impl RecordReader<'_> {
+    fn next_record(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            if let Some((src, path, offset, left)) = &mut self.current {
+                if *left > 0 {
+                    let mut rec = vec![0u8; self.k as usize];
+                    src.read_exact(&mut rec).map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => Error::InvalidArgument(format!(
+                            "binary_records: {} ends inside the record at byte offset {offset} \
+                             (the file changed after the job was planned?)",
+                            path.display()
+                        )),
+                        _ => Error::io(*path, e),
+                    })?;
+                    *offset += self.k;
+                    *left -= 1;
+                    return Ok(Some(rec));
+                }
+                self.current = None;
+            }
+            let Some(r) = self.ranges.get(self.next_range) else {
+                return Ok(None);
+            };
+            self.next_range += 1;
+            // The records whose first byte lies in [start, start + len).
+            let first = r.start.div_ceil(self.k);
+            let end = (r.start + r.len).div_ceil(self.k);
+            let mut f = File::open(&r.path).map_err(|e| Error::io(&r.path, e))?;
+            f.seek(SeekFrom::Start(first * self.k)).map_err(|e| Error::io(&r.path, e))?;
+            self.current =
+                Some((BufReader::with_capacity(1 << 18, f), &r.path, first * self.k, end.saturating_sub(first)));
+        }
+    }
+}
+
+impl Iterator for RecordReader<'_> {
+    type Item = Vec<u8>;
+    fn next(&mut self) -> Option<Vec<u8>> {
+        self.n = self.n.wrapping_add(1);
+        if self.n & 1023 == 0 && self.tc.should_stop() {
+            return None;
+        }
+        self.tc.ok(self.next_record()).flatten()
+    }
+}
+
+impl RddImpl<Vec<u8>> for BinaryRecordsRdd {
+    fn name(&self) -> &'static str {
+        "binary_records"
+    }
+    fn num_partitions(&self) -> usize {
+        self.partitions.len()
+    }
+    fn dependencies(&self) -> Vec<Dependency> {
+        Vec::new()
+    }
+    fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, Vec<u8>> {
+        let ranges = self.partitions.get(split).map(Vec::as_slice).unwrap_or(&[]);
+        Box::new(RecordReader { ranges, next_range: 0, k: self.record_length, current: None, tc, n: 0 })
     }
 }
 

@@ -151,6 +151,76 @@ fn a_long_line_counts_in_the_memory_budget() {
     assert!(e.contains("memory budget") && e.contains(&f.display().to_string()) && e.contains("offset 6"), "{e}");
 }
 
+#[test]
+fn text_file_reads_comma_separated_paths_in_order() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    write(&d.join("sub/x.txt"), "x1\nx2\n");
+    write(&d.join("sub/y.txt"), "y1\n");
+    write(&d.join("a.log"), "a1\n");
+    write(&d.join("b.log"), "b1\n");
+    write(&d.join("z.txt"), "z1\n");
+    let paths = format!("{0}/z.txt,{0}/sub,{0}/*.log", d.display());
+    let lines = ctx.text_file(&paths, 2).unwrap().collect().unwrap();
+    assert_eq!(lines, vec!["z1", "x1", "x2", "y1", "a1", "b1"]);
+    let whole = ctx.whole_text_files(&paths, 1).unwrap().keys().count().unwrap();
+    assert_eq!(whole, 5);
+    // Each piece must name something; the error says which.
+    let e = ctx.text_file(&format!("{0}/z.txt,{0}/missing.txt", d.display()), 1).unwrap_err().to_string();
+    assert!(e.contains("missing.txt"), "{e}");
+    let e = ctx.text_file(&format!("{}/z.txt,", d.display()), 1).unwrap_err().to_string();
+    assert!(e.contains("empty path"), "{e}");
+}
+
+#[test]
+fn binary_files_gives_path_and_bytes() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.bin");
+    let b = dir.path().join("b.bin.gz");
+    std::fs::write(&a, [0u8, 255, 10, 13, 0]).unwrap();
+    std::fs::write(&b, b"\x1f\x8b not really gzip").unwrap();
+    std::fs::write(dir.path().join("_SUCCESS"), b"").unwrap();
+    let mut got = ctx.binary_files(dir.path().to_str().unwrap(), 2).unwrap().collect().unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (a.display().to_string(), vec![0u8, 255, 10, 13, 0]),
+            (b.display().to_string(), b"\x1f\x8b not really gzip".to_vec())
+        ]
+    );
+}
+
+#[test]
+fn binary_records_cuts_files_into_fixed_length_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for (name, n) in [("a.bin", 3u32), ("b.bin", 500), ("c.bin", 0), ("d.bin", 7)] {
+        let recs: Vec<Vec<u8>> = (0..n).map(|i| format!("{name}{i:05}\n").into_bytes()).collect();
+        assert!(recs.iter().all(|r| r.len() == 11));
+        std::fs::write(dir.path().join(name), recs.concat()).unwrap();
+        expected.extend(recs);
+    }
+    // Tiny partitions: b.bin is cut into ranges that do not fall on record boundaries.
+    for serialize in [false, true] {
+        let ctx =
+            ctx_conf(&[("ember.files.maxPartitionBytes", "100"), ("ember.files.openCostInBytes", "7")], serialize);
+        let rdd = ctx.binary_records(dir.path().to_str().unwrap(), 11).unwrap();
+        assert!(rdd.num_partitions() > 20, "{} partitions", rdd.num_partitions());
+        assert_eq!(rdd.collect().unwrap(), expected);
+    }
+    let ctx = ctx();
+    assert_eq!(ctx.binary_records(dir.path().to_str().unwrap(), 11).unwrap().collect().unwrap(), expected);
+    // A length that is not a multiple of the record length is an error naming the file.
+    std::fs::write(dir.path().join("e.bin"), [1u8; 12]).unwrap();
+    let e = ctx.binary_records(dir.path().to_str().unwrap(), 11).unwrap_err().to_string();
+    assert!(e.contains("e.bin") && e.contains("not a multiple of the record length 11"), "{e}");
+    assert!(ctx.binary_records(dir.path().to_str().unwrap(), 0).is_err());
+}
+
 mod props {
     use proptest::prelude::*;
 

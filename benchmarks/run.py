@@ -655,7 +655,9 @@ class Bench:
         log(f"{workload}: {engine} ({variant}), run {rep + 1}/{cfg.repeat}")
         if engine == "ember":
             example = "word_count" if workload == "wordcount" else "sort"
-            cmd, env = ember_cmd(cfg, self.tools, example, [str(ds.path), str(out_dir)]), None
+            # Spark's sort programs order by the key before the TAB; `--by-key` does the same.
+            extra = ["--by-key"] if workload == "sort" else []
+            cmd, env = ember_cmd(cfg, self.tools, example, [str(ds.path), str(out_dir), *extra]), None
         else:
             assert program is not None
             cmd, env = spark_cmd(cfg, self.tools, program, [str(ds.path), str(out_dir)]), spark_env()

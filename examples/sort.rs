@@ -1,5 +1,7 @@
-//! Sort: `sort INPUT OUTPUT_DIR [--master M]` sorts `KEY<TAB>VALUE` text lines by key (string
-//! order; a line without a tab is all key) and writes them in order across part files.
+//! Sort: `sort INPUT OUTPUT_DIR [--by-key] [--master M]` sorts text lines by their bytes (as
+//! `LC_ALL=C sort` does) and writes them in order across part files. With `--by-key` lines are
+//! ordered by the text before their first tab (`KEY<TAB>VALUE`; a line without a tab is all key).
+//! Either way every output line is an input line, unchanged.
 
 mod common;
 
@@ -8,24 +10,29 @@ mod common;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::path::Path;
 use std::time::Instant;
+
+use common::sort_lines::{sort_lines, SortMode};
+
+const USAGE: &str = "sort INPUT OUTPUT_DIR [--by-key] [--master M] [--memory SIZE]";
 
 fn main() {
     ember::init_logging();
-    let args = common::Args::parse("sort INPUT OUTPUT_DIR [--master M] [--memory SIZE]");
+    let args = common::Args::parse(USAGE);
     let [input, output] = args.positional.as_slice() else {
-        eprintln!("usage: sort INPUT OUTPUT_DIR [--master M] [--memory SIZE]");
+        eprintln!("usage: {USAGE}");
         std::process::exit(2);
     };
+    if let Some(bad) = args.flags.iter().find(|f| *f != "--by-key") {
+        eprintln!("error: unknown flag {bad}\nusage: {USAGE}");
+        std::process::exit(2);
+    }
+    let mode = if args.flag("--by-key") { SortMode::Key } else { SortMode::Line };
     let run = || -> ember::Result<()> {
         let ctx = args.context()?;
         let start = Instant::now();
-        let lines = ctx.text_file(input, ctx.default_parallelism())?;
-        let pairs = lines.map(|l: String| match l.split_once('\t') {
-            Some((k, v)) => (k.to_string(), v.to_string()),
-            None => (l, String::new()),
-        });
-        pairs.sort_by_key(true, None)?.map(|(k, v)| format!("{k}\t{v}")).save_as_text_file(output)?;
+        sort_lines(&ctx, input, Path::new(output), mode)?;
         println!("sorted {input} into {output} in {:.2} s", start.elapsed().as_secs_f64());
         Ok(())
     };

@@ -2,6 +2,8 @@
 //! `--memory SIZE`.
 #![allow(dead_code)] // each example uses a different part
 
+pub mod sort_lines;
+
 use ember::{Context, EmberConf};
 
 /// Parsed command line: positional arguments and the context settings.

@@ -107,7 +107,31 @@ pub const KEYS: &[ConfKey] = &[
         doc: "In local mode, encode and decode every task and result as a remote executor would.",
     },
     ConfKey { key: "ember.ui.showConsoleProgress", default: "true", doc: "Show a progress bar on a terminal." },
-    ConfKey { key: "ember.checkpoint.dir", default: "(unset)", doc: "Directory for RDD checkpoints." },
+    ConfKey {
+        key: "ember.checkpoint.dir",
+        default: "(unset)",
+        doc: "Directory for RDD checkpoints; each application writes into its own subdirectory.",
+    },
+    ConfKey {
+        key: "ember.files.maxPartitionBytes",
+        default: "128m",
+        doc: "Most bytes of input files packed into one partition of text_file; larger files are cut \
+              into byte ranges.",
+    },
+    ConfKey {
+        key: "ember.files.openCostInBytes",
+        default: "4m",
+        doc: "What opening a file costs, counted in bytes, when packing files into partitions: small \
+              files share a partition instead of getting one each.",
+    },
+    ConfKey {
+        key: "ember.input.maxLineLength",
+        default: "64m",
+        doc: "Longest line text_file accepts (bytes, without the line end); a longer line fails the \
+              job with an error naming the file and byte offset. 64m is far beyond real text lines, \
+              yet a line, its buffer and the string made from it fit many times in a task's share \
+              of the default budget.",
+    },
 ];
 
 /// Settings for a [`crate::Context`]. Keys are validated when set; unknown keys are rejected.
@@ -146,6 +170,12 @@ pub struct Settings {
     pub show_progress: bool,
     /// Checkpoint directory.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Most input bytes packed into one `text_file` partition.
+    pub files_max_partition_bytes: u64,
+    /// The cost of opening a file, in bytes, when packing files into partitions.
+    pub files_open_cost_bytes: u64,
+    /// Longest line `text_file` accepts, in bytes.
+    pub max_line_length: u64,
 }
 
 /// Parses a size such as `512m`, `1g`, `64k` or `1048576` into bytes.
@@ -265,6 +295,15 @@ impl EmberConf {
             "ember.local.serializeTasks" | "ember.ui.showConsoleProgress" if !matches!(value, "true" | "false") => {
                 return Err(bad("expected true or false"));
             }
+            "ember.files.maxPartitionBytes" | "ember.input.maxLineLength" => {
+                let n = parse_size(value).ok_or_else(|| bad("expected a size like 128m"))?;
+                if n == 0 {
+                    return Err(bad("must be at least 1 byte"));
+                }
+            }
+            "ember.files.openCostInBytes" => {
+                parse_size(value).ok_or_else(|| bad("expected a size like 4m or 0"))?;
+            }
             "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" if value.trim().is_empty() => {
                 return Err(bad("must not be empty"));
             }
@@ -299,6 +338,12 @@ impl EmberConf {
             serialize_tasks: self.get("ember.local.serializeTasks") == Some("true"),
             show_progress: self.get("ember.ui.showConsoleProgress") != Some("false"),
             checkpoint_dir: self.get("ember.checkpoint.dir").map(PathBuf::from),
+            files_max_partition_bytes: self
+                .get("ember.files.maxPartitionBytes")
+                .and_then(parse_size)
+                .unwrap_or(128 << 20),
+            files_open_cost_bytes: self.get("ember.files.openCostInBytes").and_then(parse_size).unwrap_or(4 << 20),
+            max_line_length: self.get("ember.input.maxLineLength").and_then(parse_size).unwrap_or(64 << 20),
         })
     }
 }
@@ -329,6 +374,28 @@ mod tests {
         let s = EmberConf::new().memory("64m").unwrap().master("local[2]").unwrap().settings().unwrap();
         assert_eq!(s.memory_bytes, 64 << 20);
         assert_eq!(s.shuffle_partitions, 2);
+    }
+
+    #[test]
+    fn input_keys() {
+        let s = EmberConf::new().settings().unwrap();
+        assert_eq!(
+            (s.files_max_partition_bytes, s.files_open_cost_bytes, s.max_line_length),
+            (128 << 20, 4 << 20, 64 << 20)
+        );
+        let s = EmberConf::new()
+            .set("ember.files.maxPartitionBytes", "1m")
+            .and_then(|c| c.set("ember.files.openCostInBytes", "0"))
+            .and_then(|c| c.set("ember.input.maxLineLength", "2k"))
+            .unwrap()
+            .settings()
+            .unwrap();
+        assert_eq!((s.files_max_partition_bytes, s.files_open_cost_bytes, s.max_line_length), (1 << 20, 0, 2048));
+        for key in ["ember.files.maxPartitionBytes", "ember.input.maxLineLength"] {
+            assert!(EmberConf::new().set(key, "0").is_err(), "{key}");
+            assert!(EmberConf::new().set(key, "big").is_err(), "{key}");
+        }
+        assert!(EmberConf::new().set("ember.files.openCostInBytes", "-1").is_err());
     }
 
     #[test]

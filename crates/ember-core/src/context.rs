@@ -30,7 +30,28 @@ struct Inner {
     env: Arc<Env>,
     tracker: Arc<MapOutputTracker>,
     scheduler: Scheduler,
+    /// Unique across processes and time: names this application's checkpoint directory.
+    app_id: String,
+    /// This application's own directory under the checkpoint directory.
     checkpoint_dir: Mutex<Option<PathBuf>>,
+}
+
+/// An application id unique across processes and runs: time, process, a counter and a random
+/// number (from the standard library's randomly seeded hasher).
+fn new_app_id() -> String {
+    use std::hash::BuildHasher;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let n = CONTEXT_IDS.fetch_add(1, Ordering::Relaxed);
+    let random = std::collections::hash_map::RandomState::new().hash_one((now.as_nanos(), n));
+    format!("app-{}-{}-{n}-{random:016x}", now.as_millis(), std::process::id())
+}
+
+/// Creates `base` and this application's subdirectory in it, as Spark does, so that
+/// applications sharing a checkpoint directory never write to the same files.
+fn app_checkpoint_dir(base: &std::path::Path, app_id: &str) -> Result<PathBuf> {
+    let dir = base.join(app_id);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
 }
 
 impl Drop for Inner {
@@ -77,8 +98,13 @@ impl Context {
         let env = Arc::new(Env::new(&settings, local_dir, tracker.clone())?);
         let scheduler = Scheduler::start(&settings, env.clone(), tracker.clone())?;
         tracing::info!("context `{}` started on local[{}]", settings.app_name, settings.master.slots());
-        let checkpoint_dir = Mutex::new(settings.checkpoint_dir.clone());
-        Ok(Context { inner: Arc::new(Inner { settings, env, tracker, scheduler, checkpoint_dir }) })
+        let app_id = new_app_id();
+        let checkpoint_dir = match &settings.checkpoint_dir {
+            Some(base) => Some(app_checkpoint_dir(base, &app_id)?),
+            None => None,
+        };
+        let checkpoint_dir = Mutex::new(checkpoint_dir);
+        Ok(Context { inner: Arc::new(Inner { settings, env, tracker, scheduler, app_id, checkpoint_dir }) })
     }
 
     /// A context on `local[N]` with default settings.
@@ -131,20 +157,57 @@ impl Context {
         Rdd::from_impl(Some(self.clone()), crate::rdd::source_union(rdds.to_vec()))
     }
 
-    /// The lines of a text file, a directory of files, or a glob (`data/*.txt`), split into
-    /// at least `min_partitions` partitions by size. `.gz` files are decompressed (one partition
-    /// each). Lines that are not valid UTF-8 fail the job with an error naming the file and the
-    /// byte offset.
-    pub fn text_file(&self, path: &str, min_partitions: usize) -> Result<Rdd<String>> {
-        let files = crate::rdd::resolve_input(path)?;
-        let splits = crate::rdd::plan_splits(&files, min_partitions.max(1))?;
-        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(splits)))
+    /// The split policy of file sources: `ember.files.*` and `min_partitions`.
+    fn split_policy(&self, min_partitions: usize) -> crate::rdd::SplitPolicy {
+        let s = self.settings();
+        crate::rdd::SplitPolicy {
+            min_partitions: min_partitions.max(1),
+            max_partition_bytes: s.files_max_partition_bytes,
+            open_cost: s.files_open_cost_bytes,
+        }
     }
 
-    /// (path, content) for each file of a directory or glob.
+    /// The lines of text files, with their `\n` or `\r\n` ends removed. `path` is a file, a
+    /// directory of files, a glob (`data/*.txt`), or several of these separated by commas
+    /// (`a.txt,logs/,more/*.txt`); lines come out in that order, each directory's or glob's
+    /// files in path order.
+    ///
+    /// Files are cut into byte ranges and packed into partitions as Spark's file sources do: a
+    /// partition holds up to `ember.files.maxPartitionBytes` of input, each file counting
+    /// `ember.files.openCostInBytes` more than its length, so many small files share a few
+    /// partitions. `min_partitions` lowers the target size to `total / min_partitions`, but not
+    /// below the open cost. `.gz` files are decompressed and never cut. A line that is not valid
+    /// UTF-8, or longer than `ember.input.maxLineLength`, fails the job with an error naming
+    /// the file and the byte offset.
+    pub fn text_file(&self, path: &str, min_partitions: usize) -> Result<Rdd<String>> {
+        let files = crate::rdd::resolve_input(path)?;
+        let partitions = crate::rdd::plan_splits(&files, self.split_policy(min_partitions))?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_text(partitions, self.settings().max_line_length)))
+    }
+
+    /// (path, content) for each file named by `path` (as for [`Context::text_file`]), files
+    /// spread over `min_partitions` partitions by size.
     pub fn whole_text_files(&self, path: &str, min_partitions: usize) -> Result<Rdd<(String, String)>> {
         let files = crate::rdd::resolve_input(path)?;
         Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_whole_files(files, min_partitions)?))
+    }
+
+    /// (path, bytes) for each file named by `path` (as for [`Context::text_file`]), read as
+    /// they are (`.gz` files are not decompressed), files spread over `min_partitions`
+    /// partitions by size. Like PySpark's `binaryFiles`.
+    pub fn binary_files(&self, path: &str, min_partitions: usize) -> Result<Rdd<(String, Vec<u8>)>> {
+        let files = crate::rdd::resolve_input(path)?;
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_binary_files(files, min_partitions)?))
+    }
+
+    /// Fixed-length records of `record_length` bytes from the files named by `path` (as for
+    /// [`Context::text_file`]), in file order, read as they are. Files are split into
+    /// partitions like `text_file`'s, at record boundaries. A file whose length is not a
+    /// multiple of `record_length` is an error naming it. Like PySpark's `binaryRecords`.
+    pub fn binary_records(&self, path: &str, record_length: usize) -> Result<Rdd<Vec<u8>>> {
+        let files = crate::rdd::resolve_input(path)?;
+        let policy = self.split_policy(self.default_parallelism());
+        Ok(Rdd::from_impl(Some(self.clone()), crate::rdd::source_binary_records(files, record_length, policy)?))
     }
 
     // ---- shared variables ----------------------------------------------------------------------
@@ -164,10 +227,15 @@ impl Context {
         Accumulator::new(param)
     }
 
-    /// Sets the directory `Rdd::checkpoint` writes to.
+    /// This application's id, unique across processes and runs (`app-<millis>-<pid>-...`).
+    pub fn application_id(&self) -> &str {
+        &self.inner.app_id
+    }
+
+    /// Sets the directory `Rdd::checkpoint` writes to. Checkpoints go into a subdirectory named
+    /// after [`Context::application_id`], so applications sharing `dir` do not collide.
     pub fn set_checkpoint_dir(&self, dir: impl Into<PathBuf>) -> Result<()> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let dir = app_checkpoint_dir(&dir.into(), &self.inner.app_id)?;
         *self.inner.checkpoint_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
         Ok(())
     }

@@ -48,6 +48,20 @@ pub enum Error {
         /// Byte offset of the line holding the invalid bytes.
         offset: u64,
     },
+    /// A text file holds a line longer than `ember.input.maxLineLength`.
+    #[error(
+        "line longer than {limit} bytes in {} at byte offset {offset}; raise ember.input.maxLineLength \
+         if such lines are expected",
+        path.display()
+    )]
+    LineTooLong {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the line's first byte (in the decompressed stream for gzip files).
+        offset: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// A user function panicked while running a task attempt.
     #[error("user function panicked: {0}")]
     UserPanic(String),
@@ -138,6 +152,7 @@ impl Error {
             | Error::InputNotFound(_)
             | Error::OutputExists(_)
             | Error::InvalidUtf8 { .. }
+            | Error::LineTooLong { .. }
             | Error::NoContext
             | Error::Stopped
             | Error::LocalCheckpointLost { .. } => ErrorClass::User,
@@ -176,6 +191,9 @@ impl Error {
             Error::InputNotFound(p) => Error::InputNotFound(p.clone()),
             Error::OutputExists(p) => Error::OutputExists(p.clone()),
             Error::InvalidUtf8 { path, offset } => Error::InvalidUtf8 { path: path.clone(), offset: *offset },
+            Error::LineTooLong { path, offset, limit } => {
+                Error::LineTooLong { path: path.clone(), offset: *offset, limit: *limit }
+            }
             Error::UserPanic(m) => Error::UserPanic(m.clone()),
             Error::JobAborted { job, stage, stage_name, partition, attempts, message } => Error::JobAborted {
                 job: *job,
@@ -245,6 +263,8 @@ pub enum WireError {
     NoContext,
     /// [`Error::Stopped`].
     Stopped,
+    /// [`Error::LineTooLong`]: path, offset, limit.
+    LineTooLong(PathBuf, u64, u64),
     /// [`Error::LocalCheckpointLost`]: rdd, split.
     LocalCheckpointLost(u64, usize),
     /// [`Error::Internal`].
@@ -274,6 +294,7 @@ impl From<&Error> for WireError {
             Error::NoContext => WireError::NoContext,
             Error::Stopped => WireError::Stopped,
             Error::LocalCheckpointLost { rdd, split } => WireError::LocalCheckpointLost(rdd, split),
+            Error::LineTooLong { path, offset, limit } => WireError::LineTooLong(path, offset, limit),
             Error::Internal(m) => WireError::Internal(m),
         }
     }
@@ -308,6 +329,7 @@ impl From<WireError> for Error {
             WireError::NoContext => Error::NoContext,
             WireError::Stopped => Error::Stopped,
             WireError::LocalCheckpointLost(rdd, split) => Error::LocalCheckpointLost { rdd, split },
+            WireError::LineTooLong(path, offset, limit) => Error::LineTooLong { path, offset, limit },
             WireError::Internal(m) => Error::Internal(m),
         }
     }

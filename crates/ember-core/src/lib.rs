@@ -42,7 +42,7 @@ pub use conf::{EmberConf, Master};
 pub use context::{Context, JobHandle};
 pub use data::{Data, Key};
 pub use error::{Error, ErrorClass, Result};
-pub use rdd::{Dependency, LocalIterator, OrderedF64, PartitionFn, Rdd, StatCounter, ToF64};
+pub use rdd::{Dependency, LocalIterator, OrderedF64, PartitionFn, Rdd, StatCounter, TextCodec, ToF64};
 pub use scheduler::{JobSummary, StageSummary};
 pub use shuffle::{HashPartitioner, IndexPartitioner, Partitioner, RangePartitioner};
 pub use storage::StorageLevel;

@@ -6,7 +6,7 @@ pub use ember_core::*;
 pub mod prelude {
     pub use ember_core::{
         Accumulator, BoxIter, Broadcast, Context, EmberConf, Error, HashPartitioner, RangePartitioner, Rdd, Result,
-        StorageLevel,
+        StorageLevel, TextCodec,
     };
 }
 

@@ -4,17 +4,17 @@
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt::Display;
 use std::hash::Hash;
-use std::io::Write;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::narrow::{GlomOp, PipeRdd};
+use super::output::TextCodec;
 use super::Rdd;
 use crate::data::{Data, Key};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ship::{Fun, Marker, Ship, Upcast};
 use crate::task::{BoxIter, TaskContext};
 
@@ -279,39 +279,6 @@ impl<T: ToF64> PartitionFn<T, StatCounter> for StatsFn<T> {
     }
 }
 
-/// Writes a partition as text lines into a job's staging directory.
-#[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
-struct SaveTextFn<T> {
-    staging: PathBuf,
-    _t: Marker<T>,
-}
-
-impl<T: Data + Display> PartitionFn<T, u64> for SaveTextFn<T> {
-    fn call(&self, tc: &TaskContext, split: usize, it: BoxIter<'_, T>) -> Result<u64> {
-        let path = self.staging.join(format!("part-{split:05}"));
-        let tmp = self.staging.join(format!(".part-{split:05}.attempt-{}", tc.task_attempt_id));
-        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 18, file);
-        let mut n = 0u64;
-        let mut res = Ok(());
-        for x in it {
-            if let Err(e) = writeln!(w, "{x}") {
-                res = Err(Error::io(&tmp, e));
-                break;
-            }
-            n += 1;
-        }
-        let res = res.and_then(|_| w.flush().map_err(|e| Error::io(&tmp, e)));
-        if let Some(e) = tc.take_error().map(Err).unwrap_or(res).err() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        Ok(n)
-    }
-}
-
 fn min_fn<T: Ord>(a: T, b: T) -> T {
     std::cmp::min(a, b)
 }
@@ -447,42 +414,26 @@ impl<T: Data> Rdd<T> {
     }
 
     /// Writes records as text lines, one `part-NNNNN` file per partition, into directory `path`,
-    /// which must not exist. The job writes into a hidden staging directory next to `path` and
-    /// renames it into place only when every task has succeeded (with a `_SUCCESS` marker), so a
-    /// failed job leaves no output directory behind.
+    /// which must not exist: it is created at once as a claim, so a second writer of the same
+    /// path fails with [`Error::OutputExists`] and existing content is never touched.
+    ///
+    /// Task attempts write under `path/_temporary` and commit by renaming their file; the job
+    /// commit moves the files into place, fsyncs them and writes `_SUCCESS` last. Failed or
+    /// retried attempts leave nothing behind, and a failed job removes `path` entirely.
     pub fn save_as_text_file(&self, path: impl AsRef<Path>) -> Result<()>
     where
         T: Display,
     {
-        let out = path.as_ref().to_path_buf();
-        if out.exists() {
-            return Err(Error::OutputExists(out));
-        }
-        let name = out
-            .file_name()
-            .ok_or_else(|| Error::InvalidArgument(format!("output path {} has no file name", out.display())))?
-            .to_string_lossy()
-            .to_string();
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let ctx = self.context()?;
-        let staging = parent.join(format!(".{name}.ember-staging-{}-{}", std::process::id(), ctx.env().next_file_id()));
-        std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
-        let result = self.run(SaveTextFn::<T> { staging: staging.clone(), _t: PhantomData }, None).and_then(|_| {
-            let marker = staging.join("_SUCCESS");
-            std::fs::write(&marker, b"").map_err(|e| Error::io(&marker, e))?;
-            if out.exists() {
-                return Err(Error::OutputExists(out.clone()));
-            }
-            std::fs::rename(&staging, &out).map_err(|e| Error::io(&out, e))
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
-        }
-        result
+        super::output::save_text(self, path.as_ref(), TextCodec::None)
+    }
+
+    /// Like [`Rdd::save_as_text_file`], compressing each part file with `codec`
+    /// (`part-00000.gz` for gzip); [`crate::Context::text_file`] reads them back.
+    pub fn save_as_text_file_compressed(&self, path: impl AsRef<Path>, codec: TextCodec) -> Result<()>
+    where
+        T: Display,
+    {
+        super::output::save_text(self, path.as_ref(), codec)
     }
 
     /// Pairs each record with its index in the RDD (partition order). Runs a job to count the

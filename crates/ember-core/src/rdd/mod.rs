@@ -13,6 +13,7 @@ mod lineage;
 mod more_actions;
 mod narrow;
 mod numeric;
+mod output;
 mod pair;
 mod sampling;
 mod setops;
@@ -39,7 +40,8 @@ pub(crate) use actions::CountFn;
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
 pub use more_actions::LocalIterator;
 pub use numeric::OrderedF64;
-pub(crate) use source::{plan_splits, resolve_input, ParallelCollection};
+pub use output::TextCodec;
+pub(crate) use source::{plan_splits, resolve_input, ParallelCollection, SplitPolicy};
 
 pub(crate) fn source_range(start: i64, end: i64, step: i64, slices: usize) -> source::RangeRdd {
     source::RangeRdd { start, end, step, slices }
@@ -53,8 +55,8 @@ pub(crate) fn source_union<T: Data>(parents: Vec<Rdd<T>>) -> narrow::UnionRdd<T>
     narrow::UnionRdd::new(parents)
 }
 
-pub(crate) fn source_text(splits: Vec<source::FileSplit>) -> source::TextFileRdd {
-    source::TextFileRdd { splits }
+pub(crate) fn source_text(partitions: Vec<Vec<source::FileSplit>>, max_line: u64) -> source::TextFileRdd {
+    source::TextFileRdd { partitions, max_line }
 }
 
 pub(crate) fn source_whole_files(
@@ -62,6 +64,21 @@ pub(crate) fn source_whole_files(
     min_partitions: usize,
 ) -> Result<source::WholeTextFilesRdd> {
     source::WholeTextFilesRdd::new(files, min_partitions)
+}
+
+pub(crate) fn source_binary_files(
+    files: Vec<std::path::PathBuf>,
+    min_partitions: usize,
+) -> Result<source::BinaryFilesRdd> {
+    source::BinaryFilesRdd::new(files, min_partitions)
+}
+
+pub(crate) fn source_binary_records(
+    files: Vec<std::path::PathBuf>,
+    record_length: usize,
+    policy: SplitPolicy,
+) -> Result<source::BinaryRecordsRdd> {
+    source::BinaryRecordsRdd::new(files, record_length, policy)
 }
 
 static NEXT_RDD_ID: AtomicU64 = AtomicU64::new(0);

@@ -42,3 +42,17 @@ pub fn lose_map_output(ctx: &Context, shuffle: ember_core::shuffle::ShuffleId, m
         None => false,
     }
 }
+
+/// A `local[2]` context with extra settings; with `serialize`, tasks are encoded as for a remote
+/// executor.
+pub fn ctx_conf(settings: &[(&str, &str)], serialize: bool) -> Context {
+    let mut conf = EmberConf::new()
+        .master("local[2]")
+        .and_then(|c| c.set("ember.local.serializeTasks", if serialize { "true" } else { "false" }))
+        .and_then(|c| c.set("ember.ui.showConsoleProgress", "false"))
+        .expect("valid conf");
+    for (k, v) in settings {
+        conf = conf.set(k, *v).expect("valid setting");
+    }
+    Context::new(conf).expect("context starts")
+}

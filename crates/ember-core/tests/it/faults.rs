@@ -131,7 +131,7 @@ fn invalid_utf8_names_the_file_and_leaves_no_output() {
     assert!(e.to_string().contains("bad.txt"), "{e}");
     assert!(!out.exists(), "no partial output directory");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers.len(), 1, "no staging directory left behind: {leftovers:?}");
+    assert_eq!(leftovers.len(), 1, "no output or temporary directory left behind: {leftovers:?}");
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn a_failing_save_leaves_no_output_directory() {
         .unwrap_err();
     assert!(e.to_string().contains("fails while writing"), "{e}");
     assert!(!out.exists());
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "staging is removed");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the output directory is removed");
     // Writing to an existing directory is refused.
     std::fs::create_dir(&out).unwrap();
     let e = ctx.parallelize(vec![1], 1).save_as_text_file(&out).unwrap_err();

@@ -7,6 +7,7 @@ mod io;
 mod jobs;
 mod model;
 mod ops;
+mod output;
 mod smoke;
 mod spill;
 mod storage;

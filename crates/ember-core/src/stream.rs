@@ -68,9 +68,29 @@ impl ChunkEncoder {
         Ok(())
     }
 
-    /// Bytes held (finished chunks plus pending records).
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.out.len() + self.pending.len()
+    /// Adds one record that is already serialized (postcard) by the caller.
+    #[inline]
+    pub(crate) fn push_encoded(&mut self, record: &[u8]) -> Result<()> {
+        if self.pending.len() + record.len() > u32::MAX as usize {
+            return Err(Error::ResourcesExhausted("a chunk of records would exceed 4 GiB".into()));
+        }
+        self.pending.extend_from_slice(record);
+        if self.pending.len() >= CHUNK_BYTES {
+            self.finish_chunk();
+        }
+        Ok(())
+    }
+
+    /// Finishes the last chunk and lends every finished byte; [`ChunkEncoder::recycle`] then
+    /// empties the encoder, keeping its buffers for the next use.
+    pub(crate) fn take_bytes_reusing(&mut self) -> &[u8] {
+        self.finish_chunk();
+        &self.out
+    }
+
+    /// Empties the finished bytes, keeping the allocation.
+    pub(crate) fn recycle(&mut self) {
+        self.out.clear();
     }
 
     /// Closes the pending chunk, if any.

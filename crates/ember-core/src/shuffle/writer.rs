@@ -213,22 +213,44 @@ fn combine_into<K: Key, V: Data, C: Data>(
     flush(&mut map, out)
 }
 
-/// A map task's output being assembled: records serialized at once into per-partition chunk
-/// buffers (compact, compressed). When memory is refused the buffers spill to a run file whose
-/// segments are later copied, still encoded, into the output.
+/// A map task's output being assembled.
+///
+/// Records are serialized at once into one arena, in arrival order, with their partitions noted
+/// beside them. When the arena passes its threshold it is *compacted*: its records, grouped by
+/// partition (a stable counting sort), become compressed chunks appended to each partition's
+/// buffer. A small output never compacts: at commit its arena goes straight into the output,
+/// partition by partition, so a map task with many tiny partitions allocates nothing per
+/// partition. When memory is refused the buffers spill to a run file whose segments are later
+/// copied, still encoded, into the output.
 struct PartitionBuffers<'a> {
-    bufs: Vec<ChunkEncoder>,
+    parts: usize,
+    /// Serialized records in arrival order.
+    arena: Vec<u8>,
+    /// Partition and serialized length of each record of the arena.
+    recs: Vec<(u32, u32)>,
+    /// Arena size that triggers a compaction.
+    compact_at: usize,
+    /// Finished chunks per partition (from compactions); empty until the first one.
+    outs: Vec<Vec<u8>>,
+    enc: ChunkEncoder,
     mem: MemoryConsumer<'a>,
     runs: Vec<(SpillFile, Vec<(u64, u64)>)>,
     records: u64,
     tc: &'a TaskContext,
 }
 
+/// Arena bytes per partition before a compaction: enough for chunks that compress well.
+const ARENA_BYTES_PER_PARTITION: usize = 16 << 10;
+
 impl<'a> PartitionBuffers<'a> {
     fn new(tc: &'a TaskContext, parts: usize) -> Self {
-        let codec = tc.env().codec;
         PartitionBuffers {
-            bufs: (0..parts).map(|_| ChunkEncoder::new(codec)).collect(),
+            parts,
+            arena: Vec::new(),
+            recs: Vec::new(),
+            compact_at: parts.saturating_mul(ARENA_BYTES_PER_PARTITION).clamp(256 << 10, 16 << 20),
+            outs: Vec::new(),
+            enc: ChunkEncoder::new(tc.env().codec),
             mem: MemoryConsumer::new(tc),
             runs: Vec::new(),
             records: 0,
@@ -238,20 +260,39 @@ impl<'a> PartitionBuffers<'a> {
 
     #[inline]
     fn push<R: Serialize>(&mut self, p: usize, record: &R) -> Result<()> {
-        let parts = self.bufs.len();
-        self.bufs.get_mut(p).ok_or_else(|| bad_partition(p, parts))?.push(record)?;
+        if p >= self.parts {
+            return Err(bad_partition(p, self.parts));
+        }
+        let start = self.arena.len();
+        let arena = std::mem::take(&mut self.arena);
+        self.arena = postcard::to_extend(record, arena)?;
+        let len = self.arena.len() - start;
+        let Ok(len) = u32::try_from(len) else {
+            self.arena.truncate(start);
+            return Err(Error::ResourcesExhausted("a single record serializes to more than 4 GiB".into()));
+        };
+        // `p < parts`, and partition counts are far below `u32::MAX` (a shuffle has one block
+        // per map and partition).
+        self.recs.push((p as u32, len));
         self.records += 1;
+        if self.arena.len() >= self.compact_at {
+            self.compact()?;
+        }
         if self.records % 256 == 0 && !self.fits(0) {
             self.spill()?;
         }
         Ok(())
     }
 
+    fn held(&self) -> u64 {
+        (self.arena.len() + self.recs.len() * 8 + self.outs.iter().map(Vec::len).sum::<usize>()) as u64
+            + self.parts as u64 * 8
+    }
+
     /// Whether the buffers plus `extra` bytes held elsewhere fit in the task's memory grant.
     /// When they do not, the buffers are spilled (and `false` tells the caller to free its share).
     fn fits(&mut self, extra: u64) -> bool {
-        let held: u64 = self.bufs.iter().map(|b| b.held_bytes() as u64).sum::<u64>() + self.bufs.len() as u64 * 64;
-        if self.mem.ensure(held + extra) {
+        if self.mem.ensure(self.held() + extra) {
             return true;
         }
         if extra == 0 {
@@ -263,16 +304,72 @@ impl<'a> PartitionBuffers<'a> {
         self.mem.ensure(extra)
     }
 
+    /// Calls `emit(p, chunks)` for each partition `p` in order with the arena's records of `p`
+    /// encoded as chunks, then empties the arena.
+    fn drain_arena(&mut self, mut emit: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
+        // Stable counting sort of record indexes by partition.
+        let mut starts = vec![0usize; self.parts + 1];
+        for &(p, _) in &self.recs {
+            starts[p as usize + 1] += 1;
+        }
+        for i in 0..self.parts {
+            starts[i + 1] += starts[i];
+        }
+        let mut offsets = Vec::with_capacity(self.recs.len());
+        let mut at = 0usize;
+        for &(_, len) in &self.recs {
+            offsets.push(at);
+            at += len as usize;
+        }
+        let mut order = vec![0u32; self.recs.len()];
+        let mut next = starts.clone();
+        for (i, &(p, _)) in self.recs.iter().enumerate() {
+            order[next[p as usize]] = i as u32;
+            next[p as usize] += 1;
+        }
+        for p in 0..self.parts {
+            let ids = &order[starts[p]..starts[p + 1]];
+            for &i in ids {
+                let (start, len) = (offsets[i as usize], self.recs[i as usize].1 as usize);
+                self.enc.push_encoded(&self.arena[start..start + len])?;
+            }
+            let bytes = self.enc.take_bytes_reusing();
+            let r = emit(p, bytes);
+            self.enc.recycle();
+            r?;
+        }
+        self.arena.clear();
+        self.recs.clear();
+        Ok(())
+    }
+
+    /// Moves the arena's records into the per-partition chunk buffers.
+    fn compact(&mut self) -> Result<()> {
+        if self.recs.is_empty() {
+            return Ok(());
+        }
+        let mut outs = std::mem::take(&mut self.outs);
+        outs.resize_with(self.parts, Vec::new);
+        let r = self.drain_arena(|p, chunks| {
+            outs[p].extend_from_slice(chunks);
+            Ok(())
+        });
+        self.outs = outs;
+        r
+    }
+
     fn spill(&mut self) -> Result<()> {
-        let held: u64 = self.bufs.iter().map(|b| b.held_bytes() as u64).sum();
+        self.compact()?;
+        let held: u64 = self.outs.iter().map(|b| b.len() as u64).sum();
         if held > 0 {
-            self.runs.push(spill_buffers(&mut self.bufs, self.tc, held)?);
+            self.runs.push(spill_buffers(&mut self.outs, self.tc, held)?);
         }
         self.mem.release_all();
         Ok(())
     }
 
-    /// Writes the output: for each partition, its spilled segments then its buffer.
+    /// Writes the output: for each partition, its spilled segments, its compacted chunks, then
+    /// its records still in the arena.
     fn commit(
         mut self,
         tmp: PathBuf,
@@ -280,13 +377,23 @@ impl<'a> PartitionBuffers<'a> {
         key: (ShuffleId, usize, u64),
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         let env = self.tc.env();
-        let parts = self.bufs.len();
-        // Buffered chunks, one header per partition for the pending records, and spilled runs.
-        let expected = self.bufs.iter().map(|b| b.held_bytes() + 32).sum::<usize>()
+        let parts = self.parts;
+        // Encoded bytes so far, plus the arena and a chunk header per partition.
+        let expected = self.held() as usize
+            + parts * 24
             + self.runs.iter().map(|(_, segs)| segs.iter().map(|s| s.1 as usize).sum::<usize>()).sum::<usize>();
         let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;
+        if self.runs.is_empty() && self.outs.is_empty() {
+            // The common small case: the arena goes straight into the output.
+            self.drain_arena(|p, chunks| {
+                out.close_until(p)?;
+                out.w.write_encoded(chunks)
+            })?;
+            return out.commit(parts, data, &env.shuffle, key);
+        }
+        self.compact()?;
         let mut copy = Vec::new();
-        for (p, b) in self.bufs.iter_mut().enumerate() {
+        for p in 0..parts {
             out.close_until(p)?;
             for (file, segs) in &self.runs {
                 let (start, len) = segs[p];
@@ -298,28 +405,26 @@ impl<'a> PartitionBuffers<'a> {
                     out.w.write_encoded(&copy)?;
                 }
             }
-            out.w.write_encoded(&b.take_bytes())?;
+            if let Some(b) = self.outs.get(p) {
+                out.w.write_encoded(b)?;
+            }
         }
         out.commit(parts, data, &env.shuffle, key)
     }
 }
 
-fn spill_buffers(bufs: &mut [ChunkEncoder], tc: &TaskContext, held: u64) -> Result<(SpillFile, Vec<(u64, u64)>)> {
+fn spill_buffers(bufs: &mut [Vec<u8>], tc: &TaskContext, held: u64) -> Result<(SpillFile, Vec<(u64, u64)>)> {
     let mut segs = Vec::with_capacity(bufs.len());
-    let mut chunks = Vec::with_capacity(bufs.len());
     let mut pos = 0u64;
-    for b in bufs.iter_mut() {
-        let bytes = b.take_bytes();
-        segs.push((pos, bytes.len() as u64));
-        pos += bytes.len() as u64;
-        chunks.push(bytes);
-    }
     // The run file holds already-encoded chunk bytes, copied later without decoding.
     let path = crate::collections::spill_path(tc, "shuffle")?;
     let spill = SpillFile { path: path.clone() };
     let mut f = BufWriter::new(File::create(&path).map_err(|e| Error::io(&path, e))?);
-    for c in &chunks {
-        f.write_all(c).map_err(|e| Error::io(&path, e))?;
+    for b in bufs.iter_mut() {
+        segs.push((pos, b.len() as u64));
+        pos += b.len() as u64;
+        f.write_all(b).map_err(|e| Error::io(&path, e))?;
+        b.clear();
     }
     f.flush().map_err(|e| Error::io(&path, e))?;
     tc.add_spill(held, pos);

@@ -317,7 +317,8 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
 
     fn sort_buf(&mut self) {
         let asc = self.ascending;
-        if self.buf.len() > 64 && sort_prefix(&self.buf[0].0).is_some() {
+        // Prefix sort indexes records with `u32`s.
+        if self.buf.len() > 64 && self.buf.len() <= u32::MAX as usize && sort_prefix(&self.buf[0].0).is_some() {
             // Sort compact (prefix, index) pairs: most comparisons stay in cache instead of
             // chasing each key's heap data; equal prefixes fall back to the full comparison.
             let buf = &self.buf;

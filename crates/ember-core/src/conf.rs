@@ -15,6 +15,12 @@ pub enum Master {
     },
 }
 
+/// The most partitions a shuffle may have (a shuffle has one block per map task and partition).
+pub const MAX_PARTITIONS: u64 = 1 << 24;
+
+/// The most task slots a local master may have (each is a thread with a large stack).
+pub const MAX_LOCAL_SLOTS: usize = 4096;
+
 impl Master {
     /// Parses `local`, `local[N]` or `local[*]`.
     pub fn parse(url: &str) -> Result<Master> {
@@ -29,7 +35,7 @@ impl Master {
         } else {
             inner.parse::<usize>().map_err(|_| bad())?
         };
-        if slots == 0 {
+        if slots == 0 || slots > MAX_LOCAL_SLOTS {
             return Err(bad());
         }
         Ok(Master::Local { slots })
@@ -189,11 +195,18 @@ pub fn parse_size(text: &str) -> Option<u64> {
         't' => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let n: f64 = num.trim().parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
+    let num = num.trim();
+    // Whole numbers exactly; fractions (`1.5g`) only when they come to whole bytes. Values that
+    // do not fit in 63 bits are refused rather than saturated.
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).filter(|&b| b <= i64::MAX as u64);
+    }
+    let n: f64 = num.parse().ok()?;
+    let bytes = n * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes.fract() != 0.0 || bytes > (1u64 << 62) as f64 {
         return None;
     }
-    Some((n * mult as f64) as u64)
+    Some(bytes as u64)
 }
 
 impl EmberConf {
@@ -283,10 +296,16 @@ impl EmberConf {
                     return Err(bad("expected a number between 0 and 1"));
                 }
             }
-            "ember.shuffle.partitions" | "ember.task.maxFailures" => {
+            "ember.shuffle.partitions" => {
                 let n: u64 = value.parse().map_err(|_| bad("expected a positive integer"))?;
-                if n == 0 {
-                    return Err(bad("expected a positive integer"));
+                if n == 0 || n > MAX_PARTITIONS {
+                    return Err(bad(&format!("expected a positive integer up to {MAX_PARTITIONS}")));
+                }
+            }
+            "ember.task.maxFailures" => {
+                let n: u64 = value.parse().map_err(|_| bad("expected a positive integer"))?;
+                if n == 0 || n > 1000 {
+                    return Err(bad("expected a positive integer up to 1000"));
                 }
             }
             "ember.io.compression.codec" if !matches!(value, "lz4" | "zstd" | "none") => {
@@ -315,6 +334,7 @@ impl EmberConf {
     /// Parses every setting, applying defaults.
     pub fn settings(&self) -> Result<Settings> {
         let master = Master::parse(self.get("ember.master").unwrap_or("local[*]"))?;
+        // Every set value passed `validate`, so these parse and fit their types.
         let parse_num =
             |key: &str, default: u64| -> u64 { self.get(key).and_then(|v| v.parse().ok()).unwrap_or(default) };
         Ok(Settings {
@@ -334,7 +354,7 @@ impl EmberConf {
                 Some("zstd") => Codec::Zstd,
                 _ => Codec::Lz4,
             },
-            max_task_failures: parse_num("ember.task.maxFailures", 4) as u32,
+            max_task_failures: u32::try_from(parse_num("ember.task.maxFailures", 4)).unwrap_or(u32::MAX),
             serialize_tasks: self.get("ember.local.serializeTasks") == Some("true"),
             show_progress: self.get("ember.ui.showConsoleProgress") != Some("false"),
             checkpoint_dir: self.get("ember.checkpoint.dir").map(PathBuf::from),
@@ -351,6 +371,21 @@ impl EmberConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_range_values_are_errors_not_saturated() {
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("16m"), Some(16 << 20));
+        assert_eq!(parse_size("0.3"), None, "fractions of a byte");
+        assert_eq!(parse_size("99999999999t"), None, "overflows 63 bits");
+        assert_eq!(parse_size("1e30g"), None);
+        assert_eq!(parse_size("18446744073709551615"), None);
+        assert!(EmberConf::new().set("ember.memory.size", "1e40g").is_err());
+        assert!(EmberConf::new().set("ember.task.maxFailures", "4294967297").is_err());
+        assert!(EmberConf::new().set("ember.shuffle.partitions", "99999999999").is_err());
+        assert!(EmberConf::new().master("local[100000000]").is_err());
+        assert!(EmberConf::new().set("ember.task.maxFailures", "7").unwrap().settings().unwrap().max_task_failures == 7);
+    }
 
     #[test]
     fn parses_masters() {

@@ -266,6 +266,12 @@ impl Context {
             ));
         }
         let n = rdd.num_partitions();
+        if n as u64 > crate::conf::MAX_PARTITIONS {
+            return Err(Error::InvalidArgument(format!(
+                "the RDD has {n} partitions; at most {} are supported",
+                crate::conf::MAX_PARTITIONS
+            )));
+        }
         let partitions = partitions.unwrap_or_else(|| (0..n).collect());
         if let Some(bad) = partitions.iter().find(|&&p| p >= n) {
             return Err(Error::InvalidArgument(format!("partition {bad} out of range: the RDD has {n}")));

@@ -19,25 +19,26 @@ use crate::storage::MemoryConsumer;
 use crate::stream::{ChunkDecoder, StreamWriter};
 use crate::task::{BoxIter, Interruptible, TaskContext};
 
-/// `parallelize`: a local collection cut into slices.
+/// `parallelize`: a local collection cut into slices. Slice `i` of `n` holds positions
+/// `i * len / n .. (i + 1) * len / n`, computed when a task asks, so that more slices than records
+/// cost nothing.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "T: Data")]
 pub(crate) struct ParallelCollection<T> {
-    slices: Arc<Vec<Vec<T>>>,
+    data: Arc<Vec<T>>,
+    slices: usize,
 }
 
 impl<T: Data> ParallelCollection<T> {
     pub(crate) fn new(data: Vec<T>, slices: usize) -> Self {
-        let n = slices.max(1);
-        let len = data.len();
-        let mut out: Vec<Vec<T>> = Vec::with_capacity(n);
-        let mut it = data.into_iter();
-        for i in 0..n {
-            let start = i * len / n;
-            let end = (i + 1) * len / n;
-            out.push(it.by_ref().take(end - start).collect());
-        }
-        ParallelCollection { slices: Arc::new(out) }
+        ParallelCollection { data: Arc::new(data), slices: slices.max(1) }
+    }
+
+    fn bounds(&self, split: usize) -> (usize, usize) {
+        let (len, n) = (self.data.len() as u128, self.slices as u128);
+        // `split < n` and the products fit in 128 bits; the quotients are at most `len`.
+        let at = |i: usize| (i as u128 * len / n) as usize;
+        (at(split.min(self.slices)), at((split + 1).min(self.slices)))
     }
 }
 
@@ -46,13 +47,14 @@ impl<T: Data> RddImpl<T> for ParallelCollection<T> {
         "parallelize"
     }
     fn num_partitions(&self) -> usize {
-        self.slices.len()
+        self.slices
     }
     fn dependencies(&self) -> Vec<Dependency> {
         Vec::new()
     }
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T> {
-        let slice = self.slices.get(split).map(Vec::as_slice).unwrap_or(&[]);
+        let (start, end) = self.bounds(split);
+        let slice = self.data.get(start..end).unwrap_or(&[]);
         Box::new(Interruptible::new(slice.iter().cloned(), tc))
     }
 }

@@ -173,8 +173,17 @@ impl<T: Data> Rdd<T> {
     }
 
     /// Every pair of a record of this RDD and a record of `other`.
-    pub fn cartesian<U: Data>(&self, other: &Rdd<U>) -> Rdd<(T, U)> {
-        self.derive(CartesianRdd { a: self.clone(), b: other.clone() })
+    ///
+    /// It has one partition per pair of partitions; an error when that count overflows.
+    pub fn cartesian<U: Data>(&self, other: &Rdd<U>) -> Result<Rdd<(T, U)>> {
+        let (a, b) = (self.num_partitions(), other.num_partitions());
+        if a.checked_mul(b).is_none_or(|n| n as u64 > crate::conf::MAX_PARTITIONS) {
+            return Err(Error::InvalidArgument(format!(
+                "cartesian of {a} and {b} partitions has more than {} partitions",
+                crate::conf::MAX_PARTITIONS
+            )));
+        }
+        Ok(self.derive(CartesianRdd { a: self.clone(), b: other.clone() }))
     }
 
     /// Sorts records by the key `f` gives them, through a range-partitioned shuffle.

@@ -123,6 +123,12 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
 ) -> Result<MapStatus> {
     let env = tc.env();
     let parts = dep.partitioner.num_partitions();
+    if parts as u64 > crate::conf::MAX_PARTITIONS {
+        return Err(Error::InvalidArgument(format!(
+            "the partitioner has {parts} partitions; at most {} are supported",
+            crate::conf::MAX_PARTITIONS
+        )));
+    }
     let data = env.shuffle.data_path(dep.shuffle_id, map, tc.task_attempt_id);
     let tmp = data.with_extension(format!("tmp{}", env.next_file_id()));
     let part: &dyn Partitioner<K> = &**dep.partitioner.get();

@@ -275,7 +275,7 @@ fn narrow_operators_and_actions_accept_an_empty_rdd() {
         assert_eq!(e.map(|x| x + 1).filter(|x| x % 2 == 0).collect().unwrap(), Vec::<i32>::new(), "{mode}");
         assert_eq!(e.sample(true, 2.0, 1).unwrap().count().unwrap(), 0, "{mode}");
         assert_eq!(e.coalesce(3, false).collect().unwrap(), Vec::<i32>::new(), "{mode}");
-        assert_eq!(e.cartesian(&ctx.parallelize(vec![1], 1)).count().unwrap(), 0, "{mode}");
+        assert_eq!(e.cartesian(&ctx.parallelize(vec![1], 1)).unwrap().count().unwrap(), 0, "{mode}");
         assert_eq!(e.union(&ctx.parallelize(vec![1, 2], 2)).collect().unwrap(), vec![1, 2], "{mode}");
         let acc = ctx.long_accumulator();
         e.foreach_with(acc.clone(), |acc, x| acc.add(i64::from(x))).unwrap();
@@ -670,7 +670,7 @@ fn cartesian_pairs_every_partition_with_every_partition() {
             .collect();
         for (mode, ctx) in &ctxs {
             let rb = ctx.parallelize(b.iter().map(|x| x.to_string()).collect::<Vec<_>>(), pb);
-            let out = ctx.parallelize(a.clone(), pa).cartesian(&rb);
+            let out = ctx.parallelize(a.clone(), pa).cartesian(&rb).unwrap();
             prop_assert_eq!(out.num_partitions(), pa * pb, "{}", mode);
             prop_assert_eq!(out.glom().collect()?, want.clone(), "{}", mode);
         }

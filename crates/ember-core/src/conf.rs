@@ -384,7 +384,9 @@ mod tests {
         assert!(EmberConf::new().set("ember.task.maxFailures", "4294967297").is_err());
         assert!(EmberConf::new().set("ember.shuffle.partitions", "99999999999").is_err());
         assert!(EmberConf::new().master("local[100000000]").is_err());
-        assert!(EmberConf::new().set("ember.task.maxFailures", "7").unwrap().settings().unwrap().max_task_failures == 7);
+        assert!(
+            EmberConf::new().set("ember.task.maxFailures", "7").unwrap().settings().unwrap().max_task_failures == 7
+        );
     }
 
     #[test]

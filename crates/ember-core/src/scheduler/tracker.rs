@@ -11,10 +11,49 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::error::{Error, Result};
 use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
 
+/// A registered map output. Its status is kept without its segment sizes: the offsets replace
+/// them, in 32 bits when the output is under 4 GiB, so the tracker holds 4 bytes per block.
 struct Registered {
     status: MapStatus,
-    /// `offsets[r]` is where reduce segment `r` starts; `offsets[r + 1]` where it ends.
-    offsets: Vec<u64>,
+    offsets: Offsets,
+}
+
+/// `offsets[r]` is where reduce segment `r` starts; `offsets[r + 1]` where it ends.
+enum Offsets {
+    Small(Box<[u32]>),
+    Large(Box<[u64]>),
+}
+
+impl Offsets {
+    fn from_sizes(sizes: &[u64]) -> Offsets {
+        let total = sizes.iter().fold(0u64, |a, &s| a.saturating_add(s));
+        let ends = std::iter::once(0).chain(sizes.iter().scan(0u64, |at, &s| {
+            *at = at.saturating_add(s);
+            Some(*at)
+        }));
+        if total <= u32::MAX as u64 {
+            // Every end is at most `total`.
+            Offsets::Small(ends.map(|e| e as u32).collect())
+        } else {
+            Offsets::Large(ends.collect())
+        }
+    }
+
+    /// The segment of reduce partition `r`, if there is one.
+    fn segment(&self, r: usize) -> Option<(u64, u64)> {
+        let (start, end) = match self {
+            Offsets::Small(o) => (*o.get(r)? as u64, *o.get(r + 1)? as u64),
+            Offsets::Large(o) => (*o.get(r)?, *o.get(r + 1)?),
+        };
+        Some((start, end - start))
+    }
+
+    fn segments(&self) -> usize {
+        match self {
+            Offsets::Small(o) => o.len().saturating_sub(1),
+            Offsets::Large(o) => o.len().saturating_sub(1),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -61,7 +100,7 @@ impl MapOutputTracker {
     /// refused output).
     pub(crate) fn register(
         &self,
-        status: MapStatus,
+        mut status: MapStatus,
         maps: usize,
         launched_epoch: u64,
     ) -> std::result::Result<Option<MapStatus>, (MapStatus, Refused)> {
@@ -73,13 +112,8 @@ impl MapOutputTracker {
         let Some(slot) = slots.get_mut(status.map) else {
             return Err((status, Refused::UnknownMap));
         };
-        let mut offsets = Vec::with_capacity(status.sizes.len() + 1);
-        let mut at = 0u64;
-        offsets.push(0);
-        for s in &status.sizes {
-            at = at.saturating_add(*s);
-            offsets.push(at);
-        }
+        let offsets = Offsets::from_sizes(&status.sizes);
+        status.sizes = Vec::new();
         let old = slot.replace(Registered { status, offsets });
         Ok(old.map(|r| r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &r.status)))
     }
@@ -121,12 +155,17 @@ impl MapOutputTracker {
         }
     }
 
-    /// The registered statuses of a shuffle, by map partition.
+    /// The registered statuses of a shuffle, by map partition (with their segment sizes).
     pub fn statuses(&self, shuffle: ShuffleId) -> Vec<Option<MapStatus>> {
+        let sizes = |o: &Offsets| (0..o.segments()).filter_map(|r| o.segment(r).map(|s| s.1)).collect();
         self.lock()
             .shuffles
             .get(&shuffle)
-            .map(|v| v.iter().map(|s| s.as_ref().map(|r| r.status.clone())).collect())
+            .map(|v| {
+                v.iter()
+                    .map(|s| s.as_ref().map(|r| MapStatus { sizes: sizes(&r.offsets), ..r.status.clone() }))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -149,10 +188,10 @@ impl MapOutputLocations for MapOutputTracker {
             .enumerate()
             .map(|(m, slot)| {
                 let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
-                let (Some(&start), Some(&end)) = (r.offsets.get(reduce), r.offsets.get(reduce + 1)) else {
+                let Some((start, len)) = r.offsets.segment(reduce) else {
                     return Err(missing(
                         m,
-                        &format!("map output has {} segments, not {}", r.status.sizes.len(), reduce + 1),
+                        &format!("map output has {} segments, not {}", r.offsets.segments(), reduce + 1),
                     ));
                 };
                 Ok(ReduceBlock {
@@ -162,7 +201,7 @@ impl MapOutputLocations for MapOutputTracker {
                     location: r.status.location.clone(),
                     data: r.status.data.clone(),
                     offset: start,
-                    len: end - start,
+                    len,
                 })
             })
             .collect()

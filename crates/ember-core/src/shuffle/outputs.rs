@@ -127,7 +127,10 @@ impl ShuffleManager {
 
     /// Records an output this executor wrote (before its status goes to the driver).
     pub(crate) fn record_written(&self, status: &MapStatus) {
-        self.written().entry(status.shuffle).or_default().push(status.clone());
+        // Deleting needs the location of the data, not the segment sizes.
+        let kept =
+            MapStatus { sizes: Vec::new(), location: status.location.clone(), data: status.data.clone(), ..*status };
+        self.written().entry(status.shuffle).or_default().push(kept);
     }
 
     /// The in-memory outputs holding `blocks` (`None` for file outputs and lost ones), looked

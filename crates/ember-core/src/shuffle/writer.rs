@@ -67,6 +67,10 @@ impl MapOutputFile {
         Ok(MapOutputFile { w: StreamWriter::new(sink, codec, &tmp), tmp, offsets: vec![0] })
     }
 
+    fn reserve_segments(&mut self, partitions: usize) {
+        self.offsets.reserve_exact(partitions);
+    }
+
     /// Ends segments up to (not including) partition `p`.
     fn close_until(&mut self, p: usize) -> Result<()> {
         while self.offsets.len() <= p {
@@ -88,7 +92,13 @@ impl MapOutputFile {
         self.close_until(partitions)?;
         let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let mut file = match self.w.finish()?.sink {
-            Sink::Memory(bytes) => match shuffle.try_keep_in_memory((id, map, attempt), bytes) {
+            Sink::Memory(mut bytes) => match {
+                // The buffer was sized from an estimate; what stays in memory holds no slack.
+                if bytes.capacity() > bytes.len() + bytes.len() / 8 {
+                    bytes.shrink_to_fit();
+                }
+                shuffle.try_keep_in_memory((id, map, attempt), bytes)
+            } {
                 Ok(()) => return Ok((None, sizes)),
                 Err(bytes) => {
                     std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
@@ -386,9 +396,10 @@ impl<'a> PartitionBuffers<'a> {
         let parts = self.parts;
         // Encoded bytes so far, plus the arena and a chunk header per partition.
         let expected = self.held() as usize
-            + parts * 24
+            + parts.min(self.recs.len() + self.outs.len()) * 24
             + self.runs.iter().map(|(_, segs)| segs.iter().map(|s| s.1 as usize).sum::<usize>()).sum::<usize>();
         let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;
+        out.reserve_segments(parts);
         if self.runs.is_empty() && self.outs.is_empty() {
             // The common small case: the arena goes straight into the output.
             self.drain_arena(|p, chunks| {

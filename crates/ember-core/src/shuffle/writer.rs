@@ -92,19 +92,19 @@ impl MapOutputFile {
         self.close_until(partitions)?;
         let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let mut file = match self.w.finish()?.sink {
-            Sink::Memory(mut bytes) => match {
+            Sink::Memory(mut bytes) => {
                 // The buffer was sized from an estimate; what stays in memory holds no slack.
                 if bytes.capacity() > bytes.len() + bytes.len() / 8 {
                     bytes.shrink_to_fit();
                 }
-                shuffle.try_keep_in_memory((id, map, attempt), bytes)
-            } {
-                Ok(()) => return Ok((None, sizes)),
-                Err(bytes) => {
-                    std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
-                    File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
+                match shuffle.try_keep_in_memory((id, map, attempt), bytes) {
+                    Ok(()) => return Ok((None, sizes)),
+                    Err(bytes) => {
+                        std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
+                        File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
+                    }
                 }
-            },
+            }
             Sink::File(f) => f.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?,
         };
         file.flush().map_err(|e| Error::io(&self.tmp, e))?;

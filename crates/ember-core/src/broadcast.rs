@@ -1,34 +1,107 @@
 //! Broadcast variables: a read-only value shipped once to every executor, referenced by id.
+//!
+//! The driver publishes the value in its executor services' [`BroadcastStore`]; a task's
+//! encoding carries only the id, and decoding resolves it through the store of the executor that
+//! runs the task. When the local backend rehearses a remote executor
+//! (`ember.local.serializeTasks=true`), the executor decodes its own copy from the published
+//! bytes, once, as a remote executor will after fetching them.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::data::Data;
-
-type Registry = Mutex<HashMap<u64, Arc<dyn Any + Send + Sync>>>;
-
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
+use crate::env::Env;
+use crate::error::{Error, Result};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-struct Owner(u64);
+type Shared = Arc<dyn Any + Send + Sync>;
+
+struct Published {
+    value: Shared,
+    /// The encoded value (when executors decode their own copies), or why it could not be
+    /// encoded.
+    bytes: Option<std::result::Result<Arc<Vec<u8>>, String>>,
+}
+
+/// The broadcast values one executor can reach: those the driver published (in local mode, the
+/// same process) and the copies this executor decoded.
+#[derive(Default)]
+pub struct BroadcastStore {
+    published: Mutex<HashMap<u64, Published>>,
+    decoded: Mutex<HashMap<u64, Shared>>,
+}
+
+fn lock<K, V>(m: &Mutex<HashMap<K, V>>) -> MutexGuard<'_, HashMap<K, V>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BroadcastStore {
+    fn publish(&self, id: u64, p: Published) {
+        lock(&self.published).insert(id, p);
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.published).remove(&id);
+        lock(&self.decoded).remove(&id);
+    }
+
+    /// The value of broadcast `id`: the published object, or (when `own_copy`) this executor's
+    /// copy decoded from the published bytes.
+    fn fetch<T: Data>(&self, id: u64, own_copy: bool) -> Result<Arc<T>> {
+        let wrong = || Error::Internal(format!("broadcast {id} holds another type"));
+        if !own_copy {
+            let value = lock(&self.published).get(&id).map(|p| p.value.clone());
+            let value = value.ok_or_else(|| Error::Internal(format!("broadcast {id} is not available")))?;
+            return value.downcast::<T>().map_err(|_| wrong());
+        }
+        if let Some(v) = lock(&self.decoded).get(&id).cloned() {
+            return v.downcast::<T>().map_err(|_| wrong());
+        }
+        let bytes = match lock(&self.published).get(&id).map(|p| p.bytes.clone()) {
+            Some(Some(Ok(b))) => b,
+            Some(Some(Err(e))) => {
+                return Err(Error::Serialization(format!("broadcast {id} could not be encoded: {e}")))
+            }
+            _ => return Err(Error::Internal(format!("broadcast {id} is not available"))),
+        };
+        let value: Arc<T> = Arc::new(postcard::from_bytes(&bytes)?);
+        lock(&self.decoded).insert(id, value.clone());
+        Ok(value)
+    }
+
+    /// Broadcast values published and not yet released.
+    pub fn len(&self) -> usize {
+        lock(&self.published).len()
+    }
+
+    /// Whether no broadcast value is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Releases a broadcast when the driver's last handle goes.
+struct Owner {
+    id: u64,
+    env: Weak<Env>,
+}
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        registry().lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+        if let Some(env) = self.env.upgrade() {
+            env.broadcasts.remove(self.id);
+        }
     }
 }
 
 /// A read-only value available to every task. It serializes to its id; an executor resolves the
-/// id to its local copy of the value. Create one with [`crate::Context::broadcast`].
+/// id through its [`BroadcastStore`]. Create one with [`crate::Context::broadcast`].
 pub struct Broadcast<T> {
     id: u64,
     value: Arc<T>,
@@ -48,11 +121,12 @@ impl<T> fmt::Debug for Broadcast<T> {
 }
 
 impl<T: Data> Broadcast<T> {
-    pub(crate) fn new(value: T) -> Self {
+    pub(crate) fn new(value: T, env: &Arc<Env>) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let bytes = env.rehearse_remote.then(|| postcard::to_allocvec(&value).map(Arc::new).map_err(|e| e.to_string()));
         let value = Arc::new(value);
-        registry().lock().unwrap_or_else(|p| p.into_inner()).insert(id, value.clone());
-        Broadcast { id, value, _owner: Some(Arc::new(Owner(id))) }
+        env.broadcasts.publish(id, Published { value: value.clone(), bytes });
+        Broadcast { id, value, _owner: Some(Arc::new(Owner { id, env: Arc::downgrade(env) })) }
     }
 
     /// The value.
@@ -74,22 +148,21 @@ impl<T> std::ops::Deref for Broadcast<T> {
 }
 
 impl<T: Data> Serialize for Broadcast<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_u64(self.id)
     }
 }
 
 impl<'de, T: Data> Deserialize<'de> for Broadcast<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = u64::deserialize(d)?;
-        let any = registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| serde::de::Error::custom(format!("broadcast {id} is not available on this executor")))?;
-        let value =
-            any.downcast::<T>().map_err(|_| serde::de::Error::custom(format!("broadcast {id} holds another type")))?;
+        let env = crate::env::current().ok_or_else(|| {
+            crate::ship::decode_failed(format!("broadcast {id} decoded outside a task: no executor to resolve it"))
+        })?;
+        let value = env
+            .broadcasts
+            .fetch::<T>(id, env.rehearse_remote)
+            .map_err(|e| crate::ship::decode_failed(e.to_string()))?;
         Ok(Broadcast { id, value, _owner: None })
     }
 }

@@ -214,7 +214,7 @@ impl Context {
 
     /// A read-only value shared with every task.
     pub fn broadcast<T: Data>(&self, value: T) -> Broadcast<T> {
-        Broadcast::new(value)
+        Broadcast::new(value, &self.inner.env)
     }
 
     /// An `i64` sum accumulator.

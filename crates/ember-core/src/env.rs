@@ -20,6 +20,11 @@ pub struct Env {
     pub blocks: BlockManager,
     /// This executor's map outputs (files and in-memory outputs).
     pub shuffle: ShuffleManager,
+    /// Broadcast values this executor can reach.
+    pub broadcasts: crate::broadcast::BroadcastStore,
+    /// Whether this executor decodes its own copies of broadcast values, as a remote one does
+    /// (`ember.local.serializeTasks`).
+    pub rehearse_remote: bool,
     /// Where reduce tasks learn the blocks they read: the driver's map output tracker.
     pub map_outputs: Arc<dyn MapOutputLocations>,
     file_ids: AtomicU64,
@@ -38,6 +43,8 @@ impl Env {
         Ok(Env {
             executor_id: Arc::from("driver"),
             map_outputs,
+            broadcasts: Default::default(),
+            rehearse_remote: settings.serialize_tasks,
             codec: settings.codec,
             blocks: BlockManager::new(
                 settings.memory_bytes,
@@ -59,6 +66,30 @@ impl Env {
     /// A process-unique number for naming temporary files.
     pub(crate) fn next_file_id(&self) -> u64 {
         self.file_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Arc<Env>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `env` the executor of this thread (while a task is decoded and run) until the guard drops.
+pub(crate) fn enter(env: &Arc<Env>) -> EnvGuard {
+    EnvGuard(CURRENT.with(|c| c.replace(Some(env.clone()))))
+}
+
+/// The executor running a task on this thread, if any.
+pub(crate) fn current() -> Option<Arc<Env>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Restores the previous executor of the thread.
+pub(crate) struct EnvGuard(Option<Arc<Env>>);
+
+impl Drop for EnvGuard {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
     }
 }
 

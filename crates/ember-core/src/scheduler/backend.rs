@@ -366,6 +366,7 @@ fn slot_loop(rx: Receiver<Queued>, shared: Arc<Shared>) {
 }
 
 fn run_task(task: TaskLaunch, env: &Arc<Env>, serialize: bool, kill: Arc<AtomicBool>) -> TaskStatus {
+    let _executor = crate::env::enter(env);
     let tc = TaskContext::new(task.stage, task.partition, task.attempt, task.task_id, env.clone(), kill);
     let started = Instant::now();
     accumulator::begin_task();

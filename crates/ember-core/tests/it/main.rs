@@ -1,6 +1,7 @@
 //! Integration tests of the core engine, one binary with a module per area.
 
 mod api;
+mod broadcast;
 mod common;
 mod faults;
 mod io;

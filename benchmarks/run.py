@@ -827,8 +827,11 @@ class Bench:
             has_target = (t0, t1) == (100, 1000)
             if r0.ok and r1.ok and r0.per_job_ms and r1.per_job_ms is not None:
                 row.scaling_ratio = r1.per_job_ms / r0.per_job_ms
-                row.notes = (f"{r1.per_job_ms:.3f} / {r0.per_job_ms:.3f} ms/job; tasks x{t1 / t0:g} "
-                             f"(linear scaling: {t1 / t0:g}x)")
+                # Work per iteration: TASKS map x TASKS reduce shuffle blocks; after the map-side
+                # combine each map task (1000 numbers, keys mod TASKS) writes min(1000, TASKS) records.
+                blocks, recs = (t1 / t0) ** 2, t1 * min(1000, t1) / (t0 * min(1000, t0))
+                row.notes = (f"{r1.per_job_ms:.3f} / {r0.per_job_ms:.3f} ms/job; tasks x{t1 / t0:g}, "
+                             f"shuffle blocks x{blocks:g}, shuffled records x{recs:g}")
                 if not has_target:
                     row.target_check = "no target"
                 elif row.scaling_ratio <= cfg.scaling_target:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Ember vs Apache Spark end-to-end benchmarks: word count, sort and tiny iterative jobs.
+"""Ember vs Apache Spark end-to-end benchmarks: word count, sort and tiny iterative jobs, plus
+Ember's tiny-job scaling with the number of tasks.
 
 Run through `benchmarks/run.sh`, which provides a Python with pyspark installed (Spark's jars come
 from the pyspark package). This file needs only the standard library. See benchmarks/README.md
@@ -53,11 +54,16 @@ SPARK_PROGRAMS = {
     "sort": [("dataframe", "SortDf", True), ("rdd", "SortRdd", False)],
 }
 EMBER_EXAMPLES = ["word_count", "sort", "running_sum"]
-WORKLOADS = ["wordcount", "sort", "tiny"]
+WORKLOADS = ["wordcount", "sort", "tiny", "scaling"]
+# The scaling workload: Ember's running_sum at growing task counts, as (TASKS, ITERS). The issue's
+# target: with 1000 tasks an iteration costs at most 30x what it costs with 100 tasks.
+SCALING_POINTS = "10:100,100:100,1000:10"
+SCALING_TARGET = 30.0
 
 TIME_BASIS_EMBER = "process wall (whole run incl. startup)"
 TIME_BASIS_SPARK_JOB = "job only (excl. JVM + session start)"
 TIME_BASIS_TINY = "per job after warm-up (excl. session start)"
+TIME_BASIS_SCALING_RATIO = "ratio of per-job times (medians of trials)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,6 +313,8 @@ class Config:
     tasks: int
     groups: list[int]
     tiny_trials: int
+    scaling_points: list[tuple[int, int]]  # (TASKS, ITERS)
+    scaling_target: float
     spark_warmup_trials: int
     timeout: float
     build: bool
@@ -501,15 +509,18 @@ class Row:
     mem_ratio: float | None = None
     runs: int = 1
     load_before: float | None = None
+    scaling_ratio: float | None = None  # scaling workload, derived rows: t(more tasks) / t(fewer tasks)
+    target_check: str = ""  # scaling workload, derived rows: pass/FAIL against the target, or "no target"
 
     def figure(self) -> float | None:
         """The number the ratio is computed on."""
-        return self.per_job_ms if self.workload == "tiny" else self.wall_s
+        return self.per_job_ms if self.workload in ("tiny", "scaling") else self.wall_s
 
 
 CSV_FIELDS = ["workload", "engine", "variant", "input", "time_basis", "wall_s", "process_wall_s", "startup_s",
               "per_job_ms", "peak_rss_mib", "time_ratio_ember_over_spark", "mem_ratio_ember_over_spark",
-              "rss_time_v_mib", "rss_tree_poll_mib", "load_before", "runs", "verified", "notes"]
+              "rss_time_v_mib", "rss_tree_poll_mib", "load_before", "runs", "verified", "notes",
+              "scaling_ratio", "target_check"]
 
 
 def fmt(v: float | None, digits: int = 3) -> str:
@@ -528,6 +539,7 @@ def row_to_csv(r: Row) -> dict[str, str]:
         "time_ratio_ember_over_spark": fmt_ratio(r.time_ratio), "mem_ratio_ember_over_spark": fmt_ratio(r.mem_ratio),
         "rss_time_v_mib": fmt(r.rss_time_v_mib, 1), "rss_tree_poll_mib": fmt(r.rss_tree_mib, 1),
         "load_before": fmt(r.load_before, 2), "runs": str(r.runs), "verified": r.verified, "notes": r.notes,
+        "scaling_ratio": fmt_ratio(r.scaling_ratio), "target_check": r.target_check,
     }
 
 
@@ -610,6 +622,7 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.rows: list[Row] = []
         self.failures: list[str] = []
+        self.missed_targets: list[str] = []  # performance targets: reported loudly, exit status unaffected
 
     def fail(self, row: Row, why: str) -> None:
         row.ok = False
@@ -721,7 +734,7 @@ class Bench:
         if m.returncode != 0 or m.timed_out:
             self.fail(row, describe_failure(m))
             return row
-        self.fill_trials(row, m.stdout, "ember")
+        self.fill_trials(row, m.stdout, "ember", cfg.iters, cfg.tasks)
         return row
 
     def tiny_spark_running_sum(self, label: str, rep: int) -> Row:
@@ -735,10 +748,10 @@ class Bench:
         if m.returncode != 0 or m.timed_out:
             self.fail(row, describe_failure(m))
             return row
-        self.fill_trials(row, m.stdout, "spark")
+        self.fill_trials(row, m.stdout, "spark", cfg.iters, cfg.tasks)
         return row
 
-    def fill_trials(self, row: Row, stdout: str, engine: str) -> None:
+    def fill_trials(self, row: Row, stdout: str, engine: str, iters: int, tasks: int) -> None:
         trials = [kv_pairs(l) for l in stdout.splitlines() if "per_iter_ms=" in l and "iters=" in l]
         # Warm-up trials (Ember runs one of its own and does not print it; the Spark program prints
         # its JIT warm-up trials with warmup=1) do not count: the figure is the median of the rest.
@@ -760,9 +773,9 @@ class Bench:
         row.notes = (f"median of {len(used)} trials: {', '.join('%.1f' % float(t['per_iter_ms']) for t in used)} ms/job"
                      + (f" (after warm-up trials at {', '.join('%.1f' % float(t['per_iter_ms']) for t in warm)})"
                         if warm else "") + "; " + " ".join(f"{k}={v}" for k, v in seen.items()))
-        if engine == "ember" and (seen.get("iters") not in (None, str(self.cfg.iters))
-                                  or seen.get("tasks") not in (None, str(self.cfg.tasks))):
-            self.fail(row, f"Ember ran {seen}, expected iters={self.cfg.iters} tasks={self.cfg.tasks}")
+        if engine == "ember" and (seen.get("iters") not in (None, str(iters))
+                                  or seen.get("tasks") not in (None, str(tasks))):
+            self.fail(row, f"Ember ran {seen}, expected iters={iters} tasks={tasks}")
         log(f"  {row.engine} {row.variant}: {row.per_job_ms:.2f} ms/job, peak RSS {row.peak_rss_mib:.0f} MiB")
 
     def tiny_spark_reference(self, rep: int) -> list[Row]:
@@ -788,6 +801,68 @@ class Bench:
                 log(f"  spark {job}: {row.per_job_ms:.2f} ms/job")
             rows.append(row)
         return rows
+
+    # -- scaling: running_sum at 10, 100, 1000 tasks -----------------------------------------------
+
+    def scaling_workload(self) -> None:
+        """Ember's running_sum (group 1: every job scheduled on its own) at each (TASKS, ITERS) of
+        --scaling-points, then one derived row per pair of neighbouring points with the ratio of
+        the per-job times. A ratio over the target (only for 100 -> 1000 tasks, the issue's) is
+        printed loudly and marked FAIL in `target_check`, but is not a run failure: the exit
+        status stays that of the runs and output checks."""
+        cfg = self.cfg
+        if "ember" not in cfg.engines:
+            log("scaling: Ember only; skipped (--engines has no ember)")
+            return
+        measured: list[tuple[int, Row]] = []
+        for tasks, iters in cfg.scaling_points:
+            label = f"running_sum ITERS={iters} TASKS={tasks}"
+            reps = [self.scaling_ember(tasks, iters, label, rep) for rep in range(cfg.repeat)]
+            row = aggregate(reps)
+            self.rows.append(row)
+            measured.append((tasks, row))
+        for (t0, r0), (t1, r1) in zip(measured, measured[1:]):
+            row = Row("scaling", "ember", f"ratio t({t1})/t({t0})", f"running_sum TASKS={t0} -> {t1}",
+                      TIME_BASIS_SCALING_RATIO)
+            has_target = (t0, t1) == (100, 1000)
+            if r0.ok and r1.ok and r0.per_job_ms and r1.per_job_ms is not None:
+                row.scaling_ratio = r1.per_job_ms / r0.per_job_ms
+                # Work per iteration: TASKS map x TASKS reduce shuffle blocks; after the map-side
+                # combine each map task (1000 numbers, keys mod TASKS) writes min(1000, TASKS) records.
+                blocks, recs = (t1 / t0) ** 2, t1 * min(1000, t1) / (t0 * min(1000, t0))
+                row.notes = (f"{r1.per_job_ms:.3f} / {r0.per_job_ms:.3f} ms/job; tasks x{t1 / t0:g}, "
+                             f"shuffle blocks x{blocks:g}, shuffled records x{recs:g}")
+                if not has_target:
+                    row.target_check = "no target"
+                elif row.scaling_ratio <= cfg.scaling_target:
+                    row.target_check = f"pass (<= {cfg.scaling_target:g}x)"
+                else:
+                    row.target_check = f"FAIL (> {cfg.scaling_target:g}x)"
+                    msg = (f"scaling target missed: running_sum t({t1})/t({t0}) = {row.scaling_ratio:.1f}x "
+                           f"> {cfg.scaling_target:g}x ({r1.per_job_ms:.3f} vs {r0.per_job_ms:.3f} ms/job)")
+                    self.missed_targets.append(msg)
+                    loud(msg + "; a performance target, not a failed run: the exit status is unaffected")
+            else:
+                row.target_check = "not measured" if has_target else "no target"
+                row.notes = "a measured run failed: no ratio"
+            log(f"  scaling t({t1})/t({t0}): {fmt_ratio(row.scaling_ratio) or '-'}x  {row.target_check}")
+            self.rows.append(row)
+
+    def scaling_ember(self, tasks: int, iters: int, label: str, rep: int) -> Row:
+        cfg = self.cfg
+        row = Row("scaling", "ember", f"running_sum tasks={tasks} group=1", label, TIME_BASIS_TINY)
+        if self.tools.ember_error:
+            self.fail(row, f"not run: {self.tools.ember_error}")
+            return row
+        log(f"scaling: ember running_sum {iters} iterations x {tasks} tasks, run {rep + 1}/{cfg.repeat}")
+        cmd = ember_cmd(cfg, self.tools, "running_sum", [str(iters), str(tasks), "1", "--trials", str(cfg.tiny_trials)])
+        m = measure(cmd, self.logs / f"scaling-ember-tasks{tasks}-{rep + 1}", cfg)
+        fill_memory(row, m)
+        if m.returncode != 0 or m.timed_out:
+            self.fail(row, describe_failure(m))
+            return row
+        self.fill_trials(row, m.stdout, "ember", iters, tasks)
+        return row
 
 
 def aggregate(reps: list[Row]) -> Row:
@@ -841,6 +916,8 @@ def print_table(rows: list[Row]) -> None:
             f"{r.peak_rss_mib:.0f} MiB" if r.peak_rss_mib else "-",
             fmt_ratio(r.time_ratio),
             fmt_ratio(r.mem_ratio),
+            (f"{fmt_ratio(r.scaling_ratio)}x {r.target_check}" if r.scaling_ratio is not None else r.target_check)
+            if r.time_basis == TIME_BASIS_SCALING_RATIO else
             r.verified if len(r.verified) < 30 else r.verified[:27] + "...",
         ])
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(headers)]
@@ -850,7 +927,8 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
     print("time x / mem x: Ember divided by Spark (below 1 means Ember is faster / smaller). "
           "Word count and sort compare Ember's whole process with Spark's job time excluding "
-          "JVM and session start; tiny jobs compare per-job latency.\n")
+          "JVM and session start; tiny jobs compare per-job latency. Scaling ratio rows: Ember's "
+          "per-job time at more tasks over fewer, in `check`.\n")
 
 
 def environment(cfg: Config, tools: Tools) -> dict:
@@ -895,7 +973,7 @@ def parse_args(argv: list[str]) -> Config:
     p = argparse.ArgumentParser(
         prog="benchmarks/run.sh",
         description="Ember vs Apache Spark (pyspark %s jars, Java programs) on word count, sort and tiny "
-                    "iterative jobs. Writes benchmarks/results/<time>/results.csv." % PYSPARK_VERSION)
+                    "iterative jobs, and Ember's tiny-job scaling with the task count. Writes benchmarks/results/<time>/results.csv." % PYSPARK_VERSION)
     p.add_argument("--scale", choices=SCALES, default="full",
                    help="data size preset: small = 50 MiB text / 1M records, medium = 256 MiB / 10M, "
                         "full = 1 GiB / 50M (default)")
@@ -921,7 +999,12 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--groups", default="1,10", help="Ember group sizes for running_sum")
     p.add_argument("--tiny-trials", type=int, default=3,
-                   help="measured running_sum trials per process, both engines (default 3)")
+                   help="measured running_sum trials per process, both engines, tiny and scaling (default 3)")
+    p.add_argument("--scaling-points", default=SCALING_POINTS, metavar="TASKS:ITERS,...",
+                   help="scaling workload: Ember running_sum runs, as TASKS:ITERS (default %s)" % SCALING_POINTS)
+    p.add_argument("--scaling-target", type=float, default=SCALING_TARGET,
+                   help="scaling workload: most t(1000 tasks)/t(100 tasks) may be (default %g); a miss is "
+                        "printed loudly but does not change the exit status" % SCALING_TARGET)
     p.add_argument("--spark-warmup-trials", type=int, default=2,
                    help="unmeasured running_sum trials Spark runs first to JIT-compile (default 2; "
                         "Ember's example runs one warm-up trial of its own)")
@@ -949,6 +1032,13 @@ def parse_args(argv: list[str]) -> Config:
     for e in engines:
         if e not in ("ember", "spark"):
             p.error(f"unknown engine {e!r}")
+    try:
+        scaling_points = [(int(t), int(i)) for t, i in
+                          (pt.split(":") for pt in a.scaling_points.split(",") if pt.strip())]
+    except ValueError:
+        p.error(f"--scaling-points: expected TASKS:ITERS,..., got {a.scaling_points!r}")
+    if any(t < 1 or i < 1 for t, i in scaling_points):
+        p.error("--scaling-points: TASKS and ITERS must be positive")
     if a.cpus == "auto":
         allowed = sorted(os.sched_getaffinity(0))
         cpus = ",".join(str(c) for c in allowed[:2]) if shutil.which("taskset") else None
@@ -967,6 +1057,7 @@ def parse_args(argv: list[str]) -> Config:
         spark_memory=a.spark_memory, spark_conf=a.spark_conf, ember_memory=a.ember_memory,
         repeat=max(1, a.repeat), cpus=cpus, master=a.master, iters=a.iters, tasks=a.tasks,
         groups=[int(g) for g in a.groups.split(",") if g.strip()], tiny_trials=max(1, a.tiny_trials),
+        scaling_points=scaling_points, scaling_target=a.scaling_target,
         spark_warmup_trials=max(0, a.spark_warmup_trials),
         timeout=a.timeout, build=not a.no_build, ember_bin_dir=a.ember_bin_dir,
         data_dir=a.data_dir.resolve(), results_dir=a.results_dir.resolve(), cache_dir=a.cache_dir.resolve(),
@@ -1001,6 +1092,9 @@ def main(argv: list[str]) -> int:
         if workload == "tiny":
             bench.tiny_workload()
             continue
+        if workload == "scaling":
+            bench.scaling_workload()
+            continue
         ds = ensure_data(cfg, tools, "text" if workload == "wordcount" else "records")
         check_full_scale(cfg, ds)
         bench.batch_workload(workload, ds)
@@ -1017,6 +1111,9 @@ def main(argv: list[str]) -> int:
     shutil.copyfile(csv_path, cfg.results_dir / "latest.csv")
     print_table(bench.rows)
     log(f"wrote {rel(csv_path)} (also {rel(cfg.results_dir / 'latest.csv')}); command in {rel(run_dir / 'command.txt')}")
+    if bench.missed_targets:
+        loud("PERFORMANCE TARGETS MISSED (not failures; the exit status is unaffected):\n"
+             + "\n".join(f"!!!   {t}" for t in bench.missed_targets))
     if bench.failures:
         loud("FAILURES:\n" + "\n".join(f"!!!   {f}" for f in bench.failures))
         return 1

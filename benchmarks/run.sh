@@ -33,7 +33,8 @@ fi
 command -v taskset >/dev/null || say "taskset not found: engines will not be pinned to CPUs"
 
 python="${PYTHON:-python3}"
-if ! "$venv/bin/python" -c "import pyspark, sys; sys.exit(pyspark.__version__ != '$pyspark_version')" 2>/dev/null; then
+# With `--engines ember` run.py needs the standard library only: no pyspark install.
+if [ "$needs_spark" = 1 ] && ! "$venv/bin/python" -c "import pyspark, sys; sys.exit(pyspark.__version__ != '$pyspark_version')" 2>/dev/null; then
     say "installing pyspark==$pyspark_version into $venv"
     rm -rf "$venv"
     mkdir -p "$cache"
@@ -48,4 +49,6 @@ fi
 self="$0"
 case "$self" in "$here"/*) self="benchmarks/${self#"$here"/}" ;; esac
 export EMBER_BENCH_SCRIPT="$self" EMBER_BENCH_CACHE="$cache"
-exec "$venv/bin/python" "$here/run.py" "$@"
+runner_python="$venv/bin/python"
+[ -x "$runner_python" ] || runner_python="$python"
+exec "$runner_python" "$here/run.py" "$@"

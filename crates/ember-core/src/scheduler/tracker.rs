@@ -16,6 +16,10 @@ use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
 struct Registered {
     status: MapStatus,
     offsets: Offsets,
+    /// The index of `status.location` in the executor table.
+    executor: u32,
+    /// The data file, shared by every reducer's column.
+    data: Option<Arc<std::path::Path>>,
 }
 
 /// `offsets[r]` is where reduce segment `r` starts; `offsets[r + 1]` where it ends.
@@ -63,6 +67,9 @@ struct State {
     epoch: u64,
     /// Executors declared lost, with the epoch at which they were.
     lost: HashMap<Arc<str>, u64>,
+    /// Executor names, numbered in order of first registration.
+    executors: Vec<Arc<str>>,
+    executor_index: HashMap<Arc<str>, u32>,
 }
 
 /// Why a map output was not registered.
@@ -108,13 +115,26 @@ impl MapOutputTracker {
         if st.lost.get(&status.location).is_some_and(|&lost_at| lost_at > launched_epoch) {
             return Err((status, Refused::ExecutorLost));
         }
+        if status.map >= maps {
+            return Err((status, Refused::UnknownMap));
+        }
+        let offsets = Offsets::from_sizes(&status.sizes);
+        status.sizes = Vec::new();
+        let data = status.data.as_deref().map(Arc::from);
+        let executor = match st.executor_index.get(&status.location) {
+            Some(&i) => i,
+            None => {
+                let i = u32::try_from(st.executors.len()).unwrap_or(u32::MAX);
+                st.executors.push(status.location.clone());
+                st.executor_index.insert(status.location.clone(), i);
+                i
+            }
+        };
         let slots = st.shuffles.entry(status.shuffle).or_insert_with(|| (0..maps).map(|_| None).collect());
         let Some(slot) = slots.get_mut(status.map) else {
             return Err((status, Refused::UnknownMap));
         };
-        let offsets = Offsets::from_sizes(&status.sizes);
-        status.sizes = Vec::new();
-        let old = slot.replace(Registered { status, offsets });
+        let old = slot.replace(Registered { status, offsets, executor, data });
         Ok(old.map(|r| r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &r.status)))
     }
 
@@ -198,13 +218,17 @@ impl MapOutputLocations for MapOutputTracker {
                     shuffle,
                     map: m,
                     attempt: r.status.attempt,
-                    location: r.status.location.clone(),
-                    data: r.status.data.clone(),
+                    executor: r.executor,
+                    data: r.data.clone(),
                     offset: start,
                     len,
                 })
             })
             .collect()
+    }
+
+    fn executor(&self, index: u32) -> Option<Arc<str>> {
+        self.lock().executors.get(index as usize).cloned()
     }
 
     fn remove_shuffle(&self, shuffle: ShuffleId) {

@@ -2,7 +2,7 @@
 //! one executor's map output files and in-memory outputs.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -38,10 +38,12 @@ pub struct ReduceBlock {
     pub map: usize,
     /// The map task attempt that wrote it.
     pub attempt: u64,
-    /// The executor holding it.
-    pub location: Arc<str>,
+    /// The executor holding it, as an index into the tracker's executors
+    /// ([`MapOutputLocations::executor`]): a number, so that building a reducer's column of
+    /// thousands of blocks copies no shared strings.
+    pub executor: u32,
     /// The data file, or `None` for an in-memory output.
-    pub data: Option<PathBuf>,
+    pub data: Option<Arc<Path>>,
     /// Byte offset of the segment in the output.
     pub offset: u64,
     /// Length of the segment in bytes.
@@ -54,6 +56,8 @@ pub trait MapOutputLocations: Send + Sync {
     /// The blocks of reduce partition `reduce` of `shuffle`, one per map task in map order, or
     /// a fetch failure naming the first map whose output is missing.
     fn reduce_blocks(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<ReduceBlock>>;
+    /// The name of executor number `index` of [`ReduceBlock::executor`].
+    fn executor(&self, index: u32) -> Option<Arc<str>>;
     /// Forgets a shuffle whose dependency is gone.
     fn remove_shuffle(&self, shuffle: ShuffleId);
 }
@@ -133,20 +137,29 @@ impl ShuffleManager {
         self.written().entry(status.shuffle).or_default().push(kept);
     }
 
-    /// The in-memory outputs holding `blocks` (`None` for file outputs and lost ones), looked
-    /// up under one lock.
-    pub(crate) fn memory_outputs(&self, blocks: &[ReduceBlock]) -> Vec<Option<Arc<Vec<u8>>>> {
+    /// Copies the segments of `blocks` held in memory into one buffer, under one lock: returns
+    /// it and each block's range in it (`None` for file outputs and for outputs that are gone).
+    /// Copying a reducer's segments costs less than sharing each output between reducers, whose
+    /// reference counts would bounce between processor caches once per block.
+    pub(crate) fn copy_memory_segments(&self, blocks: &[ReduceBlock]) -> (Vec<u8>, Vec<Option<(usize, usize)>>) {
+        let mut ranges = vec![None; blocks.len()];
         if blocks.iter().all(|b| b.data.is_some()) {
-            return vec![None; blocks.len()];
+            return (Vec::new(), ranges);
         }
+        let total: u64 = blocks.iter().filter(|b| b.data.is_none()).map(|b| b.len).sum();
+        let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
         let memory = self.memory();
-        blocks
-            .iter()
-            .map(|b| match b.data {
-                Some(_) => None,
-                None => memory.get(&(b.shuffle, b.map, b.attempt)).cloned(),
-            })
-            .collect()
+        for (b, range) in blocks.iter().zip(ranges.iter_mut()) {
+            if b.data.is_some() {
+                continue;
+            }
+            let Some(bytes) = memory.get(&(b.shuffle, b.map, b.attempt)) else { continue };
+            let end = b.offset.checked_add(b.len).and_then(|e| usize::try_from(e).ok());
+            let Some(segment) = end.and_then(|end| bytes.get(b.offset as usize..end)) else { continue };
+            *range = Some((out.len(), segment.len()));
+            out.extend_from_slice(segment);
+        }
+        (out, ranges)
     }
 
     /// Deletes one output (an attempt that lost, or an output the driver dropped).

@@ -29,8 +29,9 @@ impl Read for SharedSlice {
 /// A missing, short or corrupt segment is a fetch failure recorded on the task context.
 pub(crate) struct ShuffleReader<'a, R> {
     blocks: Vec<ReduceBlock>,
-    /// In-memory outputs of the blocks, looked up at once.
-    memory: Vec<Option<Arc<Vec<u8>>>>,
+    /// The blocks' in-memory segments, copied at once, and each block's range in them.
+    memory: Arc<Vec<u8>>,
+    ranges: Vec<Option<(usize, usize)>>,
     next_map: usize,
     current: Option<ChunkDecoder<Box<dyn Read>, R>>,
     /// A finished decoder, kept for its buffers.
@@ -43,8 +44,20 @@ pub(crate) struct ShuffleReader<'a, R> {
 
 impl<'a, R> ShuffleReader<'a, R> {
     pub(crate) fn new(blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
-        let memory = tc.env().shuffle.memory_outputs(&blocks);
-        ShuffleReader { blocks, memory, next_map: 0, current: None, spare: None, reduce, tc, records: 0, bytes: 0 }
+        let (memory, ranges) = tc.env().shuffle.copy_memory_segments(&blocks);
+        let memory = Arc::new(memory);
+        ShuffleReader {
+            blocks,
+            memory,
+            ranges,
+            next_map: 0,
+            current: None,
+            spare: None,
+            reduce,
+            tc,
+            records: 0,
+            bytes: 0,
+        }
     }
 }
 
@@ -67,23 +80,23 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         // the index file is there for a remote executor's transfer service.
         let (start, len) = (b.offset, b.len);
         let Some(path) = b.data.clone() else {
-            let bytes = self
-                .memory
-                .get_mut(i)
-                .and_then(Option::take)
+            let (at, n) = self
+                .ranges
+                .get(i)
+                .copied()
+                .flatten()
                 .ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
-            let end = start.checked_add(len).and_then(|e| usize::try_from(e).ok()).filter(|&e| e <= bytes.len());
-            let Some(end) = end else {
+            if n as u64 != len {
                 return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
-            };
-            let src: Box<dyn Read> = Box::new(SharedSlice { bytes, pos: start as usize, end });
+            }
+            let src: Box<dyn Read> = Box::new(SharedSlice { bytes: self.memory.clone(), pos: at, end: at + n });
             return Ok(self.decoder(src, Origin::ShuffleMemory { shuffle, map }, len));
         };
-        let mut f = File::open(&path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
+        let mut f = File::open(&*path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         let buf = (len as usize).clamp(64, 1 << 16);
         let src: Box<dyn Read> = Box::new(BufReader::with_capacity(buf, f).take(len));
-        Ok(self.decoder(src, Origin::Path(path), len))
+        Ok(self.decoder(src, Origin::Path(path.to_path_buf()), len))
     }
 }
 

@@ -348,9 +348,11 @@ impl<T: Data> Rdd<T> {
         if level == StorageLevel::None {
             return node.inner.compute(split, tc);
         }
-        tc.env().blocks.get_or_compute(node.id, split, level, tc, || {
+        // Records read back from the cache are checked too: a killed task stops reading them.
+        let cached = tc.env().blocks.get_or_compute(node.id, split, level, tc, || {
             Box::new(Interruptible::new(node.inner.compute(split, tc), tc))
-        })
+        });
+        Box::new(Interruptible::new(cached, tc))
     }
 }
 

@@ -171,20 +171,140 @@ fn a_failing_save_leaves_no_output_directory() {
     assert!(matches!(e, Error::OutputExists(_)), "{e:?}");
 }
 
-#[test]
-fn a_running_job_can_be_cancelled() {
-    let ctx = ctx();
-    let slow = ctx.parallelize((0..64).collect::<Vec<u64>>(), 4).map(|x| {
-        std::thread::sleep(Duration::from_millis(50));
-        x
+/// Records per partition of the slow jobs below; each record sleeps 5 ms, so a partition takes
+/// about two seconds and a 40-partition job on `local[2]` about forty. Fewer records than
+/// a check every 1024 records would need to notice a kill.
+const SLOW_RECORDS: u64 = 400;
+
+/// A 40-partition job of `40 * SLOW_RECORDS` records through `slow`, which must be a
+/// non-capturing closure calling [`slow_partition`] with the test's own counters.
+fn slow_job<F>(ctx: &Context, slow: F) -> ember_core::Rdd<u64>
+where
+    F: for<'a> Fn(ember_core::task::BoxIter<'a, u64>) -> ember_core::task::BoxIter<'a, u64> + Send + Sync + 'static,
+{
+    ctx.parallelize((0..40 * SLOW_RECORDS).collect::<Vec<u64>>(), 40).map_partitions(slow)
+}
+
+/// A slow partition: counts the task in `started` when it begins computing, and every record
+/// in `records`; each record sleeps 5 ms.
+fn slow_partition<'a>(
+    it: ember_core::task::BoxIter<'a, u64>,
+    started: &'static AtomicU64,
+    records: &'static AtomicU64,
+) -> ember_core::task::BoxIter<'a, u64> {
+    started.fetch_add(1, Ordering::SeqCst);
+    Box::new(it.inspect(move |_| {
+        records.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+    }))
+}
+
+/// Waits until `counter` is positive, at most ten seconds.
+fn wait_until_positive(counter: &AtomicU64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the job's tasks never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for a job on another thread; fails the test unless it ends within `limit`.
+fn wait_within<U: Send + 'static>(handle: ember_core::JobHandle<U>, limit: Duration) -> ember_core::Result<Vec<U>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.wait());
     });
-    let handle =
-        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    handle.cancel();
-    let e = handle.wait().unwrap_err();
-    assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
-    assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2);
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("the job did not end within {limit:?}"))
+}
+
+/// Asserts that no task adds to `records` from 250 ms after `cancelled_at` on: every running
+/// task stopped.
+fn assert_tasks_stopped(records: &AtomicU64, cancelled_at: std::time::Instant) {
+    // Killed tasks stop within one record (5 ms); leave them some time on a loaded machine.
+    std::thread::sleep(
+        (cancelled_at + Duration::from_millis(250)).saturating_duration_since(std::time::Instant::now()),
+    );
+    let settled = records.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(records.load(Ordering::SeqCst), settled, "killed tasks kept computing records");
+}
+
+fn collect_fn() -> ember_core::ship::Ship<dyn ember_core::PartitionFn<u64, Vec<u64>>> {
+    ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default())
+}
+
+static CANCEL_STARTED: AtomicU64 = AtomicU64::new(0);
+static CANCEL_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn a_cancelled_job_stops_its_running_tasks_and_never_starts_queued_ones() {
+    for ctx in both() {
+        CANCEL_STARTED.store(0, Ordering::SeqCst);
+        CANCEL_RECORDS.store(0, Ordering::SeqCst);
+        let slow = slow_job(&ctx, |it| slow_partition(it, &CANCEL_STARTED, &CANCEL_RECORDS));
+        let handle = ctx.submit_job(&slow, collect_fn(), None).unwrap();
+        let id = handle.id();
+        wait_until_positive(&CANCEL_RECORDS);
+        let cancelled_at = std::time::Instant::now();
+        handle.cancel();
+        let e = wait_within(handle, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+        assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancelling took {:?}", cancelled_at.elapsed());
+        assert_tasks_stopped(&CANCEL_RECORDS, cancelled_at);
+        // Two slots: the two running partitions started, the 38 queued ones never did.
+        let started = CANCEL_STARTED.load(Ordering::SeqCst);
+        assert!(started <= 4, "{started} of 40 partitions started after the cancel");
+        let summary = ctx.job_summaries().into_iter().find(|s| s.id == id).expect("a summary of the job");
+        assert!(!summary.succeeded);
+        assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 0, "{summary:?}");
+        assert_eq!(summary.stages.iter().map(|s| s.tasks).sum::<usize>(), 0, "{summary:?}");
+        assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2, "the context stays usable");
+    }
+}
+
+static GROUP_A_STARTED: AtomicU64 = AtomicU64::new(0);
+static GROUP_A_RECORDS: AtomicU64 = AtomicU64::new(0);
+static GROUP_B_STARTED: AtomicU64 = AtomicU64::new(0);
+static GROUP_B_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn cancelling_a_job_group_cancels_its_jobs_only() {
+    let ctx = ctx();
+    let submitter = ctx.clone();
+    let (a, b) = std::thread::spawn(move || {
+        submitter.set_job_group("g");
+        let a = submitter.submit_job(
+            &slow_job(&submitter, |it| slow_partition(it, &GROUP_A_STARTED, &GROUP_A_RECORDS)),
+            collect_fn(),
+            None,
+        );
+        let b = submitter.submit_job(
+            &slow_job(&submitter, |it| slow_partition(it, &GROUP_B_STARTED, &GROUP_B_RECORDS)),
+            collect_fn(),
+            None,
+        );
+        (a.unwrap(), b.unwrap())
+    })
+    .join()
+    .unwrap();
+    // Submitted from this thread, outside the group, and queued behind both group jobs.
+    let other = ctx.parallelize((0..1000u64).collect(), 4).map(|x| x * 3);
+    let other = ctx.submit_job(&other, collect_fn(), None).unwrap();
+    wait_until_positive(&GROUP_A_RECORDS);
+    let cancelled_at = std::time::Instant::now();
+    ctx.cancel_job_group("g");
+    for h in [a, b] {
+        let e = wait_within(h, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+        assert!(e.to_string().contains("`g`"), "{e}");
+    }
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancelling took {:?}", cancelled_at.elapsed());
+    let out: Vec<u64> = wait_within(other, Duration::from_secs(10)).unwrap().into_iter().flatten().collect();
+    assert_eq!(out, (0..1000u64).map(|x| x * 3).collect::<Vec<_>>());
+    assert_tasks_stopped(&GROUP_A_RECORDS, cancelled_at);
+    assert_tasks_stopped(&GROUP_B_RECORDS, cancelled_at);
+    let started = GROUP_A_STARTED.load(Ordering::SeqCst) + GROUP_B_STARTED.load(Ordering::SeqCst);
+    assert!(started <= 4, "{started} of 80 group partitions started");
 }
 
 /// A user partitioner that answers out of range.

@@ -85,20 +85,81 @@ fn lost_map_output_is_recomputed_from_lineage() {
     }
 }
 
+/// Pairs `(i, i * 2)` for `i < 40_000` summed by `key % 1000`, through a shuffle of four map
+/// tasks (file outputs) and three reducers, as a `Vec` model computes them.
+fn modelled_sums() -> Vec<(u64, u64)> {
+    let mut sums = vec![0u64; 1000];
+    for i in 0..40_000u64 {
+        sums[(i % 1000) as usize] += i * 2;
+    }
+    sums.into_iter().enumerate().map(|(k, v)| (k as u64, v)).collect()
+}
+
 #[test]
 fn corrupt_shuffle_file_is_detected_and_recomputed() {
-    let ctx = ctx();
-    // Large enough map outputs to be written to files.
-    let r = ctx.parallelize((0..300_000u64).map(|i| (i, i.to_string())).collect(), 2).reduce_by_key(|a, _| a, Some(2));
-    assert_eq!(r.count().unwrap(), 300_000);
-    let dep = shuffle_dep(&r);
-    let statuses = ctx.map_output_tracker().statuses(dep.shuffle_id());
-    let path = statuses[0].as_ref().and_then(|s| s.data.clone()).expect("a file-backed map output");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x5a;
-    std::fs::write(&path, bytes).unwrap();
-    assert_eq!(r.count().unwrap(), 300_000, "a checksum mismatch triggers recomputation");
+    for serialize in [false, true] {
+        let ctx = ctx_conf(&[("ember.shuffle.inMemoryThreshold", "0")], serialize);
+        let r = ctx
+            .parallelize((0..40_000u64).map(|i| (i % 1000, i * 2)).collect(), 4)
+            .reduce_by_key(|a, b| a + b, Some(3));
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums());
+        let shuffle = shuffle_dep(&r).shuffle_id();
+        let status = ctx.map_output_tracker().statuses(shuffle)[1].clone().expect("map 1 is registered");
+        let path = status.data.clone().expect("a file-backed map output");
+        // Flip a byte in the middle of every segment of map 1, so whichever reducer reads first
+        // meets corrupt data.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut start = 0usize;
+        for &len in &status.sizes {
+            if len > 0 {
+                bytes[start + len as usize / 2] ^= 0x5a;
+            }
+            start += len as usize;
+        }
+        std::fs::write(&path, bytes).unwrap();
+
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums(), "the corrupt output is recomputed");
+        let summary = ctx.last_job_summary().unwrap();
+        let stages: Vec<(String, usize, u32)> =
+            summary.stages.iter().map(|s| (s.name.clone(), s.launched, s.fetch_failures)).collect();
+        let map_stage = summary.stages.iter().find(|s| s.name.starts_with("shuffle ")).expect("the map stage ran");
+        assert_eq!(map_stage.launched, 1, "only the corrupt map ran again: {stages:?}");
+        let reading = summary.stages.iter().find(|s| !s.name.starts_with("shuffle ")).expect("the reading stage");
+        assert!(reading.fetch_failures > 0, "the reader recorded a fetch failure: {stages:?}");
+        assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 0, "{stages:?}");
+    }
+}
+
+#[test]
+fn accumulator_updates_count_once_per_successful_task_even_when_a_map_is_recomputed() {
+    for ctx in both() {
+        let mapped = ctx.long_accumulator();
+        let reduced = ctx.long_accumulator();
+        let summed = ctx
+            .parallelize((0..40_000u64).collect(), 4)
+            .map_with(mapped.clone(), |acc, i| {
+                acc.add(1);
+                (i % 1000, i * 2)
+            })
+            .reduce_by_key(|a, b| a + b, Some(3));
+        let r = summed.map_with(reduced.clone(), |acc, kv| {
+            acc.add(1);
+            kv
+        });
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums());
+        assert_eq!(mapped.value().unwrap(), 40_000, "each map task's updates merged once");
+        assert_eq!(reduced.value().unwrap(), 1000);
+
+        // Lose map 1's output: the next action's reducers fail to fetch it, and map task 1 runs
+        // again. Its updates are merged again, as in Spark: a recomputed transformation counts
+        // once per successful task. The reduce attempts that failed to fetch merge nothing.
+        assert!(lose_map_output(&ctx, shuffle_dep(&summed).shuffle_id(), 1));
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums());
+        let summary = ctx.last_job_summary().unwrap();
+        assert!(summary.stages.iter().any(|s| s.fetch_failures > 0), "{summary:?}");
+        assert_eq!(mapped.value().unwrap(), 40_000 + 10_000, "map task 1 (10,000 records) ran again once");
+        assert_eq!(reduced.value().unwrap(), 2000, "each reduce partition's successful task counts once");
+    }
 }
 
 #[test]

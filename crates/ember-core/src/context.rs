@@ -265,7 +265,14 @@ impl Context {
                     .into(),
             ));
         }
-        let n = rdd.num_partitions();
+        // User code (a partitioner's `num_partitions`) runs here: its panic fails this job only.
+        let n = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rdd.num_partitions())).map_err(|p| {
+            Error::UserPanic(format!(
+                "a user function panicked on the driver while counting the partitions of {}: {}",
+                rdd.as_base().describe(),
+                crate::task::panic_message(&*p)
+            ))
+        })?;
         let partitions = partitions.unwrap_or_else(|| (0..n).collect());
         if let Some(bad) = partitions.iter().find(|&&p| p >= n) {
             return Err(Error::InvalidArgument(format!("partition {bad} out of range: the RDD has {n}")));

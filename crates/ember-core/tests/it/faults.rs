@@ -425,3 +425,130 @@ fn an_action_inside_a_task_is_refused_not_deadlocked() {
         .unwrap_err();
     assert!(e.to_string().contains("actions run only on the driver"), "{e}");
 }
+
+/// A user partitioner whose `num_partitions` panics: it is called on the driver, when the job
+/// is submitted and its stages are planned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsOnCount;
+
+impl ember_core::Partitioner<u32> for PanicsOnCount {
+    fn num_partitions(&self) -> usize {
+        panic!("num_partitions exploded")
+    }
+    fn partition(&self, _: &u32) -> usize {
+        0
+    }
+}
+
+/// A user partitioner whose `partition` panics: it runs in the map tasks.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsOnPartition;
+
+impl ember_core::Partitioner<u32> for PanicsOnPartition {
+    fn num_partitions(&self) -> usize {
+        2
+    }
+    fn partition(&self, _: &u32) -> usize {
+        panic!("partition exploded")
+    }
+}
+
+/// The context still runs jobs correctly.
+fn assert_usable(ctx: &Context) {
+    let out = ctx.parallelize((0..100u32).map(|i| (i % 3, i)).collect(), 4).reduce_by_key(|a, b| a + b, Some(2));
+    let mut out = out.collect().unwrap();
+    out.sort();
+    let model: Vec<(u32, u32)> = (0..3).map(|k| (k, (0..100).filter(|i| i % 3 == k).sum())).collect();
+    assert_eq!(out, model);
+}
+
+#[test]
+fn a_panicking_partitioner_fails_only_its_job() {
+    for ctx in both() {
+        let e = ctx.parallelize(vec![(1u32, 1u32), (2, 2)], 2).partition_by(PanicsOnCount).collect().unwrap_err();
+        assert!(matches!(e, Error::UserPanic(_)), "{e:?}");
+        assert!(e.to_string().contains("num_partitions exploded"), "{e}");
+        assert_usable(&ctx);
+        let e = ctx.parallelize(vec![(1u32, 1u32), (2, 2)], 2).partition_by(PanicsOnPartition).collect().unwrap_err();
+        assert!(e.to_string().contains("partition exploded"), "{e}");
+        assert_usable(&ctx);
+    }
+}
+
+/// A record whose `Serialize` impl panics.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Unserializable(u32);
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+        panic!("Unserializable({}) refuses to be encoded", self.0)
+    }
+}
+
+#[test]
+fn a_panicking_serialize_impl_fails_only_its_job() {
+    let ctx = ctx_with(true);
+    // The records travel inside the task, encoded on the driver's event loop thread.
+    let e = ctx.parallelize(vec![Unserializable(7), Unserializable(8)], 2).count().unwrap_err();
+    assert!(matches!(e, Error::UserPanic(_)), "{e:?}");
+    assert!(e.to_string().contains("refuses to be encoded"), "{e}");
+    assert_usable(&ctx);
+    // A job running at the same time is not failed by the panic.
+    let slow = ctx.parallelize((0..8u32).collect(), 2).map(|x| {
+        std::thread::sleep(Duration::from_millis(20));
+        x * 2
+    });
+    let running =
+        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None);
+    let running = running.unwrap();
+    let e = ctx.parallelize(vec![Unserializable(9)], 1).count().unwrap_err();
+    assert!(e.to_string().contains("refuses to be encoded"), "{e}");
+    let out: Vec<u32> = running.wait().unwrap().into_iter().flatten().collect();
+    assert_eq!(out, (0..8u32).map(|x| x * 2).collect::<Vec<_>>());
+}
+
+/// Runs `f` on a thread and fails the test unless it returns within ten seconds.
+fn within_deadline(f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("no deadlock or panic: the thread returns in time");
+}
+
+#[test]
+fn dropping_the_last_context_on_another_thread_neither_deadlocks_nor_panics() {
+    for serialize in [false, true] {
+        let ctx = ctx_with(serialize);
+        assert_usable(&ctx);
+        within_deadline(move || {
+            assert_eq!(ctx.parallelize(vec![1, 2, 3], 2).count().unwrap(), 3);
+            drop(ctx);
+        });
+    }
+}
+
+static HELD: std::sync::Mutex<Option<Context>> = std::sync::Mutex::new(None);
+static DROPPED_IN_TASK: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn dropping_the_last_context_inside_a_task_neither_deadlocks_nor_panics() {
+    within_deadline(|| {
+        let ctx = ctx();
+        let rdd = ctx.parallelize((0..4u32).collect(), 4);
+        *HELD.lock().unwrap() = Some(ctx);
+        // The RDD and the job's task bodies hold the other handles; the task takes the held one
+        // and drops it, so the very last handle goes away on a task or scheduler thread.
+        let r = rdd.foreach(|_| {
+            if let Some(c) = HELD.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                drop(c);
+                DROPPED_IN_TASK.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        assert!(r.is_ok(), "{r:?}");
+        drop(rdd);
+    });
+    assert_eq!(DROPPED_IN_TASK.load(Ordering::SeqCst), 1);
+    assert!(HELD.lock().unwrap().is_none());
+}

@@ -522,33 +522,78 @@ fn dropping_the_last_context_on_another_thread_neither_deadlocks_nor_panics() {
     for serialize in [false, true] {
         let ctx = ctx_with(serialize);
         assert_usable(&ctx);
+        let local_dir = ctx.env().local_dir.clone();
+        watch_teardown_panics();
         within_deadline(move || {
             assert_eq!(ctx.parallelize(vec![1, 2, 3], 2).count().unwrap(), 3);
             drop(ctx);
+            wait_until_removed(&local_dir);
         });
+        assert_eq!(TEARDOWN_PANICS.load(Ordering::SeqCst), 0, "a thread panicked while the context stopped");
     }
 }
 
 static HELD: std::sync::Mutex<Option<Context>> = std::sync::Mutex::new(None);
 static DROPPED_IN_TASK: AtomicU64 = AtomicU64::new(0);
 
+/// Panics raised on any thread while a context was being torn down, counted by
+/// [`watch_teardown_panics`].
+static TEARDOWN_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts panics about joining threads (a thread that waits for itself) or stopping the
+/// context, on every thread: the engine's own hook reports panics on its threads only at debug
+/// level, so this hook wraps it. Call after a context exists, so the engine's hook is in place.
+fn watch_teardown_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.to_string();
+            if message.contains("failed to join thread") {
+                TEARDOWN_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Waits until the context that owned `local_dir` is gone: dropping its last handle stops the
+/// scheduler and the task threads, then removes the directory.
+fn wait_until_removed(local_dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while local_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "the context was never fully dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn dropping_the_last_context_inside_a_task_neither_deadlocks_nor_panics() {
     within_deadline(|| {
         let ctx = ctx();
-        let rdd = ctx.parallelize((0..4u32).collect(), 4);
-        *HELD.lock().unwrap() = Some(ctx);
-        // The RDD and the job's task bodies hold the other handles; the task takes the held one
-        // and drops it, so the very last handle goes away on a task or scheduler thread.
-        let r = rdd.foreach(|_| {
+        watch_teardown_panics();
+        let local_dir = ctx.env().local_dir.clone();
+        let rdd = ctx.parallelize((0..4u32).collect(), 4).map(|x| {
+            // The task takes the held handle and drops it.
             if let Some(c) = HELD.lock().unwrap_or_else(|p| p.into_inner()).take() {
                 drop(c);
                 DROPPED_IN_TASK.fetch_add(1, Ordering::SeqCst);
             }
+            x
         });
-        assert!(r.is_ok(), "{r:?}");
-        drop(rdd);
+        *HELD.lock().unwrap() = Some(ctx.clone());
+        let handle = ctx.submit_job(&rdd, collect_fn_u32(), None).unwrap();
+        // The driver lets go of every handle; the rest are held by the job's stage (on the
+        // scheduler thread) and its task bodies (on task threads), so the very last handle goes
+        // away on one of those threads, which must not wait for itself.
+        drop((handle, rdd, ctx));
+        wait_until_removed(&local_dir);
     });
     assert_eq!(DROPPED_IN_TASK.load(Ordering::SeqCst), 1);
+    assert_eq!(TEARDOWN_PANICS.load(Ordering::SeqCst), 0, "a thread panicked while the context stopped");
     assert!(HELD.lock().unwrap().is_none());
+}
+
+fn collect_fn_u32() -> ember_core::ship::Ship<dyn ember_core::PartitionFn<u32, Vec<u32>>> {
+    ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default())
 }

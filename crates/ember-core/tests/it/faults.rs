@@ -297,29 +297,74 @@ fn collect_fn() -> ember_core::ship::Ship<dyn ember_core::PartitionFn<u64, Vec<u
 static CANCEL_STARTED: AtomicU64 = AtomicU64::new(0);
 static CANCEL_RECORDS: AtomicU64 = AtomicU64::new(0);
 
+/// Submits `slow` (whose partitions count into `started` and `records`), cancels it once records
+/// flow, and asserts what cancellation promises: the job ends with `Error::Cancelled` at once,
+/// its running tasks stop computing, its queued tasks never start, and nothing counts as a
+/// failed attempt.
+fn assert_cancel_stops_work(ctx: &Context, slow: &ember_core::Rdd<u64>, started: &AtomicU64, records: &AtomicU64) {
+    let handle = ctx.submit_job(slow, collect_fn(), None).unwrap();
+    let id = handle.id();
+    wait_until_positive(records);
+    let cancelled_at = std::time::Instant::now();
+    handle.cancel();
+    let e = wait_within(handle, Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancelling took {:?}", cancelled_at.elapsed());
+    assert_tasks_stopped(records, cancelled_at);
+    // Two slots: the two running partitions started, the queued ones never did.
+    let started = started.load(Ordering::SeqCst);
+    assert!(started <= 4, "{started} of {} partitions started", slow.num_partitions());
+    let summary = ctx.job_summaries().into_iter().find(|s| s.id == id).expect("a summary of the job");
+    assert!(!summary.succeeded);
+    assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 0, "{summary:?}");
+    assert_eq!(summary.stages.iter().map(|s| s.tasks).sum::<usize>(), 0, "{summary:?}");
+    assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2, "the context stays usable");
+}
+
 #[test]
 fn a_cancelled_job_stops_its_running_tasks_and_never_starts_queued_ones() {
     for ctx in both() {
         CANCEL_STARTED.store(0, Ordering::SeqCst);
         CANCEL_RECORDS.store(0, Ordering::SeqCst);
         let slow = slow_job(&ctx, |it| slow_partition(it, &CANCEL_STARTED, &CANCEL_RECORDS));
-        let handle = ctx.submit_job(&slow, collect_fn(), None).unwrap();
-        let id = handle.id();
-        wait_until_positive(&CANCEL_RECORDS);
-        let cancelled_at = std::time::Instant::now();
-        handle.cancel();
-        let e = wait_within(handle, Duration::from_secs(5)).unwrap_err();
-        assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
-        assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancelling took {:?}", cancelled_at.elapsed());
-        assert_tasks_stopped(&CANCEL_RECORDS, cancelled_at);
-        // Two slots: the two running partitions started, the 38 queued ones never did.
-        let started = CANCEL_STARTED.load(Ordering::SeqCst);
-        assert!(started <= 4, "{started} of 40 partitions started after the cancel");
-        let summary = ctx.job_summaries().into_iter().find(|s| s.id == id).expect("a summary of the job");
-        assert!(!summary.succeeded);
-        assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 0, "{summary:?}");
-        assert_eq!(summary.stages.iter().map(|s| s.tasks).sum::<usize>(), 0, "{summary:?}");
-        assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2, "the context stays usable");
+        assert_cancel_stops_work(&ctx, &slow, &CANCEL_STARTED, &CANCEL_RECORDS);
+    }
+}
+
+static CACHED_STARTED: AtomicU64 = AtomicU64::new(0);
+static CACHED_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn a_cancelled_job_stops_reading_cached_blocks() {
+    for ctx in both() {
+        CACHED_STARTED.store(0, Ordering::SeqCst);
+        CACHED_RECORDS.store(0, Ordering::SeqCst);
+        let cached = ctx.parallelize((0..40 * SLOW_RECORDS).collect::<Vec<u64>>(), 40).cache().unwrap();
+        assert_eq!(cached.count().unwrap(), 40 * SLOW_RECORDS);
+        // The slow function reads every record from the cache, not from the source.
+        let slow = cached.map_partitions(|it| slow_partition(it, &CACHED_STARTED, &CACHED_RECORDS));
+        assert_cancel_stops_work(&ctx, &slow, &CACHED_STARTED, &CACHED_RECORDS);
+    }
+}
+
+static TEXT_STARTED: AtomicU64 = AtomicU64::new(0);
+static TEXT_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn a_cancelled_job_stops_reading_text_input() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in 0..40u64 {
+        let lines: String = (0..SLOW_RECORDS).map(|i| format!("{}\n", f * SLOW_RECORDS + i)).collect();
+        std::fs::write(dir.path().join(format!("part-{f:02}.txt")), lines).unwrap();
+    }
+    for ctx in both() {
+        TEXT_STARTED.store(0, Ordering::SeqCst);
+        TEXT_RECORDS.store(0, Ordering::SeqCst);
+        let lines = ctx.text_file(dir.path().to_str().unwrap(), 40).unwrap();
+        let slow = lines
+            .map(|l: String| l.parse::<u64>().unwrap_or_default())
+            .map_partitions(|it| slow_partition(it, &TEXT_STARTED, &TEXT_RECORDS));
+        assert_cancel_stops_work(&ctx, &slow, &TEXT_STARTED, &TEXT_RECORDS);
     }
 }
 

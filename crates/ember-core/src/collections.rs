@@ -497,6 +497,40 @@ impl<K: Data + Ord, V: Data> Iterator for SortMerge<'_, K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+    use std::sync::Arc;
+
+    /// A task context in a scratch executor, with its kill flag.
+    fn task(dir: &Path) -> (TaskContext, Arc<AtomicBool>) {
+        let settings = crate::conf::EmberConf::new().settings().expect("default settings");
+        let tracker = Arc::new(crate::scheduler::MapOutputTracker::new());
+        let env = Arc::new(crate::env::Env::new(&settings, dir.to_path_buf(), tracker).expect("an executor env"));
+        let kill = Arc::new(AtomicBool::new(false));
+        (TaskContext::new(crate::task::StageId(0), 0, 0, 1, env, kill.clone()), kill)
+    }
+
+    #[test]
+    fn a_killed_task_stops_filling_aggregating_and_sorting() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (tc, kill) = task(dir.path());
+        let mut map = SpillableMap::<u64, u64>::new(&tc);
+        let mut sorter = ExternalSorter::<u64, u64>::new(&tc, true);
+        for i in 0..1000 {
+            map.insert(i, i, |x| x, |c, x| c + x).expect("inserts while alive");
+            sorter.insert((i, i)).expect("inserts while alive");
+        }
+        kill.store(true, AtomicOrdering::Relaxed);
+        // Inserting stops within one memory check; draining stops at once.
+        let refused = (0..CHECK_EVERY).map(|i| map.insert(i, i, |x| x, |c, x| c + x)).find(|r| r.is_err());
+        assert!(matches!(refused, Some(Err(Error::Cancelled(_)))), "{refused:?}");
+        let refused = (0..CHECK_EVERY).map(|i| sorter.insert((i, i))).find(|r| r.is_err());
+        assert!(matches!(refused, Some(Err(Error::Cancelled(_)))), "{refused:?}");
+        assert!(matches!(map.into_iter(|a, b| a + b), Err(Error::Cancelled(_))));
+        assert!(matches!(sorter.into_iter(), Err(Error::Cancelled(_))));
+        // A spill of a killed task stops too.
+        let spilled = write_spill(&tc, "test", (0..10u64).map(|i| (i, i)));
+        assert!(matches!(spilled, Err(Error::Cancelled(_))), "{:?}", spilled.map(|(_, n)| n));
+    }
 
     #[test]
     fn permutation_and_prefixes() {

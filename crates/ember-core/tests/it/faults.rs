@@ -642,3 +642,33 @@ fn dropping_the_last_context_inside_a_task_neither_deadlocks_nor_panics() {
 fn collect_fn_u32() -> ember_core::ship::Ship<dyn ember_core::PartitionFn<u32, Vec<u32>>> {
     ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default())
 }
+
+/// A record whose `Deserialize` impl panics: made inside tasks, it is decoded only on the
+/// driver, when an encoded result arrives at the scheduler.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Undecodable(u32);
+
+impl<'de> serde::Deserialize<'de> for Undecodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        panic!("Undecodable refuses to be decoded")
+    }
+}
+
+#[test]
+fn a_panic_decoding_a_result_fails_only_its_job() {
+    let ctx = ctx_with(true);
+    // A job in flight at the same time, on the same scheduler: one slow task on one slot, while
+    // the other slot runs the failing job.
+    let slow = ctx.parallelize((0..8u32).collect(), 1).map(|x| {
+        std::thread::sleep(Duration::from_millis(50));
+        x * 2
+    });
+    let running =
+        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None).unwrap();
+    let e = ctx.parallelize(vec![1u32, 2], 2).map(Undecodable).collect().unwrap_err();
+    assert!(matches!(e, Error::UserPanic(_)), "{e:?}");
+    assert!(e.to_string().contains("refuses to be decoded"), "{e}");
+    let out: Vec<u32> = running.wait().unwrap().into_iter().flatten().collect();
+    assert_eq!(out, (0..8u32).map(|x| x * 2).collect::<Vec<_>>());
+    assert_usable(&ctx);
+}

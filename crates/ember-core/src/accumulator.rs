@@ -1,5 +1,12 @@
 //! Accumulators: variables that tasks add to and the driver reads. Updates made by a task are
 //! buffered with the task and merged on the driver only when the task succeeds, once per task.
+//!
+//! What that guarantees is Spark's rule: each successful task attempt's updates are merged
+//! exactly once; failed attempts, killed attempts and attempts whose result the scheduler
+//! discards (a losing duplicate) merge nothing. A partition computed again is a new task: when a
+//! map output is lost and its map task reruns for a later job, or an evicted cached block is
+//! recomputed, the updates made inside those transformations are merged again. Only updates made
+//! inside an action's own function (`foreach`) are counted once per record per action.
 
 use std::any::Any;
 use std::cell::RefCell;

@@ -17,10 +17,20 @@ use crate::data::{stable_hash, Data, SizeSampler};
 use crate::error::{Error, Result};
 use crate::storage::MemoryConsumer;
 use crate::stream::{ChunkDecoder, StreamWriter};
-use crate::task::TaskContext;
+use crate::task::{Interruptible, TaskContext};
 
-/// How often (in inserts) memory use is checked.
+/// How often (in inserts) memory use and cancellation are checked.
 const CHECK_EVERY: u64 = 64;
+
+/// Fails with `Error::Cancelled` once the task was killed, so loops that fill, sort or spill a
+/// collection stop even when their input is not an interruptible iterator.
+#[inline]
+fn check_killed(tc: &TaskContext) -> Result<()> {
+    if tc.is_killed() {
+        return Err(Error::Cancelled("the task was killed".into()));
+    }
+    Ok(())
+}
 
 /// A spill file, deleted when dropped.
 pub(crate) struct SpillFile {
@@ -51,6 +61,7 @@ pub(crate) fn write_spill<'r, R: serde::Serialize + 'r>(
     let spill = SpillFile { path: path.clone() };
     let mut w = StreamWriter::new(BufWriter::with_capacity(1 << 16, file), tc.env().codec, &path);
     for r in records {
+        check_killed(tc)?;
         w.write(&r)?;
     }
     let n = w.position();
@@ -117,6 +128,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
             }
         }
         if self.ops % CHECK_EVERY == 0 {
+            check_killed(self.tc)?;
             self.maybe_spill()?;
         }
         Ok(())
@@ -158,8 +170,9 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
     /// Iterates all (key, combiner) entries, in no particular order, combining across spills
     /// with `merge`.
     pub(crate) fn into_iter(mut self, merge: impl Fn(C, C) -> C + 'a) -> Result<Box<dyn Iterator<Item = (K, C)> + 'a>> {
+        check_killed(self.tc)?;
         if self.spills.is_empty() {
-            return Ok(Box::new(std::mem::take(&mut self.map).into_iter()));
+            return Ok(Box::new(Interruptible::new(std::mem::take(&mut self.map).into_iter(), self.tc)));
         }
         let mem = self.sorted_entries();
         let mut runs: Vec<Run<'a, K, C>> = Vec::new();
@@ -305,6 +318,7 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
         }
         self.buf.push(kv);
         if n % CHECK_EVERY == 0 {
+            check_killed(self.tc)?;
             let used = self.buf.capacity() as u64 * std::mem::size_of::<(K, V)>() as u64
                 + self.buf.len() as u64
                     * self.sampler.per_record().saturating_sub(std::mem::size_of::<(K, V)>() as u64);
@@ -335,6 +349,7 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
     }
 
     fn spill(&mut self, used: u64) -> Result<()> {
+        check_killed(self.tc)?;
         self.sort_buf();
         let buf = std::mem::take(&mut self.buf);
         let (file, bytes) = write_spill(self.tc, "sort", buf.iter())?;
@@ -347,10 +362,12 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
 
     /// Iterates all records in key order.
     pub(crate) fn into_iter(mut self) -> Result<Box<dyn Iterator<Item = (K, V)> + 'a>> {
+        check_killed(self.tc)?;
         self.sort_buf();
+        check_killed(self.tc)?;
         let buf = std::mem::take(&mut self.buf);
         if self.spills.is_empty() {
-            return Ok(Box::new(buf.into_iter()));
+            return Ok(Box::new(Interruptible::new(buf.into_iter(), self.tc)));
         }
         let mut runs: Vec<Run<'a, K, V>> = Vec::new();
         for s in &self.spills {
@@ -481,6 +498,40 @@ impl<K: Data + Ord, V: Data> Iterator for SortMerge<'_, K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+    use std::sync::Arc;
+
+    /// A task context in a scratch executor, with its kill flag.
+    fn task(dir: &Path) -> (TaskContext, Arc<AtomicBool>) {
+        let settings = crate::conf::EmberConf::new().settings().expect("default settings");
+        let tracker = Arc::new(crate::scheduler::MapOutputTracker::new());
+        let env = Arc::new(crate::env::Env::new(&settings, dir.to_path_buf(), tracker).expect("an executor env"));
+        let kill = Arc::new(AtomicBool::new(false));
+        (TaskContext::new(crate::task::StageId(0), 0, 0, 1, env, kill.clone()), kill)
+    }
+
+    #[test]
+    fn a_killed_task_stops_filling_aggregating_and_sorting() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (tc, kill) = task(dir.path());
+        let mut map = SpillableMap::<u64, u64>::new(&tc);
+        let mut sorter = ExternalSorter::<u64, u64>::new(&tc, true);
+        for i in 0..1000 {
+            map.insert(i, i, |x| x, |c, x| c + x).expect("inserts while alive");
+            sorter.insert((i, i)).expect("inserts while alive");
+        }
+        kill.store(true, AtomicOrdering::Relaxed);
+        // Inserting stops within one memory check; draining stops at once.
+        let refused = (0..CHECK_EVERY).map(|i| map.insert(i, i, |x| x, |c, x| c + x)).find(|r| r.is_err());
+        assert!(matches!(refused, Some(Err(Error::Cancelled(_)))), "{refused:?}");
+        let refused = (0..CHECK_EVERY).map(|i| sorter.insert((i, i))).find(|r| r.is_err());
+        assert!(matches!(refused, Some(Err(Error::Cancelled(_)))), "{refused:?}");
+        assert!(matches!(map.into_iter(|a, b| a + b), Err(Error::Cancelled(_))));
+        assert!(matches!(sorter.into_iter(), Err(Error::Cancelled(_))));
+        // A spill of a killed task stops too.
+        let spilled = write_spill(&tc, "test", (0..10u64).map(|i| (i, i)));
+        assert!(matches!(spilled, Err(Error::Cancelled(_))), "{:?}", spilled.map(|(_, n)| n));
+    }
 
     #[test]
     fn permutation_and_prefixes() {

@@ -265,7 +265,14 @@ impl Context {
                     .into(),
             ));
         }
-        let n = rdd.num_partitions();
+        // User code (a partitioner's `num_partitions`) runs here: its panic fails this job only.
+        let n = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rdd.num_partitions())).map_err(|p| {
+            Error::UserPanic(format!(
+                "a user function panicked on the driver while counting the partitions of {}: {}",
+                rdd.as_base().describe(),
+                crate::task::panic_message(&*p)
+            ))
+        })?;
         if n as u64 > crate::conf::MAX_PARTITIONS {
             return Err(Error::InvalidArgument(format!(
                 "the RDD has {n} partitions; at most {} are supported",

@@ -348,9 +348,11 @@ impl<T: Data> Rdd<T> {
         if level == StorageLevel::None {
             return node.inner.compute(split, tc);
         }
-        tc.env().blocks.get_or_compute(node.id, split, level, tc, || {
+        // Records read back from the cache are checked too: a killed task stops reading them.
+        let cached = tc.env().blocks.get_or_compute(node.id, split, level, tc, || {
             Box::new(Interruptible::new(node.inner.compute(split, tc), tc))
-        })
+        });
+        Box::new(Interruptible::new(cached, tc))
     }
 }
 
@@ -391,6 +393,26 @@ struct DecodeSession {
 thread_local! {
     static ENCODING: std::cell::RefCell<Option<EncodeSession>> = const { std::cell::RefCell::new(None) };
     static DECODING: std::cell::RefCell<Option<DecodeSession>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ends this thread's encode session when the outermost encode returns, even by unwinding: a
+/// user `Serialize` impl that panics must not leave a session behind, or every later encode on
+/// the thread (the scheduler's) would be taken for a nested one and lose its node table.
+struct EncodingGuard;
+
+impl Drop for EncodingGuard {
+    fn drop(&mut self) {
+        ENCODING.with(|e| e.borrow_mut().take());
+    }
+}
+
+/// Ends this thread's decode session when the outermost decode returns, even by unwinding.
+struct DecodingGuard;
+
+impl Drop for DecodingGuard {
+    fn drop(&mut self) {
+        DECODING.with(|d| d.borrow_mut().take());
+    }
 }
 
 impl<T: Data> Rdd<T> {
@@ -457,8 +479,10 @@ impl<T: Data> Serialize for Rdd<T> {
             return self.node_ref().serialize(s);
         }
         ENCODING.with(|e| *e.borrow_mut() = Some(EncodeSession::default()));
+        let guard = EncodingGuard;
         let registered = self.register();
         let session = ENCODING.with(|e| e.borrow_mut().take()).unwrap_or_default();
+        drop(guard);
         registered.map_err(serde::ser::Error::custom)?;
         Lineage { nodes: session.nodes, root: self.node_ref() }.serialize(s)
     }
@@ -474,8 +498,9 @@ impl<'de, T: Data> Deserialize<'de> for Rdd<T> {
         let lineage = Lineage::deserialize(d)?;
         let session = DecodeSession { bytes: lineage.nodes.into_iter().collect(), decoded: Default::default() };
         DECODING.with(|s| *s.borrow_mut() = Some(session));
+        let guard = DecodingGuard;
         let root = Rdd::resolve(lineage.root);
-        DECODING.with(|s| s.borrow_mut().take());
+        drop(guard);
         root.map_err(|e| crate::ship::decode_failed(e.to_string()))
     }
 }

@@ -655,8 +655,18 @@ impl State {
         }
         job.finished[index] = true;
         job.num_finished += 1;
+        // Decoding the result runs the user's `Deserialize` impl: its panic fails this job only,
+        // not every job in flight.
         let res = match job.listener.as_mut() {
-            Some(l) => l.task_succeeded(index, output),
+            Some(l) => std::panic::catch_unwind(AssertUnwindSafe(|| l.task_succeeded(index, output))).unwrap_or_else(
+                |payload| {
+                    Err(Error::UserPanic(format!(
+                        "a user function panicked on the driver while decoding a result of job {}: {}",
+                        job_id.0,
+                        panic_message(&*payload)
+                    )))
+                },
+            ),
             None => Ok(()),
         };
         if let Err(e) = res {

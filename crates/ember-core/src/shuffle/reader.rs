@@ -108,7 +108,8 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                 match dec.next_record() {
                     Ok(Some(r)) => {
                         self.records += 1;
-                        if self.records & 63 == 0 && self.tc.should_stop() {
+                        // Every record: a killed reducer stops however slow its consumer is.
+                        if self.tc.should_stop() {
                             return None;
                         }
                         return Some(r);

@@ -85,20 +85,81 @@ fn lost_map_output_is_recomputed_from_lineage() {
     }
 }
 
+/// Pairs `(i, i * 2)` for `i < 40_000` summed by `key % 1000`, through a shuffle of four map
+/// tasks (file outputs) and three reducers, as a `Vec` model computes them.
+fn modelled_sums() -> Vec<(u64, u64)> {
+    let mut sums = vec![0u64; 1000];
+    for i in 0..40_000u64 {
+        sums[(i % 1000) as usize] += i * 2;
+    }
+    sums.into_iter().enumerate().map(|(k, v)| (k as u64, v)).collect()
+}
+
 #[test]
 fn corrupt_shuffle_file_is_detected_and_recomputed() {
-    let ctx = ctx();
-    // Large enough map outputs to be written to files.
-    let r = ctx.parallelize((0..300_000u64).map(|i| (i, i.to_string())).collect(), 2).reduce_by_key(|a, _| a, Some(2));
-    assert_eq!(r.count().unwrap(), 300_000);
-    let dep = shuffle_dep(&r);
-    let statuses = ctx.map_output_tracker().statuses(dep.shuffle_id());
-    let path = statuses[0].as_ref().and_then(|s| s.data.clone()).expect("a file-backed map output");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x5a;
-    std::fs::write(&path, bytes).unwrap();
-    assert_eq!(r.count().unwrap(), 300_000, "a checksum mismatch triggers recomputation");
+    for serialize in [false, true] {
+        let ctx = ctx_conf(&[("ember.shuffle.inMemoryThreshold", "0")], serialize);
+        let r = ctx
+            .parallelize((0..40_000u64).map(|i| (i % 1000, i * 2)).collect(), 4)
+            .reduce_by_key(|a, b| a + b, Some(3));
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums());
+        let shuffle = shuffle_dep(&r).shuffle_id();
+        let status = ctx.map_output_tracker().statuses(shuffle)[1].clone().expect("map 1 is registered");
+        let path = status.data.clone().expect("a file-backed map output");
+        // Flip a byte in the middle of every segment of map 1, so whichever reducer reads first
+        // meets corrupt data.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut start = 0usize;
+        for &len in &status.sizes {
+            if len > 0 {
+                bytes[start + len as usize / 2] ^= 0x5a;
+            }
+            start += len as usize;
+        }
+        std::fs::write(&path, bytes).unwrap();
+
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums(), "the corrupt output is recomputed");
+        let summary = ctx.last_job_summary().unwrap();
+        let stages: Vec<(String, usize, u32)> =
+            summary.stages.iter().map(|s| (s.name.clone(), s.launched, s.fetch_failures)).collect();
+        let map_stage = summary.stages.iter().find(|s| s.name.starts_with("shuffle ")).expect("the map stage ran");
+        assert_eq!(map_stage.launched, 1, "only the corrupt map ran again: {stages:?}");
+        let reading = summary.stages.iter().find(|s| !s.name.starts_with("shuffle ")).expect("the reading stage");
+        assert!(reading.fetch_failures > 0, "the reader recorded a fetch failure: {stages:?}");
+        assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 0, "{stages:?}");
+    }
+}
+
+#[test]
+fn accumulator_updates_count_once_per_successful_task_even_when_a_map_is_recomputed() {
+    for ctx in both() {
+        let mapped = ctx.long_accumulator();
+        let reduced = ctx.long_accumulator();
+        let summed = ctx
+            .parallelize((0..40_000u64).collect(), 4)
+            .map_with(mapped.clone(), |acc, i| {
+                acc.add(1);
+                (i % 1000, i * 2)
+            })
+            .reduce_by_key(|a, b| a + b, Some(3));
+        let r = summed.map_with(reduced.clone(), |acc, kv| {
+            acc.add(1);
+            kv
+        });
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums());
+        assert_eq!(mapped.value().unwrap(), 40_000, "each map task's updates merged once");
+        assert_eq!(reduced.value().unwrap(), 1000);
+
+        // Lose map 1's output: the next action's reducers fail to fetch it, and map task 1 runs
+        // again. Its updates are merged again, as in Spark: a recomputed transformation counts
+        // once per successful task. The reduce attempts that failed to fetch merge nothing.
+        assert!(lose_map_output(&ctx, shuffle_dep(&summed).shuffle_id(), 1));
+        assert_eq!(sorted(r.collect().unwrap()), modelled_sums());
+        let summary = ctx.last_job_summary().unwrap();
+        assert!(summary.stages.iter().any(|s| s.fetch_failures > 0), "{summary:?}");
+        assert_eq!(mapped.value().unwrap(), 40_000 + 10_000, "map task 1 (10,000 records) ran again once");
+        assert_eq!(reduced.value().unwrap(), 2000, "each reduce partition's successful task counts once");
+    }
 }
 
 #[test]
@@ -171,20 +232,185 @@ fn a_failing_save_leaves_no_output_directory() {
     assert!(matches!(e, Error::OutputExists(_)), "{e:?}");
 }
 
-#[test]
-fn a_running_job_can_be_cancelled() {
-    let ctx = ctx();
-    let slow = ctx.parallelize((0..64).collect::<Vec<u64>>(), 4).map(|x| {
-        std::thread::sleep(Duration::from_millis(50));
-        x
+/// Records per partition of the slow jobs below; each record sleeps 5 ms, so a partition takes
+/// about two seconds and a 40-partition job on `local[2]` about forty. Fewer records than
+/// a check every 1024 records would need to notice a kill.
+const SLOW_RECORDS: u64 = 400;
+
+/// A 40-partition job of `40 * SLOW_RECORDS` records through `slow`, which must be a
+/// non-capturing closure calling [`slow_partition`] with the test's own counters.
+fn slow_job<F>(ctx: &Context, slow: F) -> ember_core::Rdd<u64>
+where
+    F: for<'a> Fn(ember_core::task::BoxIter<'a, u64>) -> ember_core::task::BoxIter<'a, u64> + Send + Sync + 'static,
+{
+    ctx.parallelize((0..40 * SLOW_RECORDS).collect::<Vec<u64>>(), 40).map_partitions(slow)
+}
+
+/// A slow partition: counts the task in `started` when it begins computing, and every record
+/// in `records`; each record sleeps 5 ms.
+fn slow_partition<'a>(
+    it: ember_core::task::BoxIter<'a, u64>,
+    started: &'static AtomicU64,
+    records: &'static AtomicU64,
+) -> ember_core::task::BoxIter<'a, u64> {
+    started.fetch_add(1, Ordering::SeqCst);
+    Box::new(it.inspect(move |_| {
+        records.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+    }))
+}
+
+/// Waits until `counter` is positive, at most ten seconds.
+fn wait_until_positive(counter: &AtomicU64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counter.load(Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the job's tasks never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for a job on another thread; fails the test unless it ends within `limit`.
+fn wait_within<U: Send + 'static>(handle: ember_core::JobHandle<U>, limit: Duration) -> ember_core::Result<Vec<U>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(handle.wait());
     });
-    let handle =
-        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("the job did not end within {limit:?}"))
+}
+
+/// Asserts that no task adds to `records` from 250 ms after `cancelled_at` on: every running
+/// task stopped.
+fn assert_tasks_stopped(records: &AtomicU64, cancelled_at: std::time::Instant) {
+    // Killed tasks stop within one record (5 ms); leave them some time on a loaded machine.
+    std::thread::sleep(
+        (cancelled_at + Duration::from_millis(250)).saturating_duration_since(std::time::Instant::now()),
+    );
+    let settled = records.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(records.load(Ordering::SeqCst), settled, "killed tasks kept computing records");
+}
+
+fn collect_fn() -> ember_core::ship::Ship<dyn ember_core::PartitionFn<u64, Vec<u64>>> {
+    ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default())
+}
+
+static CANCEL_STARTED: AtomicU64 = AtomicU64::new(0);
+static CANCEL_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+/// Submits `slow` (whose partitions count into `started` and `records`), cancels it once records
+/// flow, and asserts what cancellation promises: the job ends with `Error::Cancelled` at once,
+/// its running tasks stop computing, its queued tasks never start, and nothing counts as a
+/// failed attempt.
+fn assert_cancel_stops_work(ctx: &Context, slow: &ember_core::Rdd<u64>, started: &AtomicU64, records: &AtomicU64) {
+    let handle = ctx.submit_job(slow, collect_fn(), None).unwrap();
+    let id = handle.id();
+    wait_until_positive(records);
+    let cancelled_at = std::time::Instant::now();
     handle.cancel();
-    let e = handle.wait().unwrap_err();
+    let e = wait_within(handle, Duration::from_secs(5)).unwrap_err();
     assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
-    assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2);
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancelling took {:?}", cancelled_at.elapsed());
+    assert_tasks_stopped(records, cancelled_at);
+    // Two slots: the two running partitions started, the queued ones never did.
+    let started = started.load(Ordering::SeqCst);
+    assert!(started <= 4, "{started} of {} partitions started", slow.num_partitions());
+    let summary = ctx.job_summaries().into_iter().find(|s| s.id == id).expect("a summary of the job");
+    assert!(!summary.succeeded);
+    assert_eq!(summary.stages.iter().map(|s| s.failed_attempts).sum::<u32>(), 0, "{summary:?}");
+    assert_eq!(summary.stages.iter().map(|s| s.tasks).sum::<usize>(), 0, "{summary:?}");
+    assert_eq!(ctx.parallelize(vec![1, 2], 2).count().unwrap(), 2, "the context stays usable");
+}
+
+#[test]
+fn a_cancelled_job_stops_its_running_tasks_and_never_starts_queued_ones() {
+    for ctx in both() {
+        CANCEL_STARTED.store(0, Ordering::SeqCst);
+        CANCEL_RECORDS.store(0, Ordering::SeqCst);
+        let slow = slow_job(&ctx, |it| slow_partition(it, &CANCEL_STARTED, &CANCEL_RECORDS));
+        assert_cancel_stops_work(&ctx, &slow, &CANCEL_STARTED, &CANCEL_RECORDS);
+    }
+}
+
+static CACHED_STARTED: AtomicU64 = AtomicU64::new(0);
+static CACHED_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn a_cancelled_job_stops_reading_cached_blocks() {
+    for ctx in both() {
+        CACHED_STARTED.store(0, Ordering::SeqCst);
+        CACHED_RECORDS.store(0, Ordering::SeqCst);
+        let cached = ctx.parallelize((0..40 * SLOW_RECORDS).collect::<Vec<u64>>(), 40).cache().unwrap();
+        assert_eq!(cached.count().unwrap(), 40 * SLOW_RECORDS);
+        // The slow function reads every record from the cache, not from the source.
+        let slow = cached.map_partitions(|it| slow_partition(it, &CACHED_STARTED, &CACHED_RECORDS));
+        assert_cancel_stops_work(&ctx, &slow, &CACHED_STARTED, &CACHED_RECORDS);
+    }
+}
+
+static TEXT_STARTED: AtomicU64 = AtomicU64::new(0);
+static TEXT_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn a_cancelled_job_stops_reading_text_input() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in 0..40u64 {
+        let lines: String = (0..SLOW_RECORDS).map(|i| format!("{}\n", f * SLOW_RECORDS + i)).collect();
+        std::fs::write(dir.path().join(format!("part-{f:02}.txt")), lines).unwrap();
+    }
+    for ctx in both() {
+        TEXT_STARTED.store(0, Ordering::SeqCst);
+        TEXT_RECORDS.store(0, Ordering::SeqCst);
+        let lines = ctx.text_file(dir.path().to_str().unwrap(), 40).unwrap();
+        let slow = lines
+            .map(|l: String| l.parse::<u64>().unwrap_or_default())
+            .map_partitions(|it| slow_partition(it, &TEXT_STARTED, &TEXT_RECORDS));
+        assert_cancel_stops_work(&ctx, &slow, &TEXT_STARTED, &TEXT_RECORDS);
+    }
+}
+
+static GROUP_A_STARTED: AtomicU64 = AtomicU64::new(0);
+static GROUP_A_RECORDS: AtomicU64 = AtomicU64::new(0);
+static GROUP_B_STARTED: AtomicU64 = AtomicU64::new(0);
+static GROUP_B_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+#[test]
+fn cancelling_a_job_group_cancels_its_jobs_only() {
+    let ctx = ctx();
+    let submitter = ctx.clone();
+    let (a, b) = std::thread::spawn(move || {
+        submitter.set_job_group("g");
+        let a = submitter.submit_job(
+            &slow_job(&submitter, |it| slow_partition(it, &GROUP_A_STARTED, &GROUP_A_RECORDS)),
+            collect_fn(),
+            None,
+        );
+        let b = submitter.submit_job(
+            &slow_job(&submitter, |it| slow_partition(it, &GROUP_B_STARTED, &GROUP_B_RECORDS)),
+            collect_fn(),
+            None,
+        );
+        (a.unwrap(), b.unwrap())
+    })
+    .join()
+    .unwrap();
+    // Submitted from this thread, outside the group, and queued behind both group jobs.
+    let other = ctx.parallelize((0..1000u64).collect(), 4).map(|x| x * 3);
+    let other = ctx.submit_job(&other, collect_fn(), None).unwrap();
+    wait_until_positive(&GROUP_A_RECORDS);
+    let cancelled_at = std::time::Instant::now();
+    ctx.cancel_job_group("g");
+    for h in [a, b] {
+        let e = wait_within(h, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(e, Error::Cancelled(_)), "{e:?}");
+        assert!(e.to_string().contains("`g`"), "{e}");
+    }
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1), "cancelling took {:?}", cancelled_at.elapsed());
+    let out: Vec<u64> = wait_within(other, Duration::from_secs(10)).unwrap().into_iter().flatten().collect();
+    assert_eq!(out, (0..1000u64).map(|x| x * 3).collect::<Vec<_>>());
+    assert_tasks_stopped(&GROUP_A_RECORDS, cancelled_at);
+    assert_tasks_stopped(&GROUP_B_RECORDS, cancelled_at);
+    let started = GROUP_A_STARTED.load(Ordering::SeqCst) + GROUP_B_STARTED.load(Ordering::SeqCst);
+    assert!(started <= 4, "{started} of 80 group partitions started");
 }
 
 /// A user partitioner that answers out of range.
@@ -243,4 +469,206 @@ fn an_action_inside_a_task_is_refused_not_deadlocked() {
         .collect()
         .unwrap_err();
     assert!(e.to_string().contains("actions run only on the driver"), "{e}");
+}
+
+/// A user partitioner whose `num_partitions` panics: it is called on the driver, when the job
+/// is submitted and its stages are planned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsOnCount;
+
+impl ember_core::Partitioner<u32> for PanicsOnCount {
+    fn num_partitions(&self) -> usize {
+        panic!("num_partitions exploded")
+    }
+    fn partition(&self, _: &u32) -> usize {
+        0
+    }
+}
+
+/// A user partitioner whose `partition` panics: it runs in the map tasks.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanicsOnPartition;
+
+impl ember_core::Partitioner<u32> for PanicsOnPartition {
+    fn num_partitions(&self) -> usize {
+        2
+    }
+    fn partition(&self, _: &u32) -> usize {
+        panic!("partition exploded")
+    }
+}
+
+/// The context still runs jobs correctly.
+fn assert_usable(ctx: &Context) {
+    let out = ctx.parallelize((0..100u32).map(|i| (i % 3, i)).collect(), 4).reduce_by_key(|a, b| a + b, Some(2));
+    let mut out = out.collect().unwrap();
+    out.sort();
+    let model: Vec<(u32, u32)> = (0..3).map(|k| (k, (0..100).filter(|i| i % 3 == k).sum())).collect();
+    assert_eq!(out, model);
+}
+
+#[test]
+fn a_panicking_partitioner_fails_only_its_job() {
+    for ctx in both() {
+        let e = ctx.parallelize(vec![(1u32, 1u32), (2, 2)], 2).partition_by(PanicsOnCount).collect().unwrap_err();
+        assert!(matches!(e, Error::UserPanic(_)), "{e:?}");
+        assert!(e.to_string().contains("num_partitions exploded"), "{e}");
+        assert_usable(&ctx);
+        let e = ctx.parallelize(vec![(1u32, 1u32), (2, 2)], 2).partition_by(PanicsOnPartition).collect().unwrap_err();
+        assert!(e.to_string().contains("partition exploded"), "{e}");
+        assert_usable(&ctx);
+    }
+}
+
+/// A record whose `Serialize` impl panics.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Unserializable(u32);
+
+impl serde::Serialize for Unserializable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+        panic!("Unserializable({}) refuses to be encoded", self.0)
+    }
+}
+
+#[test]
+fn a_panicking_serialize_impl_fails_only_its_job() {
+    let ctx = ctx_with(true);
+    // The records travel inside the task, encoded on the driver's event loop thread.
+    let e = ctx.parallelize(vec![Unserializable(7), Unserializable(8)], 2).count().unwrap_err();
+    assert!(matches!(e, Error::UserPanic(_)), "{e:?}");
+    assert!(e.to_string().contains("refuses to be encoded"), "{e}");
+    assert_usable(&ctx);
+    // A job running at the same time is not failed by the panic.
+    let slow = ctx.parallelize((0..8u32).collect(), 2).map(|x| {
+        std::thread::sleep(Duration::from_millis(20));
+        x * 2
+    });
+    let running =
+        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None);
+    let running = running.unwrap();
+    let e = ctx.parallelize(vec![Unserializable(9)], 1).count().unwrap_err();
+    assert!(e.to_string().contains("refuses to be encoded"), "{e}");
+    let out: Vec<u32> = running.wait().unwrap().into_iter().flatten().collect();
+    assert_eq!(out, (0..8u32).map(|x| x * 2).collect::<Vec<_>>());
+}
+
+/// Runs `f` on a thread and fails the test unless it returns within ten seconds.
+fn within_deadline(f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("no deadlock or panic: the thread returns in time");
+}
+
+#[test]
+fn dropping_the_last_context_on_another_thread_neither_deadlocks_nor_panics() {
+    for serialize in [false, true] {
+        let ctx = ctx_with(serialize);
+        assert_usable(&ctx);
+        let local_dir = ctx.env().local_dir.clone();
+        watch_teardown_panics();
+        within_deadline(move || {
+            assert_eq!(ctx.parallelize(vec![1, 2, 3], 2).count().unwrap(), 3);
+            drop(ctx);
+            wait_until_removed(&local_dir);
+        });
+        assert_eq!(TEARDOWN_PANICS.load(Ordering::SeqCst), 0, "a thread panicked while the context stopped");
+    }
+}
+
+static HELD: std::sync::Mutex<Option<Context>> = std::sync::Mutex::new(None);
+static DROPPED_IN_TASK: AtomicU64 = AtomicU64::new(0);
+
+/// Panics raised on any thread while a context was being torn down, counted by
+/// [`watch_teardown_panics`].
+static TEARDOWN_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts panics about joining threads (a thread that waits for itself) or stopping the
+/// context, on every thread: the engine's own hook reports panics on its threads only at debug
+/// level, so this hook wraps it. Call after a context exists, so the engine's hook is in place.
+fn watch_teardown_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.to_string();
+            if message.contains("failed to join thread") {
+                TEARDOWN_PANICS.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Waits until the context that owned `local_dir` is gone: dropping its last handle stops the
+/// scheduler and the task threads, then removes the directory.
+fn wait_until_removed(local_dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while local_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "the context was never fully dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn dropping_the_last_context_inside_a_task_neither_deadlocks_nor_panics() {
+    within_deadline(|| {
+        let ctx = ctx();
+        watch_teardown_panics();
+        let local_dir = ctx.env().local_dir.clone();
+        let rdd = ctx.parallelize((0..4u32).collect(), 4).map(|x| {
+            // The task takes the held handle and drops it.
+            if let Some(c) = HELD.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                drop(c);
+                DROPPED_IN_TASK.fetch_add(1, Ordering::SeqCst);
+            }
+            x
+        });
+        *HELD.lock().unwrap() = Some(ctx.clone());
+        let handle = ctx.submit_job(&rdd, collect_fn_u32(), None).unwrap();
+        // The driver lets go of every handle; the rest are held by the job's stage (on the
+        // scheduler thread) and its task bodies (on task threads), so the very last handle goes
+        // away on one of those threads, which must not wait for itself.
+        drop((handle, rdd, ctx));
+        wait_until_removed(&local_dir);
+    });
+    assert_eq!(DROPPED_IN_TASK.load(Ordering::SeqCst), 1);
+    assert_eq!(TEARDOWN_PANICS.load(Ordering::SeqCst), 0, "a thread panicked while the context stopped");
+    assert!(HELD.lock().unwrap().is_none());
+}
+
+fn collect_fn_u32() -> ember_core::ship::Ship<dyn ember_core::PartitionFn<u32, Vec<u32>>> {
+    ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default())
+}
+
+/// A record whose `Deserialize` impl panics: made inside tasks, it is decoded only on the
+/// driver, when an encoded result arrives at the scheduler.
+#[derive(Clone, Debug, serde::Serialize)]
+struct Undecodable(u32);
+
+impl<'de> serde::Deserialize<'de> for Undecodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        panic!("Undecodable refuses to be decoded")
+    }
+}
+
+#[test]
+fn a_panic_decoding_a_result_fails_only_its_job() {
+    let ctx = ctx_with(true);
+    // A job in flight at the same time, on the same scheduler: one slow task on one slot, while
+    // the other slot runs the failing job.
+    let slow = ctx.parallelize((0..8u32).collect(), 1).map(|x| {
+        std::thread::sleep(Duration::from_millis(50));
+        x * 2
+    });
+    let running =
+        ctx.submit_job(&slow, ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default()), None).unwrap();
+    let e = ctx.parallelize(vec![1u32, 2], 2).map(Undecodable).collect().unwrap_err();
+    assert!(matches!(e, Error::UserPanic(_)), "{e:?}");
+    assert!(e.to_string().contains("refuses to be decoded"), "{e}");
+    let out: Vec<u32> = running.wait().unwrap().into_iter().flatten().collect();
+    assert_eq!(out, (0..8u32).map(|x| x * 2).collect::<Vec<_>>());
+    assert_usable(&ctx);
 }

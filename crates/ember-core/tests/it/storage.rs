@@ -104,17 +104,37 @@ fn every_storage_level_round_trips_and_unpersist_drops_blocks() {
 
 #[test]
 fn fully_cached_parent_skips_its_shuffle() {
-    let ctx = tiny(false);
-    let summed = ctx
-        .parallelize((0..100u64).map(|i| (i % 10, i)).collect(), 4)
-        .reduce_by_key(|a, b| a + b, Some(2))
-        .cache()
-        .unwrap();
-    assert_eq!(summed.count().unwrap(), 10);
-    let doubled = summed.map_values(|v| v * 2);
-    assert_eq!(doubled.count().unwrap(), 10);
-    let last = ctx.last_job_summary().unwrap();
-    assert_eq!(last.stages.len(), 1, "only the result stage runs: {last:?}");
+    for serialize in [false, true] {
+        let ctx = tiny(serialize);
+        let mapped = ctx.long_accumulator();
+        let pairs =
+            ctx.parallelize((0..100u64).map(|i| (i % 10, i)).collect(), 4).map_with(mapped.clone(), |acc, kv| {
+                acc.add(1);
+                kv
+            });
+        let summed = pairs.reduce_by_key(|a, b| a + b, Some(2)).cache().unwrap();
+        assert_eq!(summed.count().unwrap(), 10);
+        assert_eq!(mapped.value().unwrap(), 100);
+        // Forget every map output: a stage that reads the shuffle would have to run all four map
+        // tasks again. Only the cache can spare them.
+        let shuffle = match &summed.dependencies()[0] {
+            ember_core::Dependency::Shuffle(d) => d.shuffle_id(),
+            other => panic!("expected a shuffle dependency, got {other:?}"),
+        };
+        for map in 0..4 {
+            assert!(ctx.map_output_tracker().unregister(shuffle, map).is_some());
+        }
+        let mut doubled = summed.map_values(|v| v * 2).collect().unwrap();
+        doubled.sort();
+        let expect: Vec<(u64, u64)> =
+            (0..10u64).map(|k| (k, 2 * (0..100u64).filter(|i| i % 10 == k).sum::<u64>())).collect();
+        assert_eq!(doubled, expect);
+        let last = ctx.last_job_summary().unwrap();
+        let launched: Vec<(String, usize)> = last.stages.iter().map(|s| (s.name.clone(), s.launched)).collect();
+        assert_eq!(last.stages.len(), 1, "only the result stage launches tasks: {launched:?}");
+        assert_eq!(last.stages[0].launched, 2, "one task per cached partition: {launched:?}");
+        assert_eq!(mapped.value().unwrap(), 100, "no map task ran again");
+    }
 }
 
 #[test]

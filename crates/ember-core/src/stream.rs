@@ -360,6 +360,7 @@ impl<W: Write> StreamWriter<W> {
     }
 }
 
+#[cfg(test)]
 /// Serializes all records into chunk bytes.
 pub(crate) fn encode_all<'a, T: Serialize + 'a>(
     codec: Codec,
@@ -372,11 +373,13 @@ pub(crate) fn encode_all<'a, T: Serialize + 'a>(
     Ok(enc.take_bytes())
 }
 
+#[cfg(test)]
 /// Decodes all records from chunk bytes.
 pub(crate) fn decode_all<T: DeserializeOwned>(bytes: &[u8], origin: &Path) -> Result<Vec<T>> {
     decode_exact(bytes, bytes.len() as u64, origin)
 }
 
+#[cfg(test)]
 /// Decodes all records from chunk bytes that must be `expected` bytes long (a length recorded
 /// when they were written).
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8], expected: u64, origin: &Path) -> Result<Vec<T>> {

@@ -318,7 +318,7 @@ impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
                      spread the key's records",
                     merged.0,
                     merged.1,
-                    self.tc.env().blocks.budget()
+                    self.tc.env().blocks.task_share()
                 )));
                 return None;
             }

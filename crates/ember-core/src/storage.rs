@@ -399,6 +399,11 @@ impl BlockManager {
         self.budget
     }
 
+    /// The most execution memory one task may hold: the budget divided among the slots.
+    pub(crate) fn task_share(&self) -> u64 {
+        self.budget / self.slots
+    }
+
     // ---- peaks ---------------------------------------------------------------------------------
 
     /// Starts recording peak memory use; [`BlockManager::end_watch`] returns the peaks seen

@@ -5,6 +5,7 @@ mod common;
 mod faults;
 mod io;
 mod jobs;
+mod memory;
 mod model;
 mod ops;
 mod output;

@@ -369,7 +369,7 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
 
     /// Inner join: every pair of values of keys present in both RDDs. A key's values are
     /// grouped (and accounted) by the cogroup; their pairs are made as they are consumed, so
-    /// the cross product of a key is never held in memory.
+    /// the cross product of a key is never held in memory (nor in the outer joins).
     pub fn join<W: Data>(&self, other: &Rdd<(K, W)>, num_partitions: Option<usize>) -> Rdd<(K, (V, W))> {
         self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| CrossProduct {
             vs,
@@ -385,17 +385,12 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         other: &Rdd<(K, W)>,
         num_partitions: Option<usize>,
     ) -> Rdd<(K, (V, Option<W>))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::new();
-            for v in &vs {
-                if ws.is_empty() {
-                    out.push((v.clone(), None));
-                }
-                for w in &ws {
-                    out.push((v.clone(), Some(w.clone())));
-                }
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| -> BoxIter<'static, _> {
+            if ws.is_empty() {
+                Box::new(vs.into_iter().map(|v| (v, None)))
+            } else {
+                Box::new(CrossProduct { vs, ws, i: 0, j: 0 }.map(|(v, w)| (v, Some(w))))
             }
-            out
         })
     }
 
@@ -405,17 +400,12 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         other: &Rdd<(K, W)>,
         num_partitions: Option<usize>,
     ) -> Rdd<(K, (Option<V>, W))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::new();
-            for w in &ws {
-                if vs.is_empty() {
-                    out.push((None, w.clone()));
-                }
-                for v in &vs {
-                    out.push((Some(v.clone()), w.clone()));
-                }
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| -> BoxIter<'static, _> {
+            if vs.is_empty() {
+                Box::new(ws.into_iter().map(|w| (None, w)))
+            } else {
+                Box::new(CrossProduct { vs: ws, ws: vs, i: 0, j: 0 }.map(|(w, v)| (Some(v), w)))
             }
-            out
         })
     }
 
@@ -425,20 +415,14 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         other: &Rdd<(K, W)>,
         num_partitions: Option<usize>,
     ) -> Rdd<(K, (Option<V>, Option<W>))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::new();
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| -> BoxIter<'static, _> {
             if vs.is_empty() {
-                out.extend(ws.iter().map(|w| (None, Some(w.clone()))));
+                Box::new(ws.into_iter().map(|w| (None, Some(w))))
             } else if ws.is_empty() {
-                out.extend(vs.iter().map(|v| (Some(v.clone()), None)));
+                Box::new(vs.into_iter().map(|v| (Some(v), None)))
             } else {
-                for v in &vs {
-                    for w in &ws {
-                        out.push((Some(v.clone()), Some(w.clone())));
-                    }
-                }
+                Box::new(CrossProduct { vs, ws, i: 0, j: 0 }.map(|(v, w)| (Some(v), Some(w))))
             }
-            out
         })
     }
 

@@ -674,8 +674,13 @@ impl BlockManager {
         let mut n = 0u64;
         let deserialized = level.deserialized();
         loop {
+            // A full vector is about to double: account its next capacity before it grows.
+            let capacity = match values.capacity() {
+                c if values.len() == c => (2 * c).max(16),
+                c => c,
+            };
             let used = if deserialized {
-                64 + values.capacity() as u64 * std::mem::size_of::<T>() as u64 + heap
+                64 + capacity as u64 * std::mem::size_of::<T>() as u64 + heap
             } else {
                 64 + enc.held_bytes() as u64
             };
@@ -693,6 +698,7 @@ impl BlockManager {
             let Some(r) = input.next() else { break };
             n += 1;
             if deserialized {
+                values.reserve_exact(capacity - values.len());
                 // Every record is measured: one record far larger than the others still counts
                 // at its real size.
                 heap += SizeSampler::heap_bytes(&r);

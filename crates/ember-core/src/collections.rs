@@ -32,6 +32,28 @@ fn check_killed(tc: &TaskContext) -> Result<()> {
     Ok(())
 }
 
+/// A record at least this large has its memory checked at once rather than at the next
+/// periodic check.
+const BIG_RECORD: u64 = 64 << 10;
+
+/// An iterator over a collection's in-memory data that keeps the collection's memory grant
+/// until it is dropped: the data stays in memory while it is iterated.
+struct Held<'a, I> {
+    inner: I,
+    _mem: MemoryConsumer<'a>,
+}
+
+impl<I: Iterator> Iterator for Held<'_, I> {
+    type Item = I::Item;
+    #[inline]
+    fn next(&mut self) -> Option<I::Item> {
+        self.inner.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
 /// A spill file, deleted when dropped.
 pub(crate) struct SpillFile {
     pub(crate) path: PathBuf,
@@ -81,6 +103,9 @@ fn open_run<T: serde::de::DeserializeOwned>(path: &Path) -> Result<ChunkDecoder<
 pub(crate) struct SpillableMap<'a, K, C> {
     map: HashMap<K, C, FxBuildHasher>,
     sampler: SizeSampler,
+    /// Bytes by which inserted values larger than the per-entry estimate exceed it: such a
+    /// value counts at its real size.
+    oversized: u64,
     ops: u64,
     mem: MemoryConsumer<'a>,
     tc: &'a TaskContext,
@@ -92,6 +117,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         SpillableMap {
             map: HashMap::with_hasher(FxBuildHasher),
             sampler: SizeSampler::new(),
+            oversized: 0,
             ops: 0,
             mem: MemoryConsumer::new(tc),
             tc,
@@ -101,7 +127,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
 
     /// Inserts `x` under `k`: `create(x)` for a new key, `merge(c, x)` for an existing one.
     #[inline]
-    pub(crate) fn insert<X>(
+    pub(crate) fn insert<X: serde::Serialize>(
         &mut self,
         k: K,
         x: X,
@@ -110,6 +136,12 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
     ) -> Result<()> {
         self.ops += 1;
         let sample = self.ops % CHECK_EVERY == 0 || self.ops < 16;
+        let x_bytes = SizeSampler::heap_bytes(&x);
+        let estimate = self.sampler.per_record();
+        let big = x_bytes > estimate;
+        if big {
+            self.oversized += x_bytes - estimate;
+        }
         match self.map.entry(k) {
             Entry::Occupied(e) => {
                 let e = e.replace_entry_with(|_, c| Some(merge(c, x)));
@@ -127,7 +159,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
                 v.insert(c);
             }
         }
-        if self.ops % CHECK_EVERY == 0 {
+        if self.ops % CHECK_EVERY == 0 || (big && x_bytes >= BIG_RECORD) {
             check_killed(self.tc)?;
             self.maybe_spill()?;
         }
@@ -135,8 +167,8 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
     }
 
     fn estimated_bytes(&self) -> u64 {
-        // Entries plus the table's own slots.
-        self.map.len() as u64 * (self.sampler.per_record() + 16)
+        // Entries plus the table's own slots, plus what oversized values add.
+        self.map.len() as u64 * (self.sampler.per_record() + 16) + self.oversized
     }
 
     fn maybe_spill(&mut self) -> Result<()> {
@@ -161,6 +193,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
         let (file, bytes) = write_spill(self.tc, "agg", entries.iter().map(|(_, k, c)| (k, c)))?;
         drop(entries);
         self.map = HashMap::with_hasher(FxBuildHasher);
+        self.oversized = 0;
         self.spills.push(file);
         self.tc.add_spill(used, bytes);
         self.mem.release_all();
@@ -168,18 +201,23 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
     }
 
     /// Iterates all (key, combiner) entries, in no particular order, combining across spills
-    /// with `merge`.
+    /// with `merge`. The iterator keeps the map's memory grant until it is dropped; merging a
+    /// key's combiners from several spills is accounted too, and fails with
+    /// [`Error::ResourcesExhausted`] when one key's merged combiner cannot fit.
     pub(crate) fn into_iter(mut self, merge: impl Fn(C, C) -> C + 'a) -> Result<Box<dyn Iterator<Item = (K, C)> + 'a>> {
         check_killed(self.tc)?;
+        let mem = std::mem::replace(&mut self.mem, MemoryConsumer::new(self.tc));
         if self.spills.is_empty() {
-            return Ok(Box::new(Interruptible::new(std::mem::take(&mut self.map).into_iter(), self.tc)));
+            let inner = Interruptible::new(std::mem::take(&mut self.map).into_iter(), self.tc);
+            return Ok(Box::new(Held { inner, _mem: mem }));
         }
-        let mem = self.sorted_entries();
+        let base = self.estimated_bytes();
+        let entries = self.sorted_entries();
         let mut runs: Vec<Run<'a, K, C>> = Vec::new();
         for s in &self.spills {
             runs.push(Run::File(open_run(&s.path)?));
         }
-        runs.push(Run::Mem(Box::new(mem.into_iter().map(|(_, k, c)| (k, c)))));
+        runs.push(Run::Mem(Box::new(entries.into_iter().map(|(_, k, c)| (k, c)))));
         let spills = std::mem::take(&mut self.spills);
         let mut merger = HashMerge {
             runs,
@@ -188,6 +226,8 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
             merge: Box::new(merge),
             pending: Vec::new(),
             tc: self.tc,
+            mem,
+            base,
             _spills: spills,
         };
         merger.prime();
@@ -216,6 +256,9 @@ struct HashMerge<'a, K, C> {
     merge: Box<dyn Fn(C, C) -> C + 'a>,
     pending: Vec<(K, C)>,
     tc: &'a TaskContext,
+    /// The grant covering the in-memory run (`base` bytes) and the group being merged.
+    mem: MemoryConsumer<'a>,
+    base: u64,
     _spills: Vec<SpillFile>,
 }
 
@@ -255,11 +298,18 @@ impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
             }
             let Reverse((order, run)) = self.heap.pop()?;
             let mut group: Vec<(K, C)> = Vec::with_capacity(2);
-            let take = |this: &mut Self, run: usize, group: &mut Vec<(K, C)>| {
+            // Bytes of the combiners merged from more than one run: a key's merged combiner
+            // (a join's or a cogroup's values) must fit in the task's memory.
+            let mut merged = (0u64, 0u64);
+            let take = |this: &mut Self, run: usize, group: &mut Vec<(K, C)>, merged: &mut (u64, u64)| {
                 if let Some((k, c)) = this.heads[run].take() {
                     match group.iter().position(|(g, _)| *g == k) {
                         Some(i) => {
                             let (gk, gc) = group.swap_remove(i);
+                            if merged.0 == 0 {
+                                *merged = (1, SizeSampler::heap_bytes(&gc));
+                            }
+                            *merged = (merged.0 + 1, merged.1 + SizeSampler::heap_bytes(&c));
                             group.push((gk, (this.merge)(gc, c)));
                         }
                         None => group.push((k, c)),
@@ -267,13 +317,24 @@ impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
                 }
                 this.advance(run);
             };
-            take(self, run, &mut group);
+            take(self, run, &mut group, &mut merged);
             while let Some(Reverse((o, r))) = self.heap.peek().copied() {
                 if o != order {
                     break;
                 }
                 self.heap.pop();
-                take(self, r, &mut group);
+                take(self, r, &mut group, &mut merged);
+            }
+            if merged.0 > 0 && !self.mem.ensure(self.base + merged.1) {
+                self.tc.fail(Error::ResourcesExhausted(format!(
+                    "the values of one key, merged from {} spilled parts, need about {} bytes: more than \
+                     this task's share of the memory budget ({} bytes); raise ember.memory.size or \
+                     spread the key's records",
+                    merged.0,
+                    merged.1,
+                    self.tc.env().blocks.task_share()
+                )));
+                return None;
             }
             self.pending.extend(group);
         }
@@ -284,7 +345,8 @@ impl<K: Data + Hash + Eq, C: Data> Iterator for HashMerge<'_, K, C> {
 /// in memory, spilling sorted runs when memory is refused, and merges runs when iterated.
 pub(crate) struct ExternalSorter<'a, K, V> {
     buf: Vec<(K, V)>,
-    sampler: SizeSampler,
+    /// Measured heap bytes of the buffered records (beyond their inline size).
+    heap: u64,
     mem: MemoryConsumer<'a>,
     tc: &'a TaskContext,
     spills: Vec<SpillFile>,
@@ -301,27 +363,18 @@ fn cmp_keys<K: Ord>(a: &K, b: &K, ascending: bool) -> Ordering {
 
 impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
     pub(crate) fn new(tc: &'a TaskContext, ascending: bool) -> Self {
-        ExternalSorter {
-            buf: Vec::new(),
-            sampler: SizeSampler::new(),
-            mem: MemoryConsumer::new(tc),
-            tc,
-            spills: Vec::new(),
-            ascending,
-        }
+        ExternalSorter { buf: Vec::new(), heap: 0, mem: MemoryConsumer::new(tc), tc, spills: Vec::new(), ascending }
     }
 
     pub(crate) fn insert(&mut self, kv: (K, V)) -> Result<()> {
         let n = self.buf.len() as u64;
-        if n < 16 || n % CHECK_EVERY == 0 {
-            self.sampler.add(&kv);
-        }
+        // Every record is measured, so a huge one among small ones counts at its real size.
+        let bytes = SizeSampler::heap_bytes(&kv).saturating_sub(std::mem::size_of::<(K, V)>() as u64);
+        self.heap += bytes;
         self.buf.push(kv);
-        if n % CHECK_EVERY == 0 {
+        if n % CHECK_EVERY == 0 || bytes >= BIG_RECORD {
             check_killed(self.tc)?;
-            let used = self.buf.capacity() as u64 * std::mem::size_of::<(K, V)>() as u64
-                + self.buf.len() as u64
-                    * self.sampler.per_record().saturating_sub(std::mem::size_of::<(K, V)>() as u64);
+            let used = self.buf.capacity() as u64 * std::mem::size_of::<(K, V)>() as u64 + self.heap;
             if !self.mem.ensure(used) {
                 self.spill(used)?;
             }
@@ -352,6 +405,7 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
         check_killed(self.tc)?;
         self.sort_buf();
         let buf = std::mem::take(&mut self.buf);
+        self.heap = 0;
         let (file, bytes) = write_spill(self.tc, "sort", buf.iter())?;
         drop(buf);
         self.spills.push(file);
@@ -360,14 +414,16 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
         Ok(())
     }
 
-    /// Iterates all records in key order.
+    /// Iterates all records in key order. The iterator keeps the sorter's memory grant (for
+    /// the records still in memory) until it is dropped.
     pub(crate) fn into_iter(mut self) -> Result<Box<dyn Iterator<Item = (K, V)> + 'a>> {
         check_killed(self.tc)?;
         self.sort_buf();
         check_killed(self.tc)?;
         let buf = std::mem::take(&mut self.buf);
+        let mem = std::mem::replace(&mut self.mem, MemoryConsumer::new(self.tc));
         if self.spills.is_empty() {
-            return Ok(Box::new(Interruptible::new(buf.into_iter(), self.tc)));
+            return Ok(Box::new(Held { inner: Interruptible::new(buf.into_iter(), self.tc), _mem: mem }));
         }
         let mut runs: Vec<Run<'a, K, V>> = Vec::new();
         for s in &self.spills {
@@ -379,6 +435,7 @@ impl<'a, K: Data + Ord, V: Data> ExternalSorter<'a, K, V> {
             heap: BinaryHeap::new(),
             ascending: self.ascending,
             tc: self.tc,
+            _mem: mem,
             _spills: std::mem::take(&mut self.spills),
         };
         for r in 0..m.runs.len() {
@@ -470,6 +527,8 @@ struct SortMerge<'a, K, V> {
     heap: BinaryHeap<Head<K, V>>,
     ascending: bool,
     tc: &'a TaskContext,
+    /// The grant covering the in-memory run.
+    _mem: MemoryConsumer<'a>,
     _spills: Vec<SpillFile>,
 }
 

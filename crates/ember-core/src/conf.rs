@@ -98,8 +98,8 @@ pub const KEYS: &[ConfKey] = &[
     ConfKey {
         key: "ember.shuffle.inMemoryThreshold",
         default: "1m",
-        doc: "Map outputs up to this size stay in executor memory (at most 1/8 of the budget in all) \
-              instead of data and index files; 0 writes every output to files.",
+        doc: "Map outputs up to this size stay in executor memory (taken from the memory budget, at \
+              most 1/8 of it in all) instead of data and index files; 0 writes every output to files.",
     },
     ConfKey {
         key: "ember.io.compression.codec",

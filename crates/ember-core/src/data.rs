@@ -28,36 +28,64 @@ pub fn stable_hash<T: Hash + ?Sized>(value: &T) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Samples are taken at least this often (in records) once the spacing has grown.
+const MAX_SAMPLE_GAP: u64 = 64;
+
 /// Estimates the in-memory size of records by sampling: the serialized size of a sample record
-/// plus its inline size stands for its heap footprint. Like Spark's `SizeEstimator` sampling,
-/// this is an estimate for memory accounting, not an exact count.
+/// plus its inline size stands for its heap footprint. Like Spark's `SizeTracker`, samples are
+/// spaced exponentially (the next one after another tenth of the records seen, but at least
+/// every [`MAX_SAMPLE_GAP`] records), and the estimate follows recent samples (a moving average),
+/// so records that grow within a partition raise it. This is an estimate for memory accounting,
+/// not an exact count; callers that must account a record far larger than the others at its
+/// real size measure it with [`SizeSampler::heap_bytes`].
 #[derive(Debug, Clone)]
 pub(crate) struct SizeSampler {
     seen: u64,
-    sampled: u64,
-    sampled_bytes: u64,
+    next_sample: u64,
+    samples: u64,
+    average: u64,
+    largest: u64,
 }
 
 impl SizeSampler {
     pub(crate) fn new() -> Self {
-        SizeSampler { seen: 0, sampled: 0, sampled_bytes: 0 }
+        SizeSampler { seen: 0, next_sample: 1, samples: 0, average: 0, largest: 0 }
     }
 
-    /// Accounts one record and returns the estimated bytes it adds.
+    /// The estimated heap footprint of one record, measured.
+    pub(crate) fn heap_bytes<T: Serialize>(record: &T) -> u64 {
+        postcard::experimental::serialized_size(record).unwrap_or(0) as u64 + std::mem::size_of::<T>() as u64 + 8
+    }
+
+    /// Accounts one record (measuring it when a sample is due) and returns the current
+    /// estimate for one record.
     pub(crate) fn add<T: Serialize>(&mut self, record: &T) -> u64 {
         self.seen += 1;
-        // Sample the first 16 records, then one in 64.
-        if self.sampled < 16 || self.seen % 64 == 0 {
-            let heap = postcard::experimental::serialized_size(record).unwrap_or(0) as u64;
-            self.sampled += 1;
-            self.sampled_bytes += heap + std::mem::size_of::<T>() as u64 + 8;
+        if self.seen >= self.next_sample {
+            self.record_sample(Self::heap_bytes(record));
+            self.next_sample = self.seen + (self.seen / 10).clamp(1, MAX_SAMPLE_GAP);
         }
         self.per_record()
     }
 
+    fn record_sample(&mut self, bytes: u64) {
+        self.samples += 1;
+        self.largest = self.largest.max(bytes);
+        self.average = if self.samples <= 16 {
+            // A plain mean of the first samples, then a moving average weighting recent ones.
+            (self.average * (self.samples - 1) + bytes) / self.samples
+        } else {
+            self.average - self.average / 4 + bytes / 4
+        };
+    }
+
     /// The current estimate for one record.
     pub(crate) fn per_record(&self) -> u64 {
-        self.sampled_bytes.checked_div(self.sampled).unwrap_or(16)
+        if self.samples == 0 {
+            16
+        } else {
+            self.average
+        }
     }
 }
 
@@ -83,5 +111,18 @@ mod tests {
         let mut s2 = SizeSampler::new();
         let big = s2.add(&"x".repeat(1000));
         assert!(big > small + 900);
+    }
+
+    #[test]
+    fn sampler_follows_records_that_grow_within_a_partition() {
+        let mut s = SizeSampler::new();
+        let mut last = 0;
+        for i in 0..100_000usize {
+            let r = "x".repeat(i / 10);
+            s.add(&r);
+            last = SizeSampler::heap_bytes(&r);
+        }
+        // An average over all samples would sit near half the current size.
+        assert!(s.per_record() * 10 >= last * 8, "estimate {} for records of {last} bytes", s.per_record());
     }
 }

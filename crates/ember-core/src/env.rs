@@ -16,8 +16,9 @@ pub struct Env {
     pub local_dir: PathBuf,
     /// Compression codec for shuffle, spill and serialized blocks.
     pub codec: Codec,
-    /// Cached blocks and the memory budget.
-    pub blocks: BlockManager,
+    /// Cached blocks and the memory budget (shared with the shuffle manager, whose in-memory
+    /// map outputs it accounts).
+    pub blocks: Arc<BlockManager>,
     /// This executor's map outputs (files and in-memory outputs).
     pub shuffle: ShuffleManager,
     /// Broadcast values this executor can reach.
@@ -40,24 +41,29 @@ impl Env {
             let d = local_dir.join(sub);
             std::fs::create_dir_all(&d).map_err(|e| crate::error::Error::io(&d, e))?;
         }
+        let blocks = Arc::new(BlockManager::new(
+            settings.memory_bytes,
+            settings.storage_fraction,
+            settings.master.slots(),
+            local_dir.join("blocks"),
+            settings.codec,
+        ));
+        // In-memory map outputs are bounded to 1/8 of the budget in all; an output larger than
+        // that could never be kept, so it is not assembled in memory either.
+        let cap = settings.memory_bytes / 8;
         Ok(Env {
             executor_id: Arc::from("driver"),
             map_outputs,
             broadcasts: Default::default(),
             rehearse_remote: settings.serialize_tasks,
             codec: settings.codec,
-            blocks: BlockManager::new(
-                settings.memory_bytes,
-                settings.storage_fraction,
-                settings.master.slots(),
-                local_dir.join("blocks"),
-                settings.codec,
-            ),
             shuffle: ShuffleManager::new(
                 local_dir.join("shuffle"),
-                settings.memory_bytes / 8,
-                settings.shuffle_memory_threshold as usize,
+                blocks.clone(),
+                cap,
+                settings.shuffle_memory_threshold.min(cap) as usize,
             ),
+            blocks,
             local_dir,
             file_ids: AtomicU64::new(0),
         })

@@ -10,15 +10,18 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::conf::Codec;
 use crate::data::{Data, SizeSampler};
 use crate::error::{Error, Result};
-use crate::stream;
+use crate::stream::{ChunkDecoder, ChunkEncoder, StreamWriter};
 use crate::task::{BoxIter, TaskContext};
 
 /// How an RDD's partitions are kept once computed.
@@ -80,31 +83,90 @@ impl fmt::Display for BlockId {
 
 enum Stored {
     Objects(Arc<dyn Any + Send + Sync>),
-    Bytes(Arc<Vec<u8>>),
+    /// Encoded chunks and how many records they hold.
+    Bytes(Arc<Vec<u8>>, u64),
 }
+
+/// Writes the records of an in-memory block to a block file (used when evicting it to disk).
+type ToFile = fn(&Stored, &mut BlockFile) -> Result<()>;
 
 struct MemEntry {
     stored: Stored,
     size: u64,
     last_used: u64,
     level: StorageLevel,
-    to_bytes: fn(&(dyn Any + Send + Sync), Codec) -> Result<Vec<u8>>,
+    to_file: ToFile,
 }
 
 struct DiskEntry {
     path: PathBuf,
     size: u64,
+    /// Records in the block: a read that yields another count is a corrupt block.
+    records: u64,
+}
+
+/// The highest memory use seen while a watch was open (see [`BlockManager::begin_watch`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPeaks {
+    /// Most execution memory granted to tasks at one time.
+    pub execution: u64,
+    /// Most storage memory at one time: cached blocks, partitions being unrolled into the cache
+    /// and map outputs held in memory.
+    pub storage: u64,
+    /// Most execution plus storage memory at one time (at most the budget: every grant comes
+    /// out of it).
+    pub total: u64,
+}
+
+impl MemoryPeaks {
+    /// The larger of each peak.
+    pub fn max(self, o: MemoryPeaks) -> MemoryPeaks {
+        MemoryPeaks {
+            execution: self.execution.max(o.execution),
+            storage: self.storage.max(o.storage),
+            total: self.total.max(o.total),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     exec_used: u64,
     exec_by_task: HashMap<u64, u64>,
+    /// Cached blocks held in memory.
     storage_used: u64,
+    /// Reserved by partitions being unrolled into the cache.
+    unroll_used: u64,
+    /// Map outputs held in memory.
+    shuffle_used: u64,
     memory: HashMap<BlockId, MemEntry>,
     disk: HashMap<BlockId, DiskEntry>,
     tick: u64,
     evictions: u64,
+    watches: HashMap<u64, MemoryPeaks>,
+    next_watch: u64,
+}
+
+impl State {
+    /// Storage memory in all its forms.
+    fn storage_all(&self) -> u64 {
+        self.storage_used + self.unroll_used + self.shuffle_used
+    }
+
+    fn used(&self) -> u64 {
+        self.exec_used + self.storage_all()
+    }
+
+    /// Raises the open watches' peaks to the current use; called after every increase.
+    fn note_peaks(&mut self) {
+        if self.watches.is_empty() {
+            return;
+        }
+        let now = MemoryPeaks { execution: self.exec_used, storage: self.storage_all(), total: self.used() };
+        for p in self.watches.values_mut() {
+            *p = p.max(now);
+        }
+    }
 }
 
 /// One cached block as reported by [`BlockManager::status`].
@@ -123,10 +185,12 @@ pub struct BlockStatus {
 pub struct StorageStatus {
     /// The whole budget.
     pub budget: u64,
-    /// Bytes used by cached blocks.
+    /// Bytes used by cached blocks, including partitions being unrolled into the cache.
     pub storage_used: u64,
     /// Bytes granted to running tasks.
     pub execution_used: u64,
+    /// Bytes of shuffle map outputs held in memory (inside the budget, like the other two).
+    pub shuffle_memory_bytes: u64,
     /// Blocks evicted from memory so far.
     pub evictions: u64,
     /// Cached blocks, sorted by id.
@@ -143,10 +207,175 @@ pub struct BlockManager {
     state: Mutex<State>,
 }
 
-fn objects_to_bytes<T: Data>(any: &(dyn Any + Send + Sync), codec: Codec) -> Result<Vec<u8>> {
-    let v =
-        any.downcast_ref::<Vec<T>>().ok_or_else(|| Error::Internal("cached block has an unexpected type".into()))?;
-    stream::encode_all(codec, v)
+fn objects_to_file<T: Data>(stored: &Stored, f: &mut BlockFile) -> Result<()> {
+    match stored {
+        Stored::Objects(any) => {
+            let v = any
+                .downcast_ref::<Vec<T>>()
+                .ok_or_else(|| Error::Internal("cached block has an unexpected type".into()))?;
+            v.iter().try_for_each(|r| f.write(r))
+        }
+        Stored::Bytes(b, records) => f.write_encoded(b, *records),
+    }
+}
+
+/// A block being written to disk record by record: a temporary file renamed into place by
+/// [`BlockFile::finish`], removed if dropped before.
+pub(crate) struct BlockFile {
+    w: Option<StreamWriter<BufWriter<File>>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    /// Records written, counted as they go by.
+    records: u64,
+}
+
+impl BlockFile {
+    fn create(dir: &Path, id: &BlockId, codec: Codec, unique: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(id.to_string());
+        let tmp = dir.join(format!("{id}.{unique}.tmp"));
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let w = StreamWriter::new(BufWriter::with_capacity(1 << 16, file), codec, &tmp);
+        Ok(BlockFile { w: Some(w), tmp, path, records: 0 })
+    }
+
+    fn writer(&mut self) -> Result<&mut StreamWriter<BufWriter<File>>> {
+        self.w.as_mut().ok_or_else(|| Error::Internal("block file written after it was finished".into()))
+    }
+
+    /// Appends one record.
+    pub(crate) fn write<T: Serialize>(&mut self, r: &T) -> Result<()> {
+        self.records += 1;
+        self.writer()?.write(r)
+    }
+
+    /// Appends already-encoded chunks.
+    fn write_encoded(&mut self, bytes: &[u8], records: u64) -> Result<()> {
+        self.records += records;
+        self.writer()?.write_encoded(bytes)
+    }
+
+    /// Flushes the file and moves it into place.
+    fn finish(mut self) -> Result<DiskEntry> {
+        let mut w = self.w.take().ok_or_else(|| Error::Internal("block file finished twice".into()))?;
+        let size = w.end_segment()?;
+        drop(w.finish()?);
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        Ok(DiskEntry { path: self.path.clone(), size, records: self.records })
+    }
+}
+
+impl Drop for BlockFile {
+    fn drop(&mut self) {
+        if self.w.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Unroll memory reserved for a partition being cached; given back when dropped.
+struct Unroll<'a> {
+    bm: &'a BlockManager,
+    bytes: u64,
+}
+
+impl Drop for Unroll<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let mut st = self.bm.lock();
+            st.unroll_used = st.unroll_used.saturating_sub(self.bytes);
+        }
+    }
+}
+
+/// The start of a partition that did not fit in memory: what was unrolled before the budget
+/// refused, still holding its unroll memory.
+enum Partial<'a, T> {
+    Objects(Vec<T>, Unroll<'a>),
+    /// Encoded records, how many, and their memory.
+    Bytes(ChunkEncoder, u64, Unroll<'a>),
+}
+
+/// Unroll memory is reserved in steps of at least this much, so most records need no lock.
+const UNROLL_STEP: u64 = 64 << 10;
+
+/// Reads a block's records from a stream, dropping the block (so that the next attempt
+/// recomputes it from lineage) and failing the task if the stream is corrupt.
+struct BlockReader<'a, R: Read, T> {
+    dec: ChunkDecoder<R, T>,
+    bm: &'a BlockManager,
+    id: BlockId,
+    tc: &'a TaskContext,
+    /// Records the block holds, and records read so far.
+    records: u64,
+    read: u64,
+}
+
+impl<'a, R: Read, T: DeserializeOwned> BlockReader<'a, R, T> {
+    fn new(src: R, size: Option<u64>, records: u64, bm: &'a BlockManager, id: BlockId, tc: &'a TaskContext) -> Self {
+        let dec = ChunkDecoder::new(src, &PathBuf::from(id.to_string()));
+        let dec = match size {
+            Some(n) => dec.expecting(n),
+            None => dec,
+        };
+        BlockReader { dec, bm, id, tc, records, read: 0 }
+    }
+
+    fn corrupt(&self, e: Error) -> Option<T> {
+        self.bm.remove_block(&self.id);
+        self.tc.fail(e);
+        None
+    }
+}
+
+impl<R: Read, T: DeserializeOwned> Iterator for BlockReader<'_, R, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        match self.dec.next_record() {
+            Ok(Some(r)) => {
+                self.read += 1;
+                Some(r)
+            }
+            Ok(None) if self.read == self.records => None,
+            Ok(None) => {
+                let (id, read, records) = (self.id, self.read, self.records);
+                self.corrupt(Error::Serialization(format!("block {id} holds {read} records, not {records}")))
+            }
+            Err(e) => self.corrupt(e),
+        }
+    }
+}
+
+/// A shared byte buffer read from the start.
+struct SharedBytes {
+    bytes: Arc<Vec<u8>>,
+    pos: usize,
+}
+
+impl Read for SharedBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.bytes.get(self.pos..).unwrap_or(&[]);
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Records unrolled before memory was refused, then the rest of the partition, for a level
+/// that cannot go to disk: the partition is passed through uncached, and the unroll memory is
+/// held until the iterator is dropped.
+struct PassThrough<'a, T> {
+    head: Box<dyn Iterator<Item = T> + 'a>,
+    rest: BoxIter<'a, T>,
+    _unroll: Unroll<'a>,
+}
+
+impl<T> Iterator for PassThrough<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.head.next().or_else(|| self.rest.next())
+    }
 }
 
 impl BlockManager {
@@ -170,6 +399,30 @@ impl BlockManager {
         self.budget
     }
 
+    /// The most execution memory one task may hold: the budget divided among the slots.
+    pub(crate) fn task_share(&self) -> u64 {
+        self.budget / self.slots
+    }
+
+    // ---- peaks ---------------------------------------------------------------------------------
+
+    /// Starts recording peak memory use; [`BlockManager::end_watch`] returns the peaks seen
+    /// between the two calls. Peaks are executor-wide: work of other jobs running at the same
+    /// time counts too, so they bound what the watched work used.
+    pub fn begin_watch(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_watch += 1;
+        let id = st.next_watch;
+        let now = MemoryPeaks { execution: st.exec_used, storage: st.storage_all(), total: st.used() };
+        st.watches.insert(id, now);
+        id
+    }
+
+    /// Stops a watch and returns its peaks (zero for an unknown watch).
+    pub fn end_watch(&self, watch: u64) -> MemoryPeaks {
+        self.lock().watches.remove(&watch).unwrap_or_default()
+    }
+
     // ---- execution memory ------------------------------------------------------------------
 
     /// Asks for `want` bytes of execution memory for a task; returns what was granted (possibly
@@ -180,16 +433,17 @@ impl BlockManager {
         let held = st.exec_by_task.get(&task).copied().unwrap_or(0);
         let cap = (self.budget / self.slots).saturating_sub(held);
         let want = want.min(cap);
-        let free = self.budget.saturating_sub(st.exec_used + st.storage_used);
+        let free = self.budget.saturating_sub(st.used());
         if want > free {
             let evictable = st.storage_used.saturating_sub(self.storage_floor);
             let need = (want - free).min(evictable);
             self.evict(&mut st, need, None);
         }
-        let free = self.budget.saturating_sub(st.exec_used + st.storage_used);
+        let free = self.budget.saturating_sub(st.used());
         let granted = want.min(free);
         st.exec_used += granted;
         *st.exec_by_task.entry(task).or_default() += granted;
+        st.note_peaks();
         granted
     }
 
@@ -208,6 +462,28 @@ impl BlockManager {
         if let Some(n) = st.exec_by_task.remove(&task) {
             st.exec_used -= n;
         }
+    }
+
+    // ---- map outputs in memory ---------------------------------------------------------------
+
+    /// Takes `bytes` of storage memory for a map output held in memory, if they are free and
+    /// the map outputs in memory stay within `cap`. Cached blocks are not evicted for it: an
+    /// output that does not fit goes to a file instead.
+    pub(crate) fn acquire_shuffle(&self, bytes: u64, cap: u64) -> bool {
+        let mut st = self.lock();
+        let fits_cap = st.shuffle_used.checked_add(bytes).is_some_and(|t| t <= cap);
+        if !fits_cap || bytes > self.budget.saturating_sub(st.used()) {
+            return false;
+        }
+        st.shuffle_used += bytes;
+        st.note_peaks();
+        true
+    }
+
+    /// Gives back the memory of a map output that was deleted.
+    pub(crate) fn release_shuffle(&self, bytes: u64) {
+        let mut st = self.lock();
+        st.shuffle_used = st.shuffle_used.saturating_sub(bytes);
     }
 
     // ---- storage -------------------------------------------------------------------------------
@@ -232,11 +508,11 @@ impl BlockManager {
             freed += entry.size;
             st.evictions += 1;
             if entry.level.use_disk() && !st.disk.contains_key(&id) {
-                let bytes = match &entry.stored {
-                    Stored::Objects(o) => (entry.to_bytes)(&**o, self.codec),
-                    Stored::Bytes(b) => Ok(b.as_ref().clone()),
-                };
-                match bytes.and_then(|b| self.write_disk(&id, &b)) {
+                // Records stream to the file: evicting never needs a serialized copy in memory.
+                let written = self
+                    .create_block_file(&id)
+                    .and_then(|mut f| (entry.to_file)(&entry.stored, &mut f).and_then(|()| f.finish()));
+                match written {
                     Ok(d) => {
                         st.disk.insert(id, d);
                     }
@@ -248,46 +524,54 @@ impl BlockManager {
         freed
     }
 
-    fn write_disk(&self, id: &BlockId, bytes: &[u8]) -> Result<DiskEntry> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let path = self.dir.join(id.to_string());
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        Ok(DiskEntry { path, size: bytes.len() as u64 })
+    fn create_block_file(&self, id: &BlockId) -> Result<BlockFile> {
+        let unique = {
+            // Two attempts may write the same block at once; each gets its own temporary file.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        BlockFile::create(&self.dir, id, self.codec, unique)
     }
 
-    fn try_put_memory(
-        &self,
-        id: BlockId,
-        stored: Stored,
-        size: u64,
-        level: StorageLevel,
-        to_bytes: fn(&(dyn Any + Send + Sync), Codec) -> Result<Vec<u8>>,
-    ) -> bool {
+    /// Reserves `bytes` more unroll memory for a partition of `rdd` being cached, evicting
+    /// blocks of other RDDs if needed. Returns false (reserving nothing) when they do not fit.
+    fn reserve_unroll(&self, rdd: RddId, unroll: &mut Unroll<'_>, bytes: u64) -> bool {
         let mut st = self.lock();
-        let free = self.budget.saturating_sub(st.exec_used + st.storage_used);
-        if size > free {
-            let protect = match id {
-                BlockId::Rdd { rdd, .. } => Some(rdd),
-            };
-            self.evict(&mut st, size - free, protect);
+        let free = self.budget.saturating_sub(st.used());
+        if bytes > free {
+            self.evict(&mut st, bytes - free, Some(rdd));
         }
-        let free = self.budget.saturating_sub(st.exec_used + st.storage_used);
-        if size > free {
+        if bytes > self.budget.saturating_sub(st.used()) {
             return false;
         }
+        st.unroll_used += bytes;
+        unroll.bytes += bytes;
+        st.note_peaks();
+        true
+    }
+
+    /// Turns a partition's unroll memory into a cached block of `size` bytes (no more than the
+    /// reservation, which is what keeps the cache inside the budget).
+    fn put_unrolled(&self, id: BlockId, stored: Stored, mut unroll: Unroll<'_>, level: StorageLevel, to_file: ToFile) {
+        let mut st = self.lock();
+        let size = std::mem::take(&mut unroll.bytes);
+        st.unroll_used = st.unroll_used.saturating_sub(size);
         st.tick += 1;
         let tick = st.tick;
-        if let Some(old) = st.memory.insert(id, MemEntry { stored, size, last_used: tick, level, to_bytes }) {
+        if let Some(old) = st.memory.insert(id, MemEntry { stored, size, last_used: tick, level, to_file }) {
             st.storage_used -= old.size;
         }
         st.storage_used += size;
-        true
     }
 
     /// Returns the cached partition if present, else computes it, caches it as `level` allows,
     /// and returns it. A partition that fits nowhere is returned uncached.
+    ///
+    /// Nothing is materialized outside the budget: a memory level unrolls the partition with
+    /// unroll memory reserved as it grows; when the budget refuses, a level with disk streams
+    /// what was unrolled and then the rest of the partition to a block file, and a memory-only
+    /// level passes the partition through uncached. `DiskOnly` streams every record to the file
+    /// as the partition yields it.
     pub(crate) fn get_or_compute<'a, T: Data>(
         &'a self,
         rdd: RddId,
@@ -297,7 +581,7 @@ impl BlockManager {
         compute: impl FnOnce() -> BoxIter<'a, T>,
     ) -> BoxIter<'a, T> {
         let id = BlockId::Rdd { rdd, split };
-        match self.get::<T>(&id) {
+        match self.get::<T>(&id, tc) {
             Ok(Some(it)) => return it,
             Ok(None) => {}
             Err(e) => {
@@ -306,47 +590,156 @@ impl BlockManager {
                 self.remove_block(&id);
             }
         }
-        let values: Vec<T> = compute().collect();
-        if tc.should_stop() {
-            return Box::new(values.into_iter());
+        match self.cache(id, level, compute(), tc) {
+            Ok(it) => it,
+            Err(e) => {
+                tc.fail(e);
+                Box::new(std::iter::empty())
+            }
         }
-        let values = Arc::new(values);
-        if let Err(e) = self.put(id, level, values.clone()) {
-            tracing::warn!("could not cache block {id}: {e}");
-        }
-        Box::new(ArcIter { v: values, i: 0 })
     }
 
-    fn put<T: Data>(&self, id: BlockId, level: StorageLevel, values: Arc<Vec<T>>) -> Result<()> {
+    fn cache<'a, T: Data>(
+        &'a self,
+        id: BlockId,
+        level: StorageLevel,
+        mut input: BoxIter<'a, T>,
+        tc: &'a TaskContext,
+    ) -> Result<BoxIter<'a, T>> {
+        let mut file = None;
         if level.use_memory() {
-            if level.deserialized() {
-                let mut sampler = SizeSampler::new();
-                for v in values.iter().step_by((values.len() / 64).max(1)) {
-                    sampler.add(v);
+            match self.unroll(id, level, &mut input, tc)? {
+                Ok(cached) => return Ok(cached),
+                Err(Partial::Objects(head, unroll)) if !level.use_disk() => {
+                    return Ok(Box::new(PassThrough {
+                        head: Box::new(head.into_iter()),
+                        rest: input,
+                        _unroll: unroll,
+                    }));
                 }
-                let size = 64 + sampler.per_record() * values.len() as u64;
-                let stored = Stored::Objects(values.clone() as Arc<dyn Any + Send + Sync>);
-                if self.try_put_memory(id, stored, size, level, objects_to_bytes::<T>) {
-                    return Ok(());
+                Err(Partial::Bytes(mut enc, n, unroll)) if !level.use_disk() => {
+                    let bytes = Arc::new(enc.take_bytes());
+                    let head = BlockReader::new(SharedBytes { bytes, pos: 0 }, None, n, self, id, tc);
+                    return Ok(Box::new(PassThrough { head: Box::new(head), rest: input, _unroll: unroll }));
                 }
-            } else {
-                let bytes = stream::encode_all(self.codec, values.iter())?;
-                let size = bytes.len() as u64;
-                if self.try_put_memory(id, Stored::Bytes(Arc::new(bytes)), size, level, objects_to_bytes::<T>) {
-                    return Ok(());
+                Err(partial) => {
+                    // Write what was unrolled, then give its memory back before streaming on.
+                    let mut f = self.create_block_file(&id)?;
+                    match partial {
+                        Partial::Objects(head, _unroll) => head.iter().try_for_each(|r| f.write(r))?,
+                        Partial::Bytes(mut enc, n, _unroll) => f.write_encoded(&enc.take_bytes(), n)?,
+                    }
+                    file = Some(f);
                 }
             }
         }
-        if level.use_disk() {
-            let bytes = stream::encode_all(self.codec, values.iter())?;
-            let d = self.write_disk(&id, &bytes)?;
-            self.lock().disk.insert(id, d);
+        if !level.use_disk() {
+            return Ok(input);
         }
-        Ok(())
+        let mut f = match file {
+            Some(f) => f,
+            None => self.create_block_file(&id)?,
+        };
+        for r in input {
+            f.write(&r)?;
+        }
+        if let Some(e) = tc.take_error() {
+            // The partition is incomplete: leave nothing behind and fail with the first error.
+            return Err(e);
+        }
+        if tc.should_stop() {
+            return Ok(Box::new(std::iter::empty()));
+        }
+        let d = f.finish()?;
+        let (path, size, records) = (d.path.clone(), d.size, d.records);
+        self.lock().disk.insert(id, d);
+        self.read_disk(id, &path, size, records, tc)
+    }
+
+    /// Unrolls a partition into memory with unroll memory reserved as it grows, caching it
+    /// when the whole partition fits. `Err` holds what was unrolled when the budget refused.
+    #[allow(clippy::type_complexity)]
+    fn unroll<'a, T: Data>(
+        &'a self,
+        id: BlockId,
+        level: StorageLevel,
+        input: &mut BoxIter<'a, T>,
+        tc: &'a TaskContext,
+    ) -> Result<std::result::Result<BoxIter<'a, T>, Partial<'a, T>>> {
+        let BlockId::Rdd { rdd, .. } = id;
+        let mut unroll = Unroll { bm: self, bytes: 0 };
+        let mut values: Vec<T> = Vec::new();
+        let mut enc = ChunkEncoder::new(self.codec);
+        let mut heap = 0u64;
+        let mut n = 0u64;
+        let deserialized = level.deserialized();
+        loop {
+            // A full vector is about to double: account its next capacity before it grows.
+            let capacity = match values.capacity() {
+                c if values.len() == c => (2 * c).max(16),
+                c => c,
+            };
+            let used = if deserialized {
+                64 + capacity as u64 * std::mem::size_of::<T>() as u64 + heap
+            } else {
+                64 + enc.held_bytes() as u64
+            };
+            if used > unroll.bytes {
+                let step = (used - unroll.bytes).max(UNROLL_STEP).max(unroll.bytes / 2);
+                let exact = used - unroll.bytes;
+                if !self.reserve_unroll(rdd, &mut unroll, step) && !self.reserve_unroll(rdd, &mut unroll, exact) {
+                    return Ok(Err(if deserialized {
+                        Partial::Objects(values, unroll)
+                    } else {
+                        Partial::Bytes(enc, n, unroll)
+                    }));
+                }
+            }
+            let Some(r) = input.next() else { break };
+            n += 1;
+            if deserialized {
+                values.reserve_exact(capacity - values.len());
+                // Every record is measured: one record far larger than the others still counts
+                // at its real size.
+                heap += SizeSampler::heap_bytes(&r);
+                values.push(r);
+            } else {
+                enc.push(&r)?;
+            }
+        }
+        if tc.should_stop() {
+            // An incomplete partition is not cached; the task fails with its error.
+            return Ok(Ok(Box::new(values.into_iter())));
+        }
+        if deserialized {
+            let values = Arc::new(values);
+            let stored = Stored::Objects(values.clone() as Arc<dyn Any + Send + Sync>);
+            self.put_unrolled(id, stored, unroll, level, objects_to_file::<T>);
+            Ok(Ok(Box::new(ArcIter { v: values, i: 0 })))
+        } else {
+            let bytes = Arc::new(enc.take_bytes());
+            self.put_unrolled(id, Stored::Bytes(bytes.clone(), n), unroll, level, objects_to_file::<T>);
+            Ok(Ok(Box::new(BlockReader::new(SharedBytes { bytes, pos: 0 }, None, n, self, id, tc))))
+        }
+    }
+
+    fn read_disk<'a, T: Data>(
+        &'a self,
+        id: BlockId,
+        path: &Path,
+        size: u64,
+        records: u64,
+        tc: &'a TaskContext,
+    ) -> Result<BoxIter<'a, T>> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let src = BufReader::with_capacity(1 << 16, f);
+        Ok(Box::new(BlockReader::new(src, Some(size), records, self, id, tc)))
     }
 
     /// The records of a cached block, or `None` when this block manager does not hold it.
-    pub(crate) fn get<T: Data>(&self, id: &BlockId) -> Result<Option<BoxIter<'static, T>>> {
+    /// Serialized and disk blocks are decoded as they are read; a corrupt block found while
+    /// reading is dropped (so the next attempt recomputes it) and fails the task.
+    pub(crate) fn get<'a, T: Data>(&'a self, id: &BlockId, tc: &'a TaskContext) -> Result<Option<BoxIter<'a, T>>> {
         let found = {
             let mut st = self.lock();
             st.tick += 1;
@@ -356,27 +749,25 @@ impl BlockManager {
                     e.last_used = tick;
                     Some(match &e.stored {
                         Stored::Objects(o) => Stored::Objects(o.clone()),
-                        Stored::Bytes(b) => Stored::Bytes(b.clone()),
+                        Stored::Bytes(b, n) => Stored::Bytes(b.clone(), *n),
                     })
                 }
                 None => None,
             }
         };
-        let origin = PathBuf::from(id.to_string());
         match found {
             Some(Stored::Objects(o)) => {
                 let v =
                     o.downcast::<Vec<T>>().map_err(|_| Error::Internal(format!("block {id} holds another type")))?;
                 Ok(Some(Box::new(ArcIter { v, i: 0 })))
             }
-            Some(Stored::Bytes(b)) => Ok(Some(Box::new(stream::decode_all::<T>(&b, &origin)?.into_iter()))),
+            Some(Stored::Bytes(bytes, n)) => {
+                Ok(Some(Box::new(BlockReader::new(SharedBytes { bytes, pos: 0 }, None, n, self, *id, tc))))
+            }
             None => {
-                let entry = self.lock().disk.get(id).map(|d| (d.path.clone(), d.size));
+                let entry = self.lock().disk.get(id).map(|d| (d.path.clone(), d.size, d.records));
                 match entry {
-                    Some((p, size)) => {
-                        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-                        Ok(Some(Box::new(stream::decode_exact::<T>(&bytes, size, &p)?.into_iter())))
-                    }
+                    Some((p, size, records)) => self.read_disk(*id, &p, size, records, tc).map(Some),
                     None => Ok(None),
                 }
             }
@@ -433,8 +824,9 @@ impl BlockManager {
         blocks.sort_by_key(|b| b.id);
         StorageStatus {
             budget: self.budget,
-            storage_used: st.storage_used,
+            storage_used: st.storage_used + st.unroll_used,
             execution_used: st.exec_used,
+            shuffle_memory_bytes: st.shuffle_used,
             evictions: st.evictions,
             blocks,
         }

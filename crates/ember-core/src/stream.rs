@@ -107,6 +107,11 @@ impl ChunkEncoder {
         self.out.clear();
     }
 
+    /// Bytes held (finished chunks plus pending records).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.out.len() + self.pending.len()
+    }
+
     /// Closes the pending chunk, if any.
     pub(crate) fn finish_chunk(&mut self) {
         if self.pending.is_empty() {
@@ -439,6 +444,7 @@ impl<W: Write> StreamWriter<W> {
     }
 }
 
+#[cfg(test)]
 /// Serializes all records into chunk bytes.
 pub(crate) fn encode_all<'a, T: Serialize + 'a>(
     codec: Codec,
@@ -451,11 +457,13 @@ pub(crate) fn encode_all<'a, T: Serialize + 'a>(
     Ok(enc.take_bytes())
 }
 
+#[cfg(test)]
 /// Decodes all records from chunk bytes.
 pub(crate) fn decode_all<T: DeserializeOwned>(bytes: &[u8], origin: &Path) -> Result<Vec<T>> {
     decode_exact(bytes, bytes.len() as u64, origin)
 }
 
+#[cfg(test)]
 /// Decodes all records from chunk bytes that must be `expected` bytes long (a length recorded
 /// when they were written).
 pub(crate) fn decode_exact<T: DeserializeOwned>(bytes: &[u8], expected: u64, origin: &Path) -> Result<Vec<T>> {

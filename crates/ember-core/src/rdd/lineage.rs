@@ -158,7 +158,7 @@ impl<T: Data> RddImpl<T> for LocalCheckpointRdd<T> {
         Vec::new()
     }
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T> {
-        match tc.env().blocks.get::<T>(&BlockId::Rdd { rdd: self.rdd, split }) {
+        match tc.env().blocks.get::<T>(&BlockId::Rdd { rdd: self.rdd, split }, tc) {
             Ok(Some(it)) => it,
             Ok(None) => {
                 tc.fail(Error::LocalCheckpointLost { rdd: self.rdd.0, split });

@@ -3,14 +3,18 @@
 //! `coalesce`, `cartesian`).
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Dependency, Rdd, RddImpl};
-use crate::data::Data;
+use crate::collections::{write_spill, SpillFile};
+use crate::data::{Data, SizeSampler};
 use crate::error::Error;
 use crate::ship::{Fun, Marker};
+use crate::storage::MemoryConsumer;
+use crate::stream::ChunkDecoder;
 use crate::task::{BoxIter, TaskContext};
 
 /// A per-partition operator from `T` records to `U` records.
@@ -424,9 +428,93 @@ impl<A: Data, B: Data> RddImpl<(A, B)> for CartesianRdd<A, B> {
     }
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, (A, B)> {
         let nb = self.b.num_partitions().max(1);
-        let right: Vec<B> = self.b.iterator(split % nb, tc).collect();
-        Box::new(
-            self.a.iterator(split / nb, tc).flat_map(move |x| right.clone().into_iter().map(move |y| (x.clone(), y))),
-        )
+        let (right, mem) = match materialize_side(self.b.iterator(split % nb, tc), tc) {
+            Ok(r) => r,
+            Err(e) => {
+                tc.fail(e);
+                return Box::new(std::iter::empty());
+            }
+        };
+        let right = Arc::new(right);
+        Box::new(self.a.iterator(split / nb, tc).flat_map(move |x| {
+            // The grant covering the materialized side lives as long as this iterator.
+            let _held = &mem;
+            side_iter(&right, tc).map(move |y| (x.clone(), y))
+        }))
+    }
+}
+
+/// The materialized side of a `cartesian`: in memory under the task's grant, or, when the
+/// budget refuses, in a spill file read once per record of the other side.
+enum Side<B> {
+    Memory(Vec<B>),
+    Disk(SpillFile),
+}
+
+/// Collects `it` for repeated iteration, measuring every record against the task's memory
+/// grant and moving the records to a spill file when the grant is refused.
+fn materialize_side<'a, B: Data>(
+    mut it: BoxIter<'a, B>,
+    tc: &'a TaskContext,
+) -> crate::error::Result<(Side<B>, MemoryConsumer<'a>)> {
+    let mut mem = MemoryConsumer::new(tc);
+    let mut values = Vec::new();
+    let mut used = 0u64;
+    while let Some(b) = it.next() {
+        let bytes = SizeSampler::heap_bytes(&b);
+        used += bytes;
+        values.push(b);
+        if (values.len() % 64 == 0 || bytes >= 64 << 10) && !mem.ensure(used) {
+            let (file, written) = write_spill(tc, "cartesian", values.into_iter().chain(it))?;
+            tc.add_spill(used, written);
+            mem.release_all();
+            return Ok((Side::Disk(file), mem));
+        }
+    }
+    if !mem.ensure(used) {
+        let (file, written) = write_spill(tc, "cartesian", values.into_iter())?;
+        tc.add_spill(used, written);
+        mem.release_all();
+        return Ok((Side::Disk(file), mem));
+    }
+    Ok((Side::Memory(values), mem))
+}
+
+/// The records of a materialized side, from the start.
+fn side_iter<'a, B: Data>(side: &Arc<Side<B>>, tc: &'a TaskContext) -> BoxIter<'a, B> {
+    match &**side {
+        Side::Memory(_) => {
+            let side = side.clone();
+            let mut i = 0;
+            Box::new(std::iter::from_fn(move || {
+                let Side::Memory(v) = &*side else { return None };
+                let x = v.get(i)?.clone();
+                i += 1;
+                Some(x)
+            }))
+        }
+        Side::Disk(f) => {
+            let path = f.path.clone();
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) => {
+                    tc.fail(Error::io(&path, e));
+                    return Box::new(std::iter::empty());
+                }
+            };
+            let mut dec = ChunkDecoder::<_, B>::new(std::io::BufReader::with_capacity(1 << 16, file), &path);
+            // The file lives as long as the side, which outlives every pass over it.
+            let _keep = side.clone();
+            Box::new(std::iter::from_fn(move || {
+                let _ = &_keep;
+                match dec.next_record() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tc.fail(e);
+                        None
+                    }
+                }
+            }))
+        }
     }
 }

@@ -178,6 +178,29 @@ fn split_sides<V, W>(items: Vec<Side<V, W>>) -> (Vec<V>, Vec<W>) {
     (vs, ws)
 }
 
+/// Every pair of a value of `vs` and a value of `ws`, made one at a time.
+struct CrossProduct<V, W> {
+    vs: Vec<V>,
+    ws: Vec<W>,
+    i: usize,
+    j: usize,
+}
+
+impl<V: Clone, W: Clone> Iterator for CrossProduct<V, W> {
+    type Item = (V, W);
+    fn next(&mut self) -> Option<(V, W)> {
+        let v = self.vs.get(self.i)?;
+        let w = self.ws.get(self.j)?;
+        let pair = (v.clone(), w.clone());
+        self.j += 1;
+        if self.j == self.ws.len() {
+            self.j = 0;
+            self.i += 1;
+        }
+        Some(pair)
+    }
+}
+
 fn add_u64(a: u64, b: u64) -> u64 {
     a + b
 }
@@ -344,16 +367,15 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         left.union(&right).group_by_key(Some(n)).map_values(split_sides::<V, W>)
     }
 
-    /// Inner join: every pair of values of keys present in both RDDs.
+    /// Inner join: every pair of values of keys present in both RDDs. A key's values are
+    /// grouped (and accounted) by the cogroup; their pairs are made as they are consumed, so
+    /// the cross product of a key is never held in memory (nor in the outer joins).
     pub fn join<W: Data>(&self, other: &Rdd<(K, W)>, num_partitions: Option<usize>) -> Rdd<(K, (V, W))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::with_capacity(vs.len() * ws.len());
-            for v in &vs {
-                for w in &ws {
-                    out.push((v.clone(), w.clone()));
-                }
-            }
-            out
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| CrossProduct {
+            vs,
+            ws,
+            i: 0,
+            j: 0,
         })
     }
 
@@ -363,17 +385,12 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         other: &Rdd<(K, W)>,
         num_partitions: Option<usize>,
     ) -> Rdd<(K, (V, Option<W>))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::new();
-            for v in &vs {
-                if ws.is_empty() {
-                    out.push((v.clone(), None));
-                }
-                for w in &ws {
-                    out.push((v.clone(), Some(w.clone())));
-                }
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| -> BoxIter<'static, _> {
+            if ws.is_empty() {
+                Box::new(vs.into_iter().map(|v| (v, None)))
+            } else {
+                Box::new(CrossProduct { vs, ws, i: 0, j: 0 }.map(|(v, w)| (v, Some(w))))
             }
-            out
         })
     }
 
@@ -383,17 +400,12 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         other: &Rdd<(K, W)>,
         num_partitions: Option<usize>,
     ) -> Rdd<(K, (Option<V>, W))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::new();
-            for w in &ws {
-                if vs.is_empty() {
-                    out.push((None, w.clone()));
-                }
-                for v in &vs {
-                    out.push((Some(v.clone()), w.clone()));
-                }
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| -> BoxIter<'static, _> {
+            if vs.is_empty() {
+                Box::new(ws.into_iter().map(|w| (None, w)))
+            } else {
+                Box::new(CrossProduct { vs: ws, ws: vs, i: 0, j: 0 }.map(|(w, v)| (Some(v), w)))
             }
-            out
         })
     }
 
@@ -403,20 +415,14 @@ impl<K: Key, V: Data> Rdd<(K, V)> {
         other: &Rdd<(K, W)>,
         num_partitions: Option<usize>,
     ) -> Rdd<(K, (Option<V>, Option<W>))> {
-        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| {
-            let mut out = Vec::new();
+        self.cogroup(other, num_partitions).flat_map_values(|(vs, ws): (Vec<V>, Vec<W>)| -> BoxIter<'static, _> {
             if vs.is_empty() {
-                out.extend(ws.iter().map(|w| (None, Some(w.clone()))));
+                Box::new(ws.into_iter().map(|w| (None, Some(w))))
             } else if ws.is_empty() {
-                out.extend(vs.iter().map(|v| (Some(v.clone()), None)));
+                Box::new(vs.into_iter().map(|v| (Some(v), None)))
             } else {
-                for v in &vs {
-                    for w in &ws {
-                        out.push((Some(v.clone()), Some(w.clone())));
-                    }
-                }
+                Box::new(CrossProduct { vs, ws, i: 0, j: 0 }.map(|(v, w)| (Some(v), Some(w))))
             }
-            out
         })
     }
 

@@ -21,6 +21,7 @@ use crate::progress::Progress;
 use crate::rdd::{Dependency, RddBase};
 use crate::ship::Ship;
 use crate::shuffle::{ShuffleDepBase, ShuffleId};
+use crate::storage::{BlockManager, MemoryPeaks};
 use crate::task::{panic_message, JobId, StageId, TaskBody, TaskMetrics, TaskOutput};
 
 /// The name of the scheduler's event loop thread.
@@ -73,6 +74,19 @@ struct Stage {
     launched: usize,
     tasks_done: usize,
     metrics: TaskMetrics,
+    /// The block manager's peak-memory watch while the stage runs, and the peaks of watches
+    /// already closed.
+    watch: Option<u64>,
+    peaks: MemoryPeaks,
+}
+
+impl Stage {
+    /// Closes the stage's peak-memory watch (when it finishes or its job ends).
+    fn close_watch(&mut self, blocks: &BlockManager) {
+        if let Some(w) = self.watch.take() {
+            self.peaks = self.peaks.max(blocks.end_watch(w));
+        }
+    }
 }
 
 struct ActiveJob {
@@ -82,6 +96,8 @@ struct ActiveJob {
     listener: Option<Box<dyn JobListener>>,
     started: Instant,
     group: Option<String>,
+    /// The block manager's peak-memory watch, open from submission to the end.
+    watch: u64,
 }
 
 /// All scheduling state, owned by the event loop thread.
@@ -239,6 +255,8 @@ impl State {
                 launched: 0,
                 tasks_done: 0,
                 metrics: TaskMetrics::default(),
+                watch: None,
+                peaks: MemoryPeaks::default(),
             },
         );
         Ok(id)
@@ -327,13 +345,14 @@ impl State {
                             listener: Some(listener),
                             started: Instant::now(),
                             group,
+                            watch: self.env.blocks.begin_watch(),
                         },
                     );
                     finals.push((id, stage));
                 }
                 Ok(None) => {
                     listener.job_finished(Ok(()));
-                    self.record_summary(id, true, Instant::now(), &[]);
+                    self.record_summary(id, true, Instant::now(), &[], MemoryPeaks::default());
                 }
                 Err(e) => {
                     self.forget_job_stages(id);
@@ -438,6 +457,9 @@ impl State {
             ts.launch(&*backend, &stage.code, (index, partition, attempt), epoch);
         }
         stage.launched += ts.launched;
+        if stage.watch.is_none() {
+            stage.watch = Some(self.env.blocks.begin_watch());
+        }
         stage.state = StageState::Running(ts);
     }
 
@@ -499,6 +521,7 @@ impl State {
                         stage.metrics.add(&end.metrics);
                         stage.tasks_done += 1;
                         if ts.pending.is_empty() {
+                            stage.close_watch(&self.env.blocks);
                             stage.state = StageState::Done;
                             self.on_stage_done(end.stage);
                         }
@@ -510,6 +533,7 @@ impl State {
                         stage.metrics.add(&end.metrics);
                         stage.tasks_done += 1;
                         if ts.pending.is_empty() {
+                            stage.close_watch(&self.env.blocks);
                             stage.state = StageState::Done;
                         }
                         self.on_result(job, end.index, output);
@@ -722,8 +746,10 @@ impl State {
         ids.push(job.final_stage);
         ids.sort();
         ids.dedup();
+        let peaks = self.env.blocks.end_watch(job.watch);
         for id in &ids {
-            if let Some(s) = self.stages.get(id) {
+            if let Some(s) = self.stages.get_mut(id) {
+                s.close_watch(&self.env.blocks);
                 if s.launched > 0 {
                     summaries.push(StageSummary {
                         id: s.id,
@@ -733,6 +759,9 @@ impl State {
                         failed_attempts: s.failed_attempts,
                         fetch_failures: s.fetch_failures,
                         metrics: s.metrics,
+                        peak_execution_memory: s.peaks.execution,
+                        peak_storage_memory: s.peaks.storage,
+                        peak_memory: s.peaks.total,
                     });
                 }
             }
@@ -744,14 +773,29 @@ impl State {
                 }
             }
         }
-        self.record_summary(job_id, ok, job.started, &summaries);
+        self.record_summary(job_id, ok, job.started, &summaries, peaks);
         if let Some(l) = job.listener.take() {
             l.job_finished(result);
         }
     }
 
-    fn record_summary(&mut self, id: JobId, succeeded: bool, started: Instant, stages: &[StageSummary]) {
-        let summary = JobSummary { id, succeeded, duration: started.elapsed(), stages: stages.to_vec() };
+    fn record_summary(
+        &mut self,
+        id: JobId,
+        succeeded: bool,
+        started: Instant,
+        stages: &[StageSummary],
+        peaks: MemoryPeaks,
+    ) {
+        let summary = JobSummary {
+            id,
+            succeeded,
+            duration: started.elapsed(),
+            stages: stages.to_vec(),
+            peak_execution_memory: peaks.execution,
+            peak_storage_memory: peaks.storage,
+            peak_memory: peaks.total,
+        };
         let m = summary.metrics();
         tracing::debug!(
             "job {} {} in {:?}: shuffle write {} B, spill {} B",

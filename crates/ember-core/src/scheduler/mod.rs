@@ -80,6 +80,14 @@ pub struct StageSummary {
     pub fetch_failures: u32,
     /// Summed task metrics.
     pub metrics: TaskMetrics,
+    /// Most execution memory granted at one time while the stage ran (executor-wide, see
+    /// [`JobSummary::peak_memory`]).
+    pub peak_execution_memory: u64,
+    /// Most storage memory (cached blocks, partitions being unrolled, in-memory map outputs)
+    /// at one time while the stage ran.
+    pub peak_storage_memory: u64,
+    /// Most execution plus storage memory at one time while the stage ran.
+    pub peak_memory: u64,
 }
 
 /// What a finished (or failed) job did.
@@ -93,6 +101,17 @@ pub struct JobSummary {
     pub duration: Duration,
     /// Its stages that ran tasks.
     pub stages: Vec<StageSummary>,
+    /// Most execution memory granted at one time between submission and end.
+    pub peak_execution_memory: u64,
+    /// Most storage memory (cached blocks, partitions being unrolled into the cache, map
+    /// outputs held in memory) at one time between submission and end.
+    pub peak_storage_memory: u64,
+    /// Most execution plus storage memory at one time between submission and end. The block
+    /// manager tracks these peaks exactly, under the lock that grants memory, while a watch
+    /// is open for the job; they are executor-wide, so jobs running at the same time count in
+    /// each other's peaks (an upper bound on what this job used). Every grant comes out of the
+    /// budget, so this never exceeds `ember.memory.size`.
+    pub peak_memory: u64,
 }
 
 impl JobSummary {

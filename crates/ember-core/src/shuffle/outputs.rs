@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ShuffleId;
 use crate::error::Result;
+use crate::storage::BlockManager;
 
 /// Where a map task's shuffle output lives and how big each reduce segment is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +66,9 @@ pub trait MapOutputLocations: Send + Sync {
 /// In-memory map outputs by (shuffle, map, attempt).
 type MemoryOutputs = HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>, rustc_hash::FxBuildHasher>;
 
-/// The map outputs one executor holds: files, and small outputs kept in memory.
+/// The map outputs one executor holds: files, and small outputs kept in memory. Outputs kept
+/// in memory take storage memory from the executor's budget (`BlockManager::acquire_shuffle`),
+/// given back when they are deleted; an output the budget refuses goes to a file.
 pub struct ShuffleManager {
     dir: PathBuf,
     /// Every output this executor wrote, by shuffle, so that removing a shuffle deletes them all
@@ -74,17 +77,19 @@ pub struct ShuffleManager {
     memory: Mutex<MemoryOutputs>,
     memory_used: AtomicU64,
     memory_cap: u64,
+    blocks: Arc<BlockManager>,
     /// Map outputs up to this size are kept in memory instead of files (creating and deleting
     /// small files dominates the cost of tiny jobs); larger ones stream to disk. 0: always files.
     pub(crate) memory_output_limit: usize,
 }
 
 impl ShuffleManager {
-    /// `memory_cap` bounds the bytes of map outputs held in memory; outputs larger than
-    /// `memory_output_limit` always go to files.
-    pub(crate) fn new(dir: PathBuf, memory_cap: u64, memory_output_limit: usize) -> Self {
+    /// `memory_cap` bounds the bytes of map outputs held in memory (inside the budget of
+    /// `blocks`); outputs larger than `memory_output_limit` always go to files.
+    pub(crate) fn new(dir: PathBuf, blocks: Arc<BlockManager>, memory_cap: u64, memory_output_limit: usize) -> Self {
         ShuffleManager {
             dir,
+            blocks,
             written: Mutex::new(HashMap::new()),
             memory: Mutex::new(MemoryOutputs::default()),
             memory_used: AtomicU64::new(0),
@@ -106,27 +111,27 @@ impl ShuffleManager {
         self.memory_used.load(Ordering::Relaxed)
     }
 
-    /// Keeps a map output in memory if the cap allows; gives the bytes back otherwise.
+    /// Keeps a map output in memory if the memory budget grants it (within the cap); gives
+    /// the bytes back otherwise, for the caller to write a file.
     pub(crate) fn try_keep_in_memory(
         &self,
         (id, map, attempt): (ShuffleId, usize, u64),
         bytes: Vec<u8>,
     ) -> std::result::Result<(), Vec<u8>> {
         let n = bytes.len() as u64;
-        let mut used = self.memory_used.load(Ordering::Relaxed);
-        loop {
-            if used.checked_add(n).is_none_or(|t| t > self.memory_cap) {
-                return Err(bytes);
-            }
-            match self.memory_used.compare_exchange(used, used + n, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(u) => used = u,
-            }
+        if !self.blocks.acquire_shuffle(n, self.memory_cap) {
+            return Err(bytes);
         }
+        self.memory_used.fetch_add(n, Ordering::AcqRel);
         if let Some(old) = self.memory().insert((id, map, attempt), Arc::new(bytes)) {
-            self.memory_used.fetch_sub(old.len() as u64, Ordering::AcqRel);
+            self.release(old.len() as u64);
         }
         Ok(())
+    }
+
+    fn release(&self, n: u64) {
+        self.memory_used.fetch_sub(n, Ordering::AcqRel);
+        self.blocks.release_shuffle(n);
     }
 
     /// Records an output this executor wrote (before its status goes to the driver).
@@ -170,8 +175,9 @@ impl ShuffleManager {
                 let _ = std::fs::remove_file(p.with_extension("index"));
             }
             None => {
-                if let Some(b) = self.memory().remove(&(s.shuffle, s.map, s.attempt)) {
-                    self.memory_used.fetch_sub(b.len() as u64, Ordering::AcqRel);
+                let removed = self.memory().remove(&(s.shuffle, s.map, s.attempt));
+                if let Some(b) = removed {
+                    self.release(b.len() as u64);
                 }
             }
         }

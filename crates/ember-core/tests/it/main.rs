@@ -7,6 +7,7 @@ mod faults;
 mod io;
 mod jobs;
 mod limits;
+mod memory;
 mod model;
 mod ops;
 mod output;

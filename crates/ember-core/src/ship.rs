@@ -35,11 +35,16 @@ use crate::error::{Error, Result};
 /// A non-capturing user function. It holds no data: it serializes to nothing and a receiving
 /// process rebuilds it from its type alone.
 ///
-/// Constructing a `Fun` from a closure that captures anything fails to compile. A `Fun` never
-/// stores a value of `F`; the function is materialized only by [`Fun::get1`], [`Fun::get2`] and
-/// [`Fun::get3`], whose `Fn` bounds prove that `F` is a closure or function item (the only
-/// zero-sized types that implement `Fn` on stable Rust), so a `Fun` of any other type, as
-/// deserializing could produce, can never be called.
+/// Constructing a `Fun` from a closure that captures anything but zero-sized values fails to
+/// compile. A `Fun` never stores a value of `F`; the function is materialized, as a shared
+/// reference, only by [`Fun::get1`], [`Fun::get2`] and [`Fun::get3`], whose bounds require `F` to
+/// be a `Send + Sync` function type.
+///
+/// Every `Fun<F>` traces back to a [`Fun::new`] with a real value of `F` in this binary: the wire
+/// form carries a seal of `F`'s fingerprint under the [`ShipKey`] of the encode, and decoding
+/// refuses a `Fun` whose seal does not check (so no `Fun` of an uninhabited type can be forged by
+/// deserializing). A value of `F` existed, `F` is zero-sized, and `new` leaks it (never drops
+/// it), so a shared reference to it is valid for as long as the program runs.
 pub struct Fun<F>(PhantomData<fn() -> F>);
 
 impl<F> Fun<F> {
@@ -47,7 +52,10 @@ impl<F> Fun<F> {
     ///
     /// A closure that captures state is rejected at compile time; pass captured state with the
     /// `*_with` variants of the RDD operations, or through a broadcast variable.
-    pub const fn new(f: F) -> Self {
+    pub const fn new(f: F) -> Self
+    where
+        F: Send + Sync,
+    {
         const {
             assert!(
                 std::mem::size_of::<F>() == 0,
@@ -62,10 +70,11 @@ impl<F> Fun<F> {
 
     fn conjure(&self) -> &F {
         const { assert!(std::mem::size_of::<F>() == 0) };
-        // SAFETY: every caller bounds `F` by `Fn`, and `F` is zero-sized (checked at compile
-        // time above). On stable Rust the zero-sized types implementing `Fn` are closures that
-        // capture nothing and function items: they have no fields, no invariants and exactly one
-        // value, so a well-aligned dangling pointer is a valid reference to that value.
+        // SAFETY: `F` is zero-sized (checked at compile time above), so any well-aligned
+        // non-null pointer points to a value of it, provided one exists: this `Fun` comes from a
+        // `Fun::new` that received such a value in this binary (the seal checked on decoding
+        // proves it for decoded ones) and leaked it, so it is never dropped. Callers bound `F` by
+        // `Fn + Send + Sync`, so the shared reference may be used from any thread.
         unsafe { std::ptr::NonNull::<F>::dangling().as_ref() }
     }
 
@@ -73,7 +82,7 @@ impl<F> Fun<F> {
     #[inline]
     pub fn get1<A, R>(&self) -> &F
     where
-        F: Fn(A) -> R,
+        F: Fn(A) -> R + Send + Sync,
     {
         self.conjure()
     }
@@ -82,7 +91,7 @@ impl<F> Fun<F> {
     #[inline]
     pub fn get2<A, B, R>(&self) -> &F
     where
-        F: Fn(A, B) -> R,
+        F: Fn(A, B) -> R + Send + Sync,
     {
         self.conjure()
     }
@@ -91,7 +100,7 @@ impl<F> Fun<F> {
     #[inline]
     pub fn get3<A, B, C, R>(&self) -> &F
     where
-        F: Fn(A, B, C) -> R,
+        F: Fn(A, B, C) -> R + Send + Sync,
     {
         self.conjure()
     }
@@ -111,15 +120,27 @@ impl<F> fmt::Debug for Fun<F> {
     }
 }
 
-impl<F> Serialize for Fun<F> {
+impl<F: 'static> Serialize for Fun<F> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_unit()
+        let key = ShipKey::current().ok_or_else(|| {
+            serde::ser::Error::custom("user functions are encoded only through Ship::encode or a ShipKey")
+        })?;
+        s.serialize_u64(key.fun_seal(fingerprint::<F>()))
     }
 }
 
-impl<'de, F> Deserialize<'de> for Fun<F> {
+impl<'de, F: 'static> Deserialize<'de> for Fun<F> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        <()>::deserialize(d)?;
+        let seal = u64::deserialize(d)?;
+        let Some(key) = ShipKey::current() else {
+            return Err(decode_failed("user functions are decoded only through a ShipKey".into()));
+        };
+        if key.fun_seal(fingerprint::<F>()) != seal {
+            return Err(decode_failed(format!(
+                "user function {} has a bad seal: the bytes are corrupt or come from another binary",
+                std::any::type_name::<F>()
+            )));
+        }
         Ok(Fun(PhantomData))
     }
 }
@@ -171,6 +192,11 @@ impl fmt::Debug for ShipKey {
     }
 }
 
+/// Domain bytes of the keyed PRF's inputs.
+const DOMAIN_MAC: u8 = 0;
+const DOMAIN_SEAL: u8 = 1;
+const DOMAIN_FUN: u8 = 2;
+
 thread_local! {
     /// The key of the encode or decode running on this thread, if any.
     static SCOPE: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
@@ -213,11 +239,23 @@ impl ShipKey {
         ShipKey { k0, k1 }
     }
 
+    // Seals, user-function seals and encoding MACs are one PRF (SipHash-2-4 under the key) over
+    // inputs that start with different domain bytes, so that no MAC of chosen bytes is ever a
+    // valid seal, whatever the key.
     fn seal(&self, offset: i64, fingerprint: u64) -> u64 {
         use std::hash::Hasher as _;
         let mut h = siphasher::sip::SipHasher24::new_with_keys(self.k0, self.k1);
-        h.write_i64(offset);
-        h.write_u64(fingerprint);
+        h.write_u8(DOMAIN_SEAL);
+        h.write(&offset.to_le_bytes());
+        h.write(&fingerprint.to_le_bytes());
+        h.finish()
+    }
+
+    fn fun_seal(&self, fingerprint: u64) -> u64 {
+        use std::hash::Hasher as _;
+        let mut h = siphasher::sip::SipHasher24::new_with_keys(self.k0, self.k1);
+        h.write_u8(DOMAIN_FUN);
+        h.write(&fingerprint.to_le_bytes());
         h.finish()
     }
 
@@ -228,7 +266,8 @@ impl ShipKey {
 
     fn mac(&self, bytes: &[u8]) -> u64 {
         use std::hash::Hasher as _;
-        let mut h = siphasher::sip::SipHasher24::new_with_keys(self.k1, self.k0);
+        let mut h = siphasher::sip::SipHasher24::new_with_keys(self.k0, self.k1);
+        h.write_u8(DOMAIN_MAC);
         h.write(bytes);
         h.finish()
     }
@@ -518,7 +557,7 @@ mod tests {
     }
 
     #[derive(Serialize, Deserialize)]
-    #[serde(bound = "")]
+    #[serde(bound = "F: 'static")]
     struct Hello<F> {
         prefix: String,
         f: Fun<F>,
@@ -602,6 +641,39 @@ mod tests {
         let err = Ship::<dyn Greeter>::decode_local(&forged).expect_err("must fail");
         assert!(err.to_string().contains("outside"), "{err}");
         assert!(code_ranges().is_some_and(|r| !r.is_empty()));
+    }
+
+    fn decode_fun_like<F: 'static>(_: &F, key: &ShipKey, bytes: &[u8]) -> Result<Fun<F>> {
+        key.decode::<Fun<F>>(bytes)
+    }
+
+    #[test]
+    fn a_fun_decodes_only_from_a_seal_of_its_own_type() {
+        let double = |x: i32| x * 2;
+        let other = |x: i32| x + 1;
+        let key = ShipKey::local();
+        let bytes = key.encode(&Fun::new(double)).unwrap();
+        assert_eq!((decode_fun_like(&double, key, &bytes).unwrap().get1())(21), 42);
+        // The seal of one function type does not make a `Fun` of another.
+        let err = decode_fun_like(&other, key, &bytes).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("seal"), "{err}");
+        // Nor can a `Fun` be made from nothing by deserializing outside a key.
+        let body = &bytes[..bytes.len() - 8];
+        assert!(postcard::from_bytes::<Fun<fn()>>(body).is_err());
+        assert!(postcard::to_allocvec(&Fun::new(double)).is_err(), "encoding needs a key too");
+    }
+
+    #[test]
+    fn no_mac_of_chosen_bytes_is_a_seal_even_for_a_key_with_equal_halves() {
+        // SAFETY: test key; nothing decoded with it is run unless its seals check.
+        let key = unsafe { ShipKey::for_verified_peers([9; 16]) };
+        let (offset, fp) = (1234i64, 5678u64);
+        let mut chosen = offset.to_le_bytes().to_vec();
+        chosen.extend_from_slice(&fp.to_le_bytes());
+        assert_ne!(key.mac(&chosen), key.seal(offset, fp));
+        let mut tagged = vec![DOMAIN_SEAL];
+        tagged.extend_from_slice(&chosen);
+        assert_ne!(key.mac(&tagged), key.seal(offset, fp));
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl<T: Data + Ord> PartitionFn<T, Vec<T>> for TopFn<T> {
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 struct ReduceFn<T, F>(Fun<F>, Marker<T>);
 impl<T: Data, F: Fn(T, T) -> T + Send + Sync + 'static> PartitionFn<T, Option<T>> for ReduceFn<T, F> {
     fn call(&self, _: &TaskContext, _: usize, it: BoxIter<'_, T>) -> Result<Option<T>> {
@@ -128,7 +128,7 @@ impl<T: Data, F: Fn(T, T) -> T + Send + Sync + 'static> PartitionFn<T, Option<T>
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "U: Data")]
+#[serde(bound = "U: Data, S: 'static")]
 struct AggregateFn<T, U, S> {
     zero: U,
     seq: Fun<S>,
@@ -141,7 +141,7 @@ impl<T: Data, U: Data, S: Fn(U, T) -> U + Send + Sync + 'static> PartitionFn<T, 
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "E: Data")]
+#[serde(bound = "E: Data, F: 'static")]
 struct ForeachFn<T, E, F> {
     env: E,
     f: Fun<F>,
@@ -158,7 +158,7 @@ impl<T: Data, E: Data, F: Fn(&E, T) + Send + Sync + 'static> PartitionFn<T, ()> 
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "E: Data")]
+#[serde(bound = "E: Data, F: 'static")]
 struct ForeachPartitionFn<T, E, F> {
     env: E,
     f: Fun<F>,

@@ -159,7 +159,7 @@ fn merge_into<K: Key, V>(map: &mut HashMap<K, V>, k: K, v: V, f: &impl Fn(V, V) 
 
 /// Reduces a partition's values per key into a map.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 struct ReduceLocallyFn<K, V, F> {
     f: Fun<F>,
     _kv: Marker<(K, V)>,

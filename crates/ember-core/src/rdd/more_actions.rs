@@ -60,7 +60,7 @@ fn best_n<T, K: Ord>(it: impl Iterator<Item = T>, n: usize, key: &impl Fn(&T) ->
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 struct ExtremeFn<T, K, F> {
     f: Fun<F>,
     largest: bool,
@@ -76,7 +76,7 @@ impl<T: Data, K: Ord + 'static, F: Fn(&T) -> K + Send + Sync + 'static> Partitio
 }
 
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 struct BestNFn<T, K, F> {
     n: usize,
     f: Fun<F>,

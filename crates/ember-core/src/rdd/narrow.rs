@@ -57,7 +57,7 @@ impl<T: Data, U: Data, O: Op<T, U>> RddImpl<U> for PipeRdd<T, U, O> {
 
 /// `map`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 pub(crate) struct MapOp<F>(pub(crate) Fun<F>);
 
 impl<T: Data, U: Data, F: Fn(T) -> U + Send + Sync + 'static> Op<T, U> for MapOp<F> {
@@ -71,7 +71,7 @@ impl<T: Data, U: Data, F: Fn(T) -> U + Send + Sync + 'static> Op<T, U> for MapOp
 
 /// `filter`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 pub(crate) struct FilterOp<F>(pub(crate) Fun<F>);
 
 impl<T: Data, F: Fn(&T) -> bool + Send + Sync + 'static> Op<T, T> for FilterOp<F> {
@@ -85,7 +85,7 @@ impl<T: Data, F: Fn(&T) -> bool + Send + Sync + 'static> Op<T, T> for FilterOp<F
 
 /// `flat_map`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 pub(crate) struct FlatMapOp<F, I>(pub(crate) Fun<F>, pub(crate) Marker<I>);
 
 impl<T: Data, U: Data, I, F> Op<T, U> for FlatMapOp<F, I>
@@ -103,7 +103,7 @@ where
 
 /// `map_partitions`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 pub(crate) struct MapPartitionsOp<F>(pub(crate) Fun<F>);
 
 impl<T: Data, U: Data, F> Op<T, U> for MapPartitionsOp<F>
@@ -120,7 +120,7 @@ where
 
 /// `map_partitions_with_index`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 pub(crate) struct MapPartitionsIndexOp<F>(pub(crate) Fun<F>);
 
 impl<T: Data, U: Data, F> Op<T, U> for MapPartitionsIndexOp<F>
@@ -137,7 +137,7 @@ where
 
 /// `map_with`: a map whose function also sees a serializable environment value.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "E: Data")]
+#[serde(bound = "E: Data, F: 'static")]
 pub(crate) struct MapWithOp<E, F>(pub(crate) E, pub(crate) Fun<F>);
 
 impl<T: Data, U: Data, E: Data, F: Fn(&E, T) -> U + Send + Sync + 'static> Op<T, U> for MapWithOp<E, F> {
@@ -152,7 +152,7 @@ impl<T: Data, U: Data, E: Data, F: Fn(&E, T) -> U + Send + Sync + 'static> Op<T,
 
 /// `filter_with`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "E: Data")]
+#[serde(bound = "E: Data, F: 'static")]
 pub(crate) struct FilterWithOp<E, F>(pub(crate) E, pub(crate) Fun<F>);
 
 impl<T: Data, E: Data, F: Fn(&E, &T) -> bool + Send + Sync + 'static> Op<T, T> for FilterWithOp<E, F> {
@@ -167,7 +167,7 @@ impl<T: Data, E: Data, F: Fn(&E, &T) -> bool + Send + Sync + 'static> Op<T, T> f
 
 /// `flat_map_with`.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "E: Data")]
+#[serde(bound = "E: Data, F: 'static")]
 pub(crate) struct FlatMapWithOp<E, F, I>(pub(crate) E, pub(crate) Fun<F>, pub(crate) Marker<I>);
 
 impl<T: Data, U: Data, E: Data, I, F> Op<T, U> for FlatMapWithOp<E, F, I>
@@ -187,7 +187,7 @@ where
 /// `map_partitions_with`: a partition function that also sees an environment value and the
 /// partition index.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "E: Data")]
+#[serde(bound = "E: Data, F: 'static")]
 pub(crate) struct MapPartitionsWithOp<E, F>(pub(crate) E, pub(crate) Fun<F>);
 
 impl<T: Data, U: Data, E: Data, F> Op<T, U> for MapPartitionsWithOp<E, F>

@@ -22,7 +22,7 @@ trait Merge<U>: Data {
 
 /// `tree_aggregate`'s combine function with its zero.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "U: Data")]
+#[serde(bound = "U: Data, C: 'static")]
 struct FoldMerge<U, C> {
     zero: U,
     comb: Fun<C>,
@@ -45,7 +45,7 @@ impl<U: Data, C: Fn(U, U) -> U + Send + Sync + 'static> Merge<U> for FoldMerge<U
 
 /// `tree_reduce`'s function lifted to partial results that may be empty.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 struct OptionMerge<T, F>(Fun<F>, Marker<T>);
 
 impl<T, F> Clone for OptionMerge<T, F> {

@@ -565,12 +565,10 @@ impl State {
                     self.abort_stage(end.stage, err);
                     return;
                 }
-                let parent = match self.shuffle_stages.get(&sid) {
-                    Some(&p) => Some(p),
-                    // The shuffle's stage was skipped because a cached RDD covered it, and the
-                    // cache has since lost blocks: create the stage now.
-                    None => self.missing_shuffle_stage(end.stage, sid),
-                };
+                // The shuffle's stage may not be a parent of this one: it was skipped because a
+                // cached RDD covered it, and the cache has since lost blocks. Create it (or take
+                // another job's) and make it a parent now.
+                let parent = self.missing_shuffle_stage(end.stage, sid);
                 match parent {
                     Some(p) => {
                         if let Some(ps) = self.stages.get_mut(&p) {
@@ -590,17 +588,10 @@ impl State {
             }
             Err(err) => {
                 if matches!(err, Error::Cancelled(_)) {
-                    // A killed attempt is not a failure. If its stage still runs (it was killed
-                    // for another job), run it again.
-                    if ts.pending.contains(&end.index) {
-                        let partition = match &stage.kind {
-                            StageKind::ShuffleMap { .. } => end.index,
-                            StageKind::Result { partitions, .. } => partitions.get(end.index).copied().unwrap_or(0),
-                        };
-                        let epoch = self.tracker.epoch();
-                        ts.launch(&*self.backend, &stage.code, (end.index, partition, end.attempt), epoch);
-                        stage.launched += 1;
-                    }
+                    // Attempts this scheduler kills belong to task sets it has already dropped, so
+                    // their statuses never get here: this cancellation came from the task itself
+                    // (user code returned it). It is not retried.
+                    self.abort_stage(end.stage, err);
                     return;
                 }
                 let fails = stage.failures.entry(end.index).or_insert(0);
@@ -636,16 +627,22 @@ impl State {
         }
     }
 
-    /// Creates the map stage of shuffle `sid`, found in the lineage of `stage` (through cached
-    /// RDDs), as a parent of `stage`.
+    /// The map stage of shuffle `sid` as a parent of `stage`: the existing one, or one created
+    /// from the dependency found in the lineage of `stage` (through cached RDDs); `stage`'s jobs
+    /// are added to it.
     fn missing_shuffle_stage(&mut self, stage: StageId, sid: ShuffleId) -> Option<StageId> {
         let (rdd, jobs) = {
             let s = self.stages.get(&stage)?;
             (s.rdd.clone(), s.jobs.iter().copied().collect::<Vec<_>>())
         };
-        let dep = find_shuffle(&rdd, sid)?;
         let first = *jobs.first()?;
-        let p = self.shuffle_stage(dep, first).ok()?;
+        let p = match self.shuffle_stages.get(&sid) {
+            Some(&p) => p,
+            None => {
+                let dep = find_shuffle(&rdd, sid)?;
+                self.shuffle_stage(dep, first).ok()?
+            }
+        };
         for j in jobs {
             self.add_job_to(p, j);
         }

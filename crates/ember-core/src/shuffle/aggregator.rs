@@ -25,7 +25,7 @@ impl<V: 'static, C: 'static, R: Aggregator<V, C>> Upcast<dyn Aggregator<V, C>> f
 
 /// `reduce_by_key`: one associative function.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "F: 'static")]
 pub(crate) struct ReduceAgg<V, F> {
     pub(crate) f: Fun<F>,
     pub(crate) _v: Marker<V>,
@@ -47,7 +47,7 @@ impl<V: Data, F: Fn(V, V) -> V + Send + Sync + 'static> Aggregator<V, V> for Red
 
 /// `aggregate_by_key` / `fold_by_key`: a zero value, a sequence and a combine function.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "C: Data")]
+#[serde(bound = "C: Data, S: 'static, M: 'static")]
 pub(crate) struct ZeroAgg<V, C, S, M> {
     pub(crate) zero: C,
     pub(crate) seq: Fun<S>,
@@ -75,7 +75,7 @@ where
 
 /// `combine_by_key`: three user functions.
 #[derive(Serialize, Deserialize)]
-#[serde(bound = "")]
+#[serde(bound = "Cr: 'static, Mv: 'static, Mc: 'static")]
 pub(crate) struct CombineAgg<V, C, Cr, Mv, Mc> {
     pub(crate) create: Fun<Cr>,
     pub(crate) merge_value: Fun<Mv>,

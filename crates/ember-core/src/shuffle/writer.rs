@@ -156,14 +156,7 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
     }
     let written = out.records;
     let (data, sizes) = out.commit(tmp, &data, (dep.shuffle_id, map, tc.task_attempt_id))?;
-    if let Some(e) = tc.take_error() {
-        if let Some(d) = &data {
-            let _ = std::fs::remove_file(d);
-        }
-        return Err(e);
-    }
     let bytes: u64 = sizes.iter().sum();
-    tc.add_shuffle_write(written, bytes);
     let status = MapStatus {
         shuffle: dep.shuffle_id,
         map,
@@ -172,6 +165,12 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
         data,
         sizes,
     };
+    if let Some(e) = tc.take_error() {
+        // Killed or failed while committing: the output (file and index, or memory) goes.
+        env.shuffle.delete_output(&status);
+        return Err(e);
+    }
+    tc.add_shuffle_write(written, bytes);
     env.shuffle.record_written(&status);
     Ok(status)
 }
@@ -300,9 +299,16 @@ impl<'a> PartitionBuffers<'a> {
         Ok(())
     }
 
+    /// Bytes the buffers hold, counted by capacity (what is allocated, not what is used).
     fn held(&self) -> u64 {
-        (self.arena.len() + self.recs.len() * 8 + self.outs.iter().map(Vec::len).sum::<usize>()) as u64
-            + self.parts as u64 * 8
+        (self.arena.capacity()
+            + self.recs.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.outs.iter().map(Vec::capacity).sum::<usize>()
+            + self.outs.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.enc.held_bytes()) as u64
+            // The counting sort's index vectors, when the arena is drained.
+            + self.recs.len() as u64 * 16
+            + self.parts as u64 * 24
     }
 
     /// Whether the buffers plus `extra` bytes held elsewhere fit in the task's memory grant.
@@ -380,6 +386,10 @@ impl<'a> PartitionBuffers<'a> {
         if held > 0 {
             self.runs.push(spill_buffers(&mut self.outs, self.tc, held)?);
         }
+        // The grant goes back: so must the memory behind it.
+        self.arena = Vec::new();
+        self.recs = Vec::new();
+        self.outs = Vec::new();
         self.mem.release_all();
         Ok(())
     }

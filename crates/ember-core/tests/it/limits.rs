@@ -40,3 +40,18 @@ fn a_cartesian_whose_partition_count_overflows_is_an_error() {
     let c = ctx.parallelize(vec![2u8, 3], 2);
     assert_eq!(a.coalesce(2, false).cartesian(&c).unwrap().count().unwrap(), 2);
 }
+
+#[test]
+fn records_of_no_bytes_survive_shuffles_and_serialized_caches() {
+    for ctx in both() {
+        let units = ctx.parallelize(vec![(); 7], 3);
+        assert_eq!(units.distinct(Some(2)).count().unwrap(), 1);
+        assert_eq!(units.map(|u| (u, 1u32)).group_by_key(Some(2)).collect().unwrap(), vec![((), vec![1; 7])]);
+        let cached = units.persist(ember_core::StorageLevel::MemoryOnlySer).unwrap();
+        assert_eq!(cached.count().unwrap(), 7);
+        assert_eq!(cached.count().unwrap(), 7, "read back from the cache");
+        let on_disk = ctx.parallelize(vec![(); 5], 2).persist(ember_core::StorageLevel::DiskOnly).unwrap();
+        assert_eq!(on_disk.count().unwrap(), 5);
+        assert_eq!(on_disk.count().unwrap(), 5, "read back from disk");
+    }
+}

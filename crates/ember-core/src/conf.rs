@@ -419,7 +419,7 @@ mod tests {
         let s = EmberConf::new().settings().unwrap();
         assert_eq!(
             (s.files_max_partition_bytes, s.files_open_cost_bytes, s.max_line_length),
-            (128 << 20, 4 << 20, 64 << 20)
+            (32 << 20, 4 << 20, 64 << 20)
         );
         let s = EmberConf::new()
             .set("ember.files.maxPartitionBytes", "1m")

@@ -78,12 +78,12 @@ fn many_small_files_share_partitions_and_count_exactly() {
         write(&dir.path().join(format!("f{i:05}.txt")), &format!("common w{} w{}\n", i % 10, i % 7));
     }
     let lines = ctx.text_file(dir.path().to_str().unwrap(), 2).unwrap();
-    // 128 MiB per partition at 4 MiB per file: 32 files each.
-    assert_eq!(lines.num_partitions(), files.div_ceil(32));
+    // 32 MiB per partition at 4 MiB per file: 8 files each.
+    assert_eq!(lines.num_partitions(), files.div_ceil(8));
     let counts = lines
         .flat_map(|l: String| l.split_whitespace().map(|w| (w.to_string(), 1u64)).collect::<Vec<_>>())
         .reduce_by_key(|a, b| a + b, None);
-    assert_eq!(counts.num_partitions(), files.div_ceil(32), "shuffle partitions follow the input");
+    assert_eq!(counts.num_partitions(), files.div_ceil(8), "shuffle partitions follow the input");
     let mut got = counts.collect().unwrap();
     got.sort();
     let mut want = std::collections::BTreeMap::new();

@@ -15,6 +15,7 @@ mod narrow;
 mod numeric;
 mod output;
 mod pair;
+mod pipe;
 mod sampling;
 mod setops;
 mod source;

@@ -672,3 +672,30 @@ fn a_panic_decoding_a_result_fails_only_its_job() {
     assert_eq!(out, (0..8u32).map(|x| x * 2).collect::<Vec<_>>());
     assert_usable(&ctx);
 }
+
+/// A job whose shuffle stage was skipped because a cached RDD covered it, and then finds the
+/// cache and the shuffle output both lost, still recovers: the fetch failure creates the map
+/// stage it never planned and runs it for the lost output only.
+#[test]
+fn a_fetch_failure_under_a_skipped_shuffle_creates_its_map_stage() {
+    let ctx = ctx();
+    let pairs = ctx.parallelize((0..400u32).map(|i| (i % 10, 1u32)).collect(), 4);
+    let summed = pairs.reduce_by_key(|a, b| a + b, Some(2));
+    let cached = summed.persist(ember_core::StorageLevel::DiskOnly).unwrap();
+    assert_eq!(cached.count().unwrap(), 10);
+    let dep = match cached.dependencies().into_iter().next() {
+        Some(ember_core::Dependency::Shuffle(d)) => d,
+        other => panic!("expected a shuffle dependency, got {other:?}"),
+    };
+    // Both the cached partition 0 and map output 1 are lost.
+    assert!(lose_map_output(&ctx, dep.shuffle_id(), 1));
+    let block = ctx.env().local_dir.join("blocks").join(format!("rdd_{}_0", cached.id().0));
+    std::fs::remove_file(&block).expect("the cached block is on disk");
+    let mut got = cached.map(|(k, n)| (k, n * 2)).collect().unwrap();
+    got.sort();
+    assert_eq!(got, (0..10u32).map(|k| (k, 80)).collect::<Vec<_>>());
+    let summary = ctx.last_job_summary().unwrap();
+    let map_stage = summary.stages.iter().find(|s| s.name.starts_with("shuffle")).expect("the map stage ran");
+    assert_eq!(map_stage.launched, 1, "only the lost map output is recomputed: {summary:?}");
+    assert!(summary.stages.iter().any(|s| s.fetch_failures > 0), "{summary:?}");
+}

@@ -11,6 +11,7 @@ mod memory;
 mod model;
 mod ops;
 mod output;
+mod pipe;
 mod smoke;
 mod spill;
 mod storage;

@@ -225,7 +225,9 @@ pub(crate) fn plan_splits(files: &[PathBuf], policy: SplitPolicy) -> Result<Vec<
     let open_cost = policy.open_cost;
     let total: u64 = sizes.iter().map(|&s| s.saturating_add(open_cost)).fold(0, u64::saturating_add);
     let per_partition = total / policy.min_partitions.max(1) as u64;
-    let target = policy.max_partition_bytes.min(open_cost.max(per_partition)).max(1);
+    // No more ranges than the partition limit allows, whatever `min_partitions` asks for.
+    let floor = total.div_ceil(crate::conf::MAX_PARTITIONS).max(1);
+    let target = policy.max_partition_bytes.min(open_cost.max(per_partition)).max(floor);
 
     let mut ranges = Vec::new();
     for (f, &size) in files.iter().zip(&sizes) {

@@ -165,7 +165,9 @@ pub(crate) type StatusSink = Box<dyn Fn(TaskStatus) + Send + Sync>;
 
 enum Queued {
     Local(TaskLaunch),
-    Bytes(Vec<u8>),
+    /// An encoded launch, with its task's identity kept aside so that even a launch that fails
+    /// to decode gets its one status.
+    Bytes(Vec<u8>, TaskLaunch),
 }
 
 struct Shared {
@@ -217,7 +219,7 @@ impl ExecutorBackend for LocalBackend {
         self.shared.kills.lock().unwrap_or_else(|p| p.into_inner()).insert(task.task_id, Arc::default());
         let queued = if self.shared.serialize {
             match encode_launch(&task) {
-                Ok(b) => Queued::Bytes(b),
+                Ok(b) => Queued::Bytes(b, TaskLaunch { body: TaskPayload::Encoded(Arc::default()), ..task }),
                 Err(e) => {
                     report(&self.shared, failed_status(&task, e));
                     return;
@@ -246,6 +248,11 @@ impl ExecutorBackend for LocalBackend {
 
     fn stop(&self) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Queued tasks are dropped (they report `Cancelled` without starting) and running ones
+        // stop at their next check.
+        for flag in self.shared.kills.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            flag.store(true, Ordering::Relaxed);
+        }
         let me = std::thread::current().id();
         for h in self.workers.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             // A slot thread may drop the last context handle; it cannot wait for itself.
@@ -344,10 +351,11 @@ fn slot_loop(rx: Receiver<Queued>, shared: Arc<Shared>) {
     while let Ok(q) = rx.recv() {
         let task = match q {
             Queued::Local(t) => t,
-            Queued::Bytes(b) => match decode_launch(&b) {
+            Queued::Bytes(b, identity) => match decode_launch(&b) {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::error!("dropping a task launch that does not decode: {e}");
+                    shared.kills.lock().unwrap_or_else(|p| p.into_inner()).remove(&identity.task_id);
+                    report(&shared, failed_status(&identity, e));
                     continue;
                 }
             },

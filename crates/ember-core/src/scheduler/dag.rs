@@ -517,7 +517,10 @@ impl State {
                             }
                         }
                         ts.pending.remove(&end.index);
-                        accumulator::merge_updates(end.updates);
+                        if let Err(e) = merge_updates(end.updates) {
+                            self.abort_stage(end.stage, e);
+                            return;
+                        }
                         stage.metrics.add(&end.metrics);
                         stage.tasks_done += 1;
                         if ts.pending.is_empty() {
@@ -529,7 +532,10 @@ impl State {
                     StageKind::Result { job, .. } => {
                         let job = *job;
                         ts.pending.remove(&end.index);
-                        accumulator::merge_updates(end.updates);
+                        if let Err(e) = merge_updates(end.updates) {
+                            self.abort_stage(end.stage, e);
+                            return;
+                        }
                         stage.metrics.add(&end.metrics);
                         stage.tasks_done += 1;
                         if ts.pending.is_empty() {
@@ -808,6 +814,13 @@ impl State {
         }
         q.push_back(summary);
     }
+}
+
+/// Merges a successful task's accumulator updates; a user `AccumulatorParam` that panics fails
+/// the jobs of the task's stage, not the scheduler.
+fn merge_updates(updates: accumulator::AccumUpdates) -> Result<()> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| accumulator::merge_updates(updates)))
+        .map_err(|p| Error::UserPanic(format!("an accumulator's merge panicked on the driver: {}", panic_message(&*p))))
 }
 
 /// The shuffle dependency `sid` in the lineage of `rdd`, looking through cached RDDs.

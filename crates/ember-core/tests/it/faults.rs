@@ -699,3 +699,40 @@ fn a_fetch_failure_under_a_skipped_shuffle_creates_its_map_stage() {
     assert_eq!(map_stage.launched, 1, "only the lost map output is recomputed: {summary:?}");
     assert!(summary.stages.iter().any(|s| s.fetch_failures > 0), "{summary:?}");
 }
+
+/// An accumulator whose merge panics on the driver fails its job with the message; the context
+/// stays usable.
+#[test]
+fn a_panicking_accumulator_merge_fails_only_its_job() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Fussy;
+    impl ember_core::AccumulatorParam for Fussy {
+        type Value = u64;
+        fn zero(&self) -> u64 {
+            0
+        }
+        fn merge(&self, acc: &mut u64, update: u64) {
+            if update == 13 {
+                panic!("thirteen is not welcome");
+            }
+            *acc += update;
+        }
+    }
+    for ctx in both() {
+        let acc = ctx.accumulator(Fussy);
+        // A job running meanwhile must not be failed with it.
+        let slow = ctx.parallelize((0..6u64).collect(), 1).map(|x| {
+            std::thread::sleep(Duration::from_millis(40));
+            x
+        });
+        std::thread::scope(|s| {
+            let other = s.spawn(|| slow.count());
+            std::thread::sleep(Duration::from_millis(20));
+            // The task merges 6 and 7 into its buffered update, 13, which the driver then merges.
+            let err = ctx.parallelize(vec![6u64, 7], 1).foreach_with(acc.clone(), |a, x| a.add(x)).unwrap_err();
+            assert!(err.to_string().contains("thirteen"), "{err}");
+            assert_eq!(other.join().unwrap().unwrap(), 6, "the other job is not failed");
+        });
+        assert_eq!(ctx.parallelize((0..10u64).collect(), 2).count().unwrap(), 10);
+    }
+}

@@ -103,7 +103,7 @@ fn corrupted_encodings_are_errors() {
     let rdd = lineage(&ctx);
     let key = ShipKey::local();
     // SAFETY: a key that only this test holds; bytes sealed with it are refused by `key`.
-    let foreign = unsafe { ShipKey::for_verified_peers([0x5a; 16]) };
+    let foreign = unsafe { ShipKey::for_verified_peers(*b"another-app-key!") };
 
     let count = Ship::new(crate::rdd::CountFn::<(String, u64)>::default()) as Ship<dyn crate::rdd::PartitionFn<_, u64>>;
     let result_task = crate::context::result_task(&rdd, count);

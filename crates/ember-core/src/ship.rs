@@ -492,6 +492,13 @@ impl<D: ?Sized> Serialize for Ship<D> {
         let key = ShipKey::current().ok_or_else(|| {
             serde::ser::Error::custom("shipped code is encoded only through Ship::encode or a ShipKey")
         })?;
+        // Offsets are taken from the anchor, which lives in the object holding this crate; an
+        // entry compiled into another object (a dynamic library) would not be found again.
+        if !in_code(self.entry as usize) {
+            return Err(serde::ser::Error::custom(
+                "this value's code lies outside the object that holds Ember's anchor (a dynamic library?) and cannot be shipped",
+            ));
+        }
         let payload = (self.encode)(&*self.any).map_err(serde::ser::Error::custom)?;
         let offset = entry_offset(self.entry);
         Wire { offset, fingerprint: self.fingerprint, seal: key.seal(offset, self.fingerprint), payload: &payload }

@@ -9,6 +9,22 @@ use crate::error::{Error, Result};
 use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
 
+/// Where a block's bytes come from: no allocation or dynamic call per block.
+enum BlockSource {
+    Memory(SharedSlice),
+    File(std::io::Take<BufReader<File>>),
+}
+
+impl Read for BlockSource {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BlockSource::Memory(m) => m.read(buf),
+            BlockSource::File(f) => f.read(buf),
+        }
+    }
+}
+
 /// A byte range of a shared buffer, read without copying the buffer.
 struct SharedSlice {
     bytes: Arc<Vec<u8>>,
@@ -33,9 +49,9 @@ pub(crate) struct ShuffleReader<'a, R> {
     memory: Arc<Vec<u8>>,
     ranges: Vec<Option<(usize, usize)>>,
     next_map: usize,
-    current: Option<ChunkDecoder<Box<dyn Read>, R>>,
+    current: Option<ChunkDecoder<BlockSource, R>>,
     /// A finished decoder, kept for its buffers.
-    spare: Option<ChunkDecoder<Box<dyn Read>, R>>,
+    spare: Option<ChunkDecoder<BlockSource, R>>,
     reduce: usize,
     tc: &'a TaskContext,
     records: u64,
@@ -62,7 +78,7 @@ impl<'a, R> ShuffleReader<'a, R> {
 }
 
 impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
-    fn decoder(&mut self, src: Box<dyn Read>, origin: Origin, len: u64) -> ChunkDecoder<Box<dyn Read>, R> {
+    fn decoder(&mut self, src: BlockSource, origin: Origin, len: u64) -> ChunkDecoder<BlockSource, R> {
         match self.spare.take() {
             Some(mut d) => {
                 d.reset(src, origin, len);
@@ -72,7 +88,7 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         }
     }
 
-    fn open(&mut self, i: usize) -> Result<ChunkDecoder<Box<dyn Read>, R>> {
+    fn open(&mut self, i: usize) -> Result<ChunkDecoder<BlockSource, R>> {
         let b = &self.blocks[i];
         let (shuffle, map, reduce) = (b.shuffle.0, b.map, self.reduce);
         let fetch_failed = |message: String| Error::FetchFailed { shuffle, map, reduce, message };
@@ -89,13 +105,13 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
             if n as u64 != len {
                 return Err(fetch_failed("in-memory map output is shorter than its status says".into()));
             }
-            let src: Box<dyn Read> = Box::new(SharedSlice { bytes: self.memory.clone(), pos: at, end: at + n });
+            let src = BlockSource::Memory(SharedSlice { bytes: self.memory.clone(), pos: at, end: at + n });
             return Ok(self.decoder(src, Origin::ShuffleMemory { shuffle, map }, len));
         };
         let mut f = File::open(&*path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         let buf = (len as usize).clamp(64, 1 << 16);
-        let src: Box<dyn Read> = Box::new(BufReader::with_capacity(buf, f).take(len));
+        let src = BlockSource::File(BufReader::with_capacity(buf, f).take(len));
         Ok(self.decoder(src, Origin::Path(path.to_path_buf()), len))
     }
 }

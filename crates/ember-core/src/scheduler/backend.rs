@@ -305,42 +305,65 @@ fn decode_launch(bytes: &[u8]) -> Result<TaskLaunch> {
     })
 }
 
-fn failed_status(t: &TaskLaunch, e: Error) -> TaskStatus {
-    TaskStatus {
-        task_id: t.task_id,
-        stage: t.stage,
-        stage_attempt: t.stage_attempt,
-        index: t.index,
-        attempt: t.attempt,
-        epoch: t.epoch,
-        result: Err(e),
-        metrics: TaskMetrics::default(),
-        updates: AccumUpdates::Local(Vec::new()),
+/// Which attempt a status is about: what a failure report needs.
+#[derive(Clone, Copy)]
+struct Attempt {
+    task_id: u64,
+    stage: StageId,
+    stage_attempt: u32,
+    index: usize,
+    attempt: u32,
+    epoch: u64,
+}
+
+impl Attempt {
+    fn of_launch(t: &TaskLaunch) -> Attempt {
+        Attempt {
+            task_id: t.task_id,
+            stage: t.stage,
+            stage_attempt: t.stage_attempt,
+            index: t.index,
+            attempt: t.attempt,
+            epoch: t.epoch,
+        }
     }
+
+    fn of_status(s: &TaskStatus) -> Attempt {
+        Attempt {
+            task_id: s.task_id,
+            stage: s.stage,
+            stage_attempt: s.stage_attempt,
+            index: s.index,
+            attempt: s.attempt,
+            epoch: s.epoch,
+        }
+    }
+
+    /// A status reporting that this attempt failed with `e` (no metrics, no updates).
+    fn failed(self, e: Error) -> TaskStatus {
+        TaskStatus {
+            task_id: self.task_id,
+            stage: self.stage,
+            stage_attempt: self.stage_attempt,
+            index: self.index,
+            attempt: self.attempt,
+            epoch: self.epoch,
+            result: Err(e),
+            metrics: TaskMetrics::default(),
+            updates: AccumUpdates::Encoded(Vec::new()),
+        }
+    }
+}
+
+fn failed_status(t: &TaskLaunch, e: Error) -> TaskStatus {
+    Attempt::of_launch(t).failed(e)
 }
 
 /// Hands a status to the scheduler, through bytes when rehearsing a remote executor.
 fn report(shared: &Shared, status: TaskStatus) {
     let status = if shared.serialize {
-        let task = (status.task_id, status.stage, status.stage_attempt, status.index, status.attempt, status.epoch);
-        let updates = match status.updates {
-            AccumUpdates::Local(v) if v.is_empty() => AccumUpdates::Encoded(Vec::new()),
-            u => u,
-        };
-        match encode_status(TaskStatus { updates, ..status }).and_then(|b| decode_status(&b)) {
-            Ok(s) => s,
-            Err(e) => TaskStatus {
-                task_id: task.0,
-                stage: task.1,
-                stage_attempt: task.2,
-                index: task.3,
-                attempt: task.4,
-                epoch: task.5,
-                result: Err(e),
-                metrics: TaskMetrics::default(),
-                updates: AccumUpdates::Encoded(Vec::new()),
-            },
-        }
+        let attempt = Attempt::of_status(&status);
+        encode_status(status).and_then(|b| decode_status(&b)).unwrap_or_else(|e| attempt.failed(e))
     } else {
         status
     };

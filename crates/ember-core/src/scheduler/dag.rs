@@ -80,6 +80,16 @@ struct Stage {
     peaks: MemoryPeaks,
 }
 
+impl StageKind {
+    /// The partition task `index` of the stage computes.
+    fn partition_of(&self, index: usize) -> usize {
+        match self {
+            StageKind::ShuffleMap { .. } => index,
+            StageKind::Result { partitions, .. } => partitions.get(index).copied().unwrap_or(0),
+        }
+    }
+}
+
 impl Stage {
     /// Closes the stage's peak-memory watch (when it finishes or its job ends).
     fn close_watch(&mut self, blocks: &BlockManager) {
@@ -491,7 +501,9 @@ impl State {
                     self.discard(&Ok(output));
                     return;
                 }
-                match &stage.kind {
+                // A map task's output counts once the tracker has registered it; a result goes to
+                // its job after the stage's bookkeeping.
+                let result = match &stage.kind {
                     StageKind::ShuffleMap { dep } => {
                         let TaskOutput::Map(status) = output else {
                             let err = Error::Internal("a shuffle map task returned a value".into());
@@ -508,7 +520,7 @@ impl State {
                                 // Its executor was lost after the task started: run it again.
                                 tracing::warn!("stage {} task {}: output refused ({why:?})", end.stage.0, end.index);
                                 self.backend.discard_map_output(&refused);
-                                let partition = end.index;
+                                let partition = stage.kind.partition_of(end.index);
                                 let attempt = stage.failures.get(&end.index).copied().unwrap_or(0);
                                 let epoch = self.tracker.epoch();
                                 ts.launch(&*self.backend, &stage.code, (end.index, partition, attempt), epoch);
@@ -516,34 +528,26 @@ impl State {
                                 return;
                             }
                         }
-                        ts.pending.remove(&end.index);
-                        if let Err(e) = merge_updates(end.updates) {
-                            self.abort_stage(end.stage, e);
-                            return;
-                        }
-                        stage.metrics.add(&end.metrics);
-                        stage.tasks_done += 1;
-                        if ts.pending.is_empty() {
-                            stage.close_watch(&self.env.blocks);
-                            stage.state = StageState::Done;
-                            self.on_stage_done(end.stage);
-                        }
+                        None
                     }
-                    StageKind::Result { job, .. } => {
-                        let job = *job;
-                        ts.pending.remove(&end.index);
-                        if let Err(e) = merge_updates(end.updates) {
-                            self.abort_stage(end.stage, e);
-                            return;
-                        }
-                        stage.metrics.add(&end.metrics);
-                        stage.tasks_done += 1;
-                        if ts.pending.is_empty() {
-                            stage.close_watch(&self.env.blocks);
-                            stage.state = StageState::Done;
-                        }
-                        self.on_result(job, end.index, output);
-                    }
+                    StageKind::Result { job, .. } => Some((*job, output)),
+                };
+                ts.pending.remove(&end.index);
+                if let Err(e) = merge_updates(end.updates) {
+                    self.abort_stage(end.stage, e);
+                    return;
+                }
+                stage.metrics.add(&end.metrics);
+                stage.tasks_done += 1;
+                let stage_done = ts.pending.is_empty();
+                if stage_done {
+                    stage.close_watch(&self.env.blocks);
+                    stage.state = StageState::Done;
+                }
+                match result {
+                    Some((job, output)) => self.on_result(job, end.index, output),
+                    None if stage_done => self.on_stage_done(end.stage),
+                    None => {}
                 }
             }
             Err(Error::FetchFailed { shuffle, map, reduce, message }) => {
@@ -606,10 +610,7 @@ impl State {
                 let fails = *fails;
                 let max = self.settings.max_task_failures;
                 tracing::warn!("stage {} task {} attempt {} failed: {err}", end.stage.0, end.index, end.attempt);
-                let partition = match &stage.kind {
-                    StageKind::ShuffleMap { .. } => end.index,
-                    StageKind::Result { partitions, .. } => partitions.get(end.index).copied().unwrap_or(0),
-                };
+                let partition = stage.kind.partition_of(end.index);
                 if err.is_retryable() && fails < max {
                     let epoch = self.tracker.epoch();
                     ts.launch(&*self.backend, &stage.code, (end.index, partition, fails), epoch);

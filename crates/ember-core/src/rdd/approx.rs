@@ -268,5 +268,19 @@ mod tests {
         }
         a.merge(&b);
         assert_eq!(a.estimate(), all.estimate());
+        // Small sketches, still sparse, merge the same way.
+        let (mut a, mut b, mut all) = (Hll::new(10), Hll::new(10), Hll::new(10));
+        for i in 0..40u64 {
+            let h = stable_hash(&i);
+            if i < 20 {
+                a.add_hash(h)
+            } else {
+                b.add_hash(h)
+            }
+            all.add_hash(h);
+        }
+        a.merge(&b);
+        assert_eq!(a.estimate(), all.estimate());
+        assert!(a.estimate() > 30.0, "{}", a.estimate());
     }
 }

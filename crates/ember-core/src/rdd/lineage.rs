@@ -265,6 +265,9 @@ mod tests {
         assert_eq!(short_type_name("Plain"), "Plain");
         assert_eq!(bytes_to_string(100), "100.0 B");
         assert_eq!(bytes_to_string(4096), "4.0 KiB");
+        // A unit is used from twice its size, as Spark does.
+        assert_eq!(bytes_to_string(1500), "1500.0 B");
+        assert_eq!(bytes_to_string(3 << 20), "3.0 MiB");
         assert_eq!(StorageLevel::MemoryAndDisk.description(), "Disk Memory Deserialized 1x Replicated");
         assert_eq!(StorageLevel::DiskOnly.description(), "Disk Serialized 1x Replicated");
     }

@@ -244,5 +244,7 @@ mod tests {
         v.sort();
         let bits: Vec<String> = v.iter().map(|x| format!("{:?}", x.0)).collect();
         assert_eq!(bits, ["-inf", "-0.0", "0.0", "1.0", "inf", "NaN", "NaN"]);
+        let (nan, inf) = (OrderedF64(f64::NAN), OrderedF64(f64::INFINITY));
+        assert!(nan > inf && inf < nan && nan == OrderedF64(-f64::NAN));
     }
 }

@@ -245,6 +245,8 @@ mod tests {
         let bits: Vec<String> = v.iter().map(|x| format!("{:?}", x.0)).collect();
         assert_eq!(bits, ["-inf", "-0.0", "0.0", "1.0", "inf", "NaN", "NaN"]);
         let (nan, inf) = (OrderedF64(f64::NAN), OrderedF64(f64::INFINITY));
-        assert!(nan > inf && inf < nan && nan == OrderedF64(-f64::NAN));
+        assert_eq!(nan.cmp(&inf), Ordering::Greater);
+        assert_eq!(inf.cmp(&nan), Ordering::Less);
+        assert_eq!(nan.cmp(&OrderedF64(-f64::NAN)), Ordering::Equal);
     }
 }

@@ -89,6 +89,46 @@ impl SizeSampler {
     }
 }
 
+/// A postcard output that appends to a borrowed buffer, so that serializing a record into a
+/// long-lived buffer moves no `Vec` in and out of it.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        // Most pieces are a varint of a few bytes: copied byte by byte rather than through a
+        // call to `memcpy`, which costs more than such a copy.
+        if data.len() <= 16 {
+            self.0.reserve(data.len());
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends `value`'s postcard encoding to `out`.
+#[inline]
+pub(crate) fn encode_into<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, AppendTo(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

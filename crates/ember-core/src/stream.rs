@@ -74,8 +74,7 @@ impl ChunkEncoder {
     /// Adds one record; finishes a chunk when enough bytes are pending.
     #[inline]
     pub(crate) fn push<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending = postcard::to_extend(record, pending)?;
+        crate::data::encode_into(record, &mut self.pending)?;
         if self.pending.len() > u32::MAX as usize {
             self.pending.clear();
             self.pending_records = 0;
@@ -178,20 +177,12 @@ impl ChunkEncoder {
 pub(crate) enum Origin {
     /// A file (or a name standing for one).
     Path(PathBuf),
-    /// An in-memory shuffle map output.
-    ShuffleMemory {
-        /// The shuffle.
-        shuffle: u64,
-        /// The map partition.
-        map: usize,
-    },
 }
 
 impl Origin {
     fn path(&self) -> PathBuf {
         match self {
             Origin::Path(p) => p.clone(),
-            other => PathBuf::from(other.to_string()),
         }
     }
 }
@@ -200,7 +191,6 @@ impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::Path(p) => write!(f, "{}", p.display()),
-            Origin::ShuffleMemory { shuffle, map } => write!(f, "shuffle_{shuffle}_{map}(memory)"),
         }
     }
 }

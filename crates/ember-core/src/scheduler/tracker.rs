@@ -6,7 +6,7 @@
 //! costs O(maps), not O(maps x reducers).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
 use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
@@ -84,7 +84,8 @@ pub enum Refused {
 /// The driver's record of map outputs, by shuffle and map partition.
 #[derive(Default)]
 pub struct MapOutputTracker {
-    state: Mutex<State>,
+    /// Reducers read their columns at once; registrations and removals write.
+    state: RwLock<State>,
 }
 
 impl MapOutputTracker {
@@ -93,13 +94,17 @@ impl MapOutputTracker {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The current epoch.
     pub fn epoch(&self) -> u64 {
-        self.lock().epoch
+        self.read().epoch
     }
 
     /// Registers the output of a map task launched at `launched_epoch`. Returns the output it
@@ -169,7 +174,7 @@ impl MapOutputTracker {
 
     /// Map partitions of a shuffle with `maps` map tasks whose output is missing.
     pub(crate) fn missing(&self, shuffle: ShuffleId, maps: usize) -> Vec<usize> {
-        match self.lock().shuffles.get(&shuffle) {
+        match self.read().shuffles.get(&shuffle) {
             Some(v) => v.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect(),
             None => (0..maps).collect(),
         }
@@ -178,7 +183,7 @@ impl MapOutputTracker {
     /// The registered statuses of a shuffle, by map partition (with their segment sizes).
     pub fn statuses(&self, shuffle: ShuffleId) -> Vec<Option<MapStatus>> {
         let sizes = |o: &Offsets| (0..o.segments()).filter_map(|r| o.segment(r).map(|s| s.1)).collect();
-        self.lock()
+        self.read()
             .shuffles
             .get(&shuffle)
             .map(|v| {
@@ -201,34 +206,32 @@ impl MapOutputLocations for MapOutputTracker {
             reduce,
             message: message.to_string(),
         };
-        let st = self.lock();
+        let st = self.read();
         let slots = st.shuffles.get(&shuffle).ok_or_else(|| missing(0, "shuffle is not registered"))?;
-        slots
-            .iter()
-            .enumerate()
-            .map(|(m, slot)| {
-                let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
-                let Some((start, len)) = r.offsets.segment(reduce) else {
-                    return Err(missing(
-                        m,
-                        &format!("map output has {} segments, not {}", r.offsets.segments(), reduce + 1),
-                    ));
-                };
-                Ok(ReduceBlock {
-                    shuffle,
-                    map: m,
-                    attempt: r.status.attempt,
-                    executor: r.executor,
-                    data: r.data.clone(),
-                    offset: start,
-                    len,
-                })
-            })
-            .collect()
+        let mut column = Vec::with_capacity(slots.len());
+        for (m, slot) in slots.iter().enumerate() {
+            let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
+            let Some((offset, len)) = r.offsets.segment(reduce) else {
+                return Err(missing(
+                    m,
+                    &format!("map output has {} segments, not {}", r.offsets.segments(), reduce + 1),
+                ));
+            };
+            column.push(ReduceBlock {
+                shuffle,
+                map: m,
+                attempt: r.status.attempt,
+                executor: r.executor,
+                data: r.data.clone(),
+                offset,
+                len,
+            });
+        }
+        Ok(column)
     }
 
     fn executor(&self, index: u32) -> Option<Arc<str>> {
-        self.lock().executors.get(index as usize).cloned()
+        self.read().executors.get(index as usize).cloned()
     }
 
     fn remove_shuffle(&self, shuffle: ShuffleId) {

@@ -26,6 +26,7 @@ mod writer;
 pub use aggregator::Aggregator;
 pub(crate) use aggregator::*;
 pub use dependency::{ShuffleDepBase, ShuffleDependency};
+pub(crate) use outputs::MemorySegment;
 pub use outputs::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleManager};
 pub use partitioner::{HashPartitioner, IndexPartitioner, Partitioner, RangePartitioner};
 use reader::ShuffleReader;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -64,7 +64,27 @@ pub trait MapOutputLocations: Send + Sync {
 }
 
 /// In-memory map outputs by (shuffle, map, attempt).
-type MemoryOutputs = HashMap<(ShuffleId, usize, u64), Arc<Vec<u8>>, rustc_hash::FxBuildHasher>;
+type MemoryOutputs = HashMap<(ShuffleId, usize, u64), MemoryOutput, rustc_hash::FxBuildHasher>;
+
+/// A map output held in memory. An `Arc<[u8]>` holds the bytes beside their reference count,
+/// so a reducer reaches a segment in one step.
+struct MemoryOutput {
+    bytes: Arc<[u8]>,
+    /// Whether segments are record streams (chunks with headers and checksums, compressed) or
+    /// only the records' bytes back to back.
+    framed: bool,
+}
+
+/// Where a reducer's copy of one in-memory segment lies, and how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemorySegment {
+    /// Offset of the segment in the copy.
+    pub(crate) at: usize,
+    /// Its length.
+    pub(crate) len: usize,
+    /// Whether it is a record stream (else the records' bytes back to back).
+    pub(crate) framed: bool,
+}
 
 /// The map outputs one executor holds: files, and small outputs kept in memory. Outputs kept
 /// in memory take storage memory from the executor's budget (`BlockManager::acquire_shuffle`),
@@ -74,7 +94,8 @@ pub struct ShuffleManager {
     /// Every output this executor wrote, by shuffle, so that removing a shuffle deletes them all
     /// (including those of attempts the driver never registered).
     written: Mutex<HashMap<ShuffleId, Vec<MapStatus>>>,
-    memory: Mutex<MemoryOutputs>,
+    /// Read by reducers at once, written when an output is kept or deleted.
+    memory: RwLock<MemoryOutputs>,
     memory_used: AtomicU64,
     memory_cap: u64,
     blocks: Arc<BlockManager>,
@@ -91,15 +112,15 @@ impl ShuffleManager {
             dir,
             blocks,
             written: Mutex::new(HashMap::new()),
-            memory: Mutex::new(MemoryOutputs::default()),
+            memory: RwLock::new(MemoryOutputs::default()),
             memory_used: AtomicU64::new(0),
             memory_cap,
             memory_output_limit,
         }
     }
 
-    fn memory(&self) -> MutexGuard<'_, MemoryOutputs> {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    fn memory(&self) -> RwLockWriteGuard<'_, MemoryOutputs> {
+        self.memory.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn written(&self) -> MutexGuard<'_, HashMap<ShuffleId, Vec<MapStatus>>> {
@@ -111,22 +132,28 @@ impl ShuffleManager {
         self.memory_used.load(Ordering::Relaxed)
     }
 
-    /// Keeps a map output in memory if the memory budget grants it (within the cap); gives
-    /// the bytes back otherwise, for the caller to write a file.
-    pub(crate) fn try_keep_in_memory(
-        &self,
-        (id, map, attempt): (ShuffleId, usize, u64),
-        bytes: Vec<u8>,
-    ) -> std::result::Result<(), Vec<u8>> {
-        let n = bytes.len() as u64;
+    /// Takes `n` bytes of the memory budget (within the cap) for an output about to be kept in
+    /// memory; `false` when the budget refuses them and the output must go to a file.
+    pub(crate) fn reserve_memory(&self, n: u64) -> bool {
         if !self.blocks.acquire_shuffle(n, self.memory_cap) {
-            return Err(bytes);
+            return false;
         }
         self.memory_used.fetch_add(n, Ordering::AcqRel);
-        if let Some(old) = self.memory().insert((id, map, attempt), Arc::new(bytes)) {
-            self.release(old.len() as u64);
+        true
+    }
+
+    /// Keeps a map output in memory, its bytes already reserved with
+    /// [`reserve_memory`](Self::reserve_memory). `framed`: whether its segments are record
+    /// streams, or the records' bytes back to back.
+    pub(crate) fn keep_in_memory(&self, (id, map, attempt): (ShuffleId, usize, u64), bytes: Arc<[u8]>, framed: bool) {
+        if let Some(old) = self.memory().insert((id, map, attempt), MemoryOutput { bytes, framed }) {
+            self.release(old.bytes.len() as u64);
         }
-        Ok(())
+    }
+
+    /// Gives back memory reserved for an output that was not kept after all.
+    pub(crate) fn unreserve_memory(&self, n: u64) {
+        self.release(n);
     }
 
     fn release(&self, n: u64) {
@@ -146,22 +173,22 @@ impl ShuffleManager {
     /// it and each block's range in it (`None` for file outputs and for outputs that are gone).
     /// Copying a reducer's segments costs less than sharing each output between reducers, whose
     /// reference counts would bounce between processor caches once per block.
-    pub(crate) fn copy_memory_segments(&self, blocks: &[ReduceBlock]) -> (Vec<u8>, Vec<Option<(usize, usize)>>) {
+    pub(crate) fn copy_memory_segments(&self, blocks: &[ReduceBlock]) -> (Vec<u8>, Vec<Option<MemorySegment>>) {
         let mut ranges = vec![None; blocks.len()];
         if blocks.iter().all(|b| b.data.is_some()) {
             return (Vec::new(), ranges);
         }
         let total: u64 = blocks.iter().filter(|b| b.data.is_none()).map(|b| b.len).sum();
         let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-        let memory = self.memory();
+        let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
         for (b, range) in blocks.iter().zip(ranges.iter_mut()) {
             if b.data.is_some() {
                 continue;
             }
-            let Some(bytes) = memory.get(&(b.shuffle, b.map, b.attempt)) else { continue };
+            let Some(output) = memory.get(&(b.shuffle, b.map, b.attempt)) else { continue };
             let end = b.offset.checked_add(b.len).and_then(|e| usize::try_from(e).ok());
-            let Some(segment) = end.and_then(|end| bytes.get(b.offset as usize..end)) else { continue };
-            *range = Some((out.len(), segment.len()));
+            let Some(segment) = end.and_then(|end| output.bytes.get(b.offset as usize..end)) else { continue };
+            *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });
             out.extend_from_slice(segment);
         }
         (out, ranges)
@@ -176,8 +203,8 @@ impl ShuffleManager {
             }
             None => {
                 let removed = self.memory().remove(&(s.shuffle, s.map, s.attempt));
-                if let Some(b) = removed {
-                    self.release(b.len() as u64);
+                if let Some(o) = removed {
+                    self.release(o.bytes.len() as u64);
                 }
             }
         }

@@ -4,12 +4,12 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use super::ReduceBlock;
+use super::{MemorySegment, ReduceBlock};
 use crate::error::{Error, Result};
 use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
 
-/// Where a block's bytes come from: no allocation or dynamic call per block.
+/// Where a framed block's bytes come from: no allocation or dynamic call per block.
 enum BlockSource {
     Memory(SharedSlice),
     File(std::io::Take<BufReader<File>>),
@@ -47,9 +47,11 @@ pub(crate) struct ShuffleReader<'a, R> {
     blocks: Vec<ReduceBlock>,
     /// The blocks' in-memory segments, copied at once, and each block's range in them.
     memory: Arc<Vec<u8>>,
-    ranges: Vec<Option<(usize, usize)>>,
+    ranges: Vec<Option<MemorySegment>>,
     next_map: usize,
     current: Option<ChunkDecoder<BlockSource, R>>,
+    /// The in-memory segment being read: its records' bytes, unframed, as `memory[pos..end]`.
+    raw: Option<(usize, usize)>,
     /// A finished decoder, kept for its buffers.
     spare: Option<ChunkDecoder<BlockSource, R>>,
     reduce: usize,
@@ -61,13 +63,13 @@ pub(crate) struct ShuffleReader<'a, R> {
 impl<'a, R> ShuffleReader<'a, R> {
     pub(crate) fn new(blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
         let (memory, ranges) = tc.env().shuffle.copy_memory_segments(&blocks);
-        let memory = Arc::new(memory);
         ShuffleReader {
             blocks,
-            memory,
+            memory: Arc::new(memory),
             ranges,
             next_map: 0,
             current: None,
+            raw: None,
             spare: None,
             reduce,
             tc,
@@ -88,7 +90,8 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         }
     }
 
-    fn open(&mut self, i: usize) -> Result<ChunkDecoder<BlockSource, R>> {
+    /// Starts reading block `i`: an in-memory segment becomes `raw`, a file segment `current`.
+    fn open(&mut self, i: usize) -> Result<()> {
         let b = &self.blocks[i];
         let (shuffle, map, reduce) = (b.shuffle.0, b.map, self.reduce);
         let fetch_failed = |message: String| Error::FetchFailed { shuffle, map, reduce, message };
@@ -97,20 +100,47 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         let (start, len) = (b.offset, b.len);
         let Some(path) = b.data.clone() else {
             // The copy holds the whole segment, or nothing when the output is gone or short.
-            let (at, n) = self
+            let seg = self
                 .ranges
                 .get(i)
                 .copied()
                 .flatten()
                 .ok_or_else(|| fetch_failed("in-memory map output is gone".into()))?;
-            let src = BlockSource::Memory(SharedSlice { bytes: self.memory.clone(), pos: at, end: at + n });
-            return Ok(self.decoder(src, Origin::ShuffleMemory { shuffle, map }, len));
+            let end = seg.at + seg.len;
+            if seg.framed {
+                let src = BlockSource::Memory(SharedSlice { bytes: self.memory.clone(), pos: seg.at, end });
+                let origin = Origin::Path(format!("shuffle_{shuffle}_{map} (memory)").into());
+                self.current = Some(self.decoder(src, origin, len));
+            } else {
+                self.raw = Some((seg.at, end));
+            }
+            return Ok(());
         };
         let mut f = File::open(&*path).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         f.seek(SeekFrom::Start(start)).map_err(|e| fetch_failed(format!("{}: {e}", path.display())))?;
         let buf = (len as usize).clamp(64, 1 << 16);
         let src = BlockSource::File(BufReader::with_capacity(buf, f).take(len));
-        Ok(self.decoder(src, Origin::Path(path.to_path_buf()), len))
+        self.current = Some(self.decoder(src, Origin::Path(path.to_path_buf()), len));
+        Ok(())
+    }
+
+    /// The next record of the in-memory segment being read, if it has one more.
+    fn next_raw(&mut self) -> Option<Result<R>> {
+        let (pos, end) = self.raw?;
+        if pos >= end {
+            self.raw = None;
+            return None;
+        }
+        Some(match postcard::take_from_bytes::<R>(&self.memory[pos..end]) {
+            Ok((r, rest)) => {
+                self.raw = Some((end - rest.len(), end));
+                Ok(r)
+            }
+            Err(e) => {
+                self.raw = None;
+                Err(Error::Serialization(format!("in-memory map output holds an undecodable record: {e}")))
+            }
+        })
     }
 }
 
@@ -118,28 +148,35 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
     type Item = R;
     fn next(&mut self) -> Option<R> {
         loop {
-            if let Some(dec) = &mut self.current {
-                match dec.next_record() {
-                    Ok(Some(r)) => {
-                        self.records += 1;
-                        // Every record: a killed reducer stops however slow its consumer is.
-                        if self.tc.should_stop() {
-                            return None;
-                        }
-                        return Some(r);
-                    }
-                    Ok(None) => self.spare = self.current.take(),
-                    Err(e) => {
-                        let s = &self.blocks[self.next_map - 1];
-                        self.tc.fail(Error::FetchFailed {
-                            shuffle: s.shuffle.0,
-                            map: s.map,
-                            reduce: self.reduce,
-                            message: e.to_string(),
-                        });
-                        return None;
+            let mut got = self.next_raw();
+            if got.is_none() {
+                if let Some(dec) = &mut self.current {
+                    got = dec.next_record().transpose();
+                    if got.is_none() {
+                        self.spare = self.current.take();
                     }
                 }
+            }
+            match got {
+                Some(Ok(r)) => {
+                    self.records += 1;
+                    // Every record: a killed reducer stops however slow its consumer is.
+                    if self.tc.should_stop() {
+                        return None;
+                    }
+                    return Some(r);
+                }
+                Some(Err(e)) => {
+                    let s = &self.blocks[self.next_map - 1];
+                    self.tc.fail(Error::FetchFailed {
+                        shuffle: s.shuffle.0,
+                        map: s.map,
+                        reduce: self.reduce,
+                        message: e.to_string(),
+                    });
+                    return None;
+                }
+                None => {}
             }
             if self.tc.should_stop() {
                 return None;
@@ -151,12 +188,9 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                 continue;
             }
             self.bytes += len;
-            match self.open(i) {
-                Ok(d) => self.current = Some(d),
-                Err(e) => {
-                    self.tc.fail(e);
-                    return None;
-                }
+            if let Err(e) = self.open(i) {
+                self.tc.fail(e);
+                return None;
             }
         }
     }

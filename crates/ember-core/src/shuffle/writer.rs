@@ -80,30 +80,26 @@ impl MapOutputFile {
         Ok(())
     }
 
-    /// Finishes every segment. A small output stays in memory (`None`); a large one gets its
-    /// index written and both files moved into place.
+    /// Finishes every segment. A small output stays in memory as record streams (`None`); a
+    /// large one gets its index written and both files moved into place.
     fn commit(
         mut self,
         partitions: usize,
         data: &Path,
         shuffle: &ShuffleManager,
-        (id, map, attempt): (ShuffleId, usize, u64),
+        key: (ShuffleId, usize, u64),
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         self.close_until(partitions)?;
         let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let mut file = match self.w.finish()?.sink {
-            Sink::Memory(mut bytes) => {
-                // The buffer was sized from an estimate; what stays in memory holds no slack.
-                if bytes.capacity() > bytes.len() + bytes.len() / 8 {
-                    bytes.shrink_to_fit();
+            Sink::Memory(bytes) => {
+                if shuffle.reserve_memory(bytes.len() as u64) {
+                    // One allocation of exactly the output's size: no slack stays in memory.
+                    shuffle.keep_in_memory(key, std::sync::Arc::from(bytes), true);
+                    return Ok((None, sizes));
                 }
-                match shuffle.try_keep_in_memory((id, map, attempt), bytes) {
-                    Ok(()) => return Ok((None, sizes)),
-                    Err(bytes) => {
-                        std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
-                        File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
-                    }
-                }
+                std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
+                File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
             }
             Sink::File(f) => f.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?,
         };
@@ -182,6 +178,9 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
 /// (partial aggregation, as in Presto or Flink's mini-batches, rather than Spark's full map).
 const PARTIAL_AGG_KEYS: usize = 1 << 16;
 
+/// Keys the map-side combine map has room for before it first grows.
+const COMBINE_START_KEYS: usize = 1 << 10;
+
 /// Combines values by key on the map side in a bounded hash map whose partial combiners are
 /// flushed into `out` when it fills or when memory is refused.
 fn combine_into<K: Key, V: Data, C: Data>(
@@ -191,8 +190,10 @@ fn combine_into<K: Key, V: Data, C: Data>(
     out: &mut PartitionBuffers<'_>,
 ) -> Result<()> {
     use hashbrown::hash_map::Entry;
+    // Sized for a typical small partition's keys at once, so that it does not rehash its way
+    // up from nothing in every task.
     let mut map: hashbrown::HashMap<K, C, rustc_hash::FxBuildHasher> =
-        hashbrown::HashMap::with_hasher(rustc_hash::FxBuildHasher);
+        hashbrown::HashMap::with_capacity_and_hasher(COMBINE_START_KEYS, rustc_hash::FxBuildHasher);
     let mut sampler = crate::data::SizeSampler::new();
     let mut ops = 0u64;
     let flush = |map: &mut hashbrown::HashMap<K, C, rustc_hash::FxBuildHasher>, out: &mut PartitionBuffers<'_>| {
@@ -241,7 +242,8 @@ struct PartitionBuffers<'a> {
     parts: usize,
     /// Serialized records in arrival order.
     arena: Vec<u8>,
-    /// Partition and serialized length of each record of the arena.
+    /// Partition and start offset of each record of the arena (a record ends where the next
+    /// one starts).
     recs: Vec<(u32, u32)>,
     /// Arena size that triggers a compaction.
     compact_at: usize,
@@ -251,6 +253,8 @@ struct PartitionBuffers<'a> {
     mem: MemoryConsumer<'a>,
     runs: Vec<(SpillFile, Vec<(u64, u64)>)>,
     records: u64,
+    /// Whether a record serialized to no bytes at all.
+    empty_records: bool,
     tc: &'a TaskContext,
 }
 
@@ -269,6 +273,7 @@ impl<'a> PartitionBuffers<'a> {
             mem: MemoryConsumer::new(tc),
             runs: Vec::new(),
             records: 0,
+            empty_records: false,
             tc,
         }
     }
@@ -279,16 +284,21 @@ impl<'a> PartitionBuffers<'a> {
             return Err(bad_partition(p, self.parts));
         }
         let start = self.arena.len();
-        let arena = std::mem::take(&mut self.arena);
-        self.arena = postcard::to_extend(record, arena)?;
+        // The arena is compacted as soon as it reaches `compact_at` (at most 16 MiB), so a
+        // record starts below that; its own length is bounded to keep offsets in 32 bits.
+        let Ok(start32) = u32::try_from(start) else {
+            return Err(Error::Internal(format!("shuffle arena at {start} bytes was not compacted")));
+        };
+        crate::data::encode_into(record, &mut self.arena)?;
         let len = self.arena.len() - start;
-        let Ok(len) = u32::try_from(len) else {
+        if len > u32::MAX as usize {
             self.arena.truncate(start);
             return Err(Error::ResourcesExhausted("a single record serializes to more than 4 GiB".into()));
-        };
+        }
+        self.empty_records |= len == 0;
         // `p < parts`, and partition counts are far below `u32::MAX` (a shuffle has one block
         // per map and partition).
-        self.recs.push((p as u32, len));
+        self.recs.push((p as u32, start32));
         self.records += 1;
         if self.arena.len() >= self.compact_at {
             self.compact()?;
@@ -306,8 +316,8 @@ impl<'a> PartitionBuffers<'a> {
             + self.outs.iter().map(Vec::capacity).sum::<usize>()
             + self.outs.capacity() * std::mem::size_of::<Vec<u8>>()
             + self.enc.held_bytes()) as u64
-            // The counting sort's index vectors, when the arena is drained.
-            + self.recs.len() as u64 * 16
+            // The counting sort's index vector, when the arena is drained.
+            + self.recs.len() as u64 * 4
             + self.parts as u64 * 24
     }
 
@@ -329,31 +339,12 @@ impl<'a> PartitionBuffers<'a> {
     /// Calls `emit(p, chunks)` for each partition `p` in order with the arena's records of `p`
     /// encoded as chunks, then empties the arena.
     fn drain_arena(&mut self, mut emit: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
-        // Stable counting sort of record indexes by partition.
-        let mut starts = vec![0usize; self.parts + 1];
-        for &(p, _) in &self.recs {
-            starts[p as usize + 1] += 1;
-        }
-        for i in 0..self.parts {
-            starts[i + 1] += starts[i];
-        }
-        let mut offsets = Vec::with_capacity(self.recs.len());
-        let mut at = 0usize;
-        for &(_, len) in &self.recs {
-            offsets.push(at);
-            at += len as usize;
-        }
-        let mut order = vec![0u32; self.recs.len()];
-        let mut next = starts.clone();
-        for (i, &(p, _)) in self.recs.iter().enumerate() {
-            order[next[p as usize]] = i as u32;
-            next[p as usize] += 1;
-        }
+        let (starts, order) = self.sorted();
         for p in 0..self.parts {
             let ids = &order[starts[p]..starts[p + 1]];
             for &i in ids {
-                let (start, len) = (offsets[i as usize], self.recs[i as usize].1 as usize);
-                self.enc.push_encoded(&self.arena[start..start + len])?;
+                let (start, end) = self.record(i as usize);
+                self.enc.push_encoded(&self.arena[start..end])?;
             }
             let bytes = self.enc.take_bytes_reusing();
             let r = emit(p, bytes);
@@ -363,6 +354,67 @@ impl<'a> PartitionBuffers<'a> {
         self.arena.clear();
         self.recs.clear();
         Ok(())
+    }
+
+    /// Where record `i` of the arena starts and ends.
+    #[inline]
+    fn record(&self, i: usize) -> (usize, usize) {
+        let start = self.recs[i].1 as usize;
+        let end = self.recs.get(i + 1).map_or(self.arena.len(), |r| r.1 as usize);
+        (start, end)
+    }
+
+    /// The arena's records grouped by partition: a stable counting sort. Returns where each
+    /// partition starts in the order, and the record indexes in order.
+    fn sorted(&self) -> (Vec<usize>, Vec<u32>) {
+        let mut starts = vec![0usize; self.parts + 1];
+        for &(p, _) in &self.recs {
+            starts[p as usize + 1] += 1;
+        }
+        for i in 0..self.parts {
+            starts[i + 1] += starts[i];
+        }
+        let mut order = vec![0u32; self.recs.len()];
+        let mut next = starts.clone();
+        for (i, &(p, _)) in self.recs.iter().enumerate() {
+            order[next[p as usize]] = i as u32;
+            next[p as usize] += 1;
+        }
+        (starts, order)
+    }
+
+    /// Keeps a small output in executor memory as its records' bytes grouped by partition, with
+    /// no chunk framing: these bytes never reach a disk or another process as they are (a
+    /// remote reducer's fetch frames what it sends). Returns the segment sizes, or `None` when
+    /// the memory budget refuses the output, which is then left in the arena for a file.
+    fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<Vec<u64>> {
+        let shuffle = &self.tc.env().shuffle;
+        let n = self.arena.len();
+        // Records of no bytes cannot be counted without framing.
+        if self.empty_records || !shuffle.reserve_memory(n as u64) {
+            return None;
+        }
+        // The output holds exactly the arena's bytes, in partition order.
+        let mut bytes: std::sync::Arc<[u8]> = std::iter::repeat_n(0u8, n).collect();
+        let Some(out) = std::sync::Arc::get_mut(&mut bytes) else {
+            // A new `Arc` has no other reference; should that ever change, the file path serves.
+            shuffle.unreserve_memory(n as u64);
+            return None;
+        };
+        let (starts, order) = self.sorted();
+        let mut sizes = Vec::with_capacity(self.parts);
+        let mut at = 0usize;
+        for p in 0..self.parts {
+            let before = at;
+            for &i in &order[starts[p]..starts[p + 1]] {
+                let (start, end) = self.record(i as usize);
+                out[at..at + end - start].copy_from_slice(&self.arena[start..end]);
+                at += end - start;
+            }
+            sizes.push((at - before) as u64);
+        }
+        shuffle.keep_in_memory(key, bytes, false);
+        Some(sizes)
     }
 
     /// Moves the arena's records into the per-partition chunk buffers.
@@ -404,6 +456,12 @@ impl<'a> PartitionBuffers<'a> {
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         let env = self.tc.env();
         let parts = self.parts;
+        // The common small case: the arena stays in memory as it is.
+        if self.runs.is_empty() && self.outs.is_empty() && self.arena.len() <= env.shuffle.memory_output_limit {
+            if let Some(sizes) = self.commit_in_memory(key) {
+                return Ok((None, sizes));
+            }
+        }
         // Encoded bytes so far, plus the arena and a chunk header per partition.
         let expected = self.held() as usize
             + parts.min(self.recs.len() + self.outs.len()) * 24
@@ -411,7 +469,9 @@ impl<'a> PartitionBuffers<'a> {
         let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;
         out.reserve_segments(parts);
         if self.runs.is_empty() && self.outs.is_empty() {
-            // The common small case: the arena goes straight into the output.
+            // The common small case: the arena stays in memory as it is, or goes straight into
+            // the output.
+
             self.drain_arena(|p, chunks| {
                 out.close_until(p)?;
                 out.w.write_encoded(chunks)

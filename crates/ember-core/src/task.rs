@@ -88,6 +88,9 @@ pub struct TaskContext {
     stop: AtomicBool,
     error: Mutex<Option<Error>>,
     metrics: AtomicMetrics,
+    /// Values lent out by [`TaskContext::keep_alive`]. Only ever appended to: an entry is dropped
+    /// with the context, never before.
+    kept: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl TaskContext {
@@ -109,7 +112,25 @@ impl TaskContext {
             stop: AtomicBool::new(false),
             error: Mutex::new(None),
             metrics: AtomicMetrics::default(),
+            kept: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Holds `value` until this context is dropped and lends it for as long as the context is
+    /// borrowed. An iterator of the task can so borrow a value whose other owners may let go of
+    /// it while the task runs: the node implementation an RDD's partition is computed by, which
+    /// a checkpoint on another thread releases.
+    pub(crate) fn keep_alive<V: Send + Sync + 'static>(&self, value: Arc<V>) -> &V {
+        let ptr = Arc::as_ptr(&value);
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).push(value);
+        // SAFETY: `ptr` points into the heap allocation of the `Arc` just moved into `self.kept`,
+        // which holds a strong reference to it: the allocation never moves (growing the vector
+        // moves the `Arc` handles, not what they point to) and is not freed while that reference
+        // lives. Nothing removes entries from `kept` (no method takes them out, and a poisoned
+        // lock is recovered without clearing it), so the reference lives until `self` is dropped,
+        // which cannot happen while the returned borrow of `self` lasts. The reference is shared
+        // and `V` is `Sync`, so handing it to any thread that can see `&self` is sound.
+        unsafe { &*ptr }
     }
 
     /// The executor's services.

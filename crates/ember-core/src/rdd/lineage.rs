@@ -221,7 +221,8 @@ impl<T: Data> Rdd<T> {
 
     /// Whether [`Rdd::local_checkpoint`] truncated this RDD's lineage.
     pub fn is_locally_checkpointed(&self) -> bool {
-        self.node.checkpoint.get().is_some_and(|c| c.downcast_ref::<LocalCheckpointRdd<T>>().is_some())
+        let source = self.node.source();
+        source.checkpointed && source.imp.downcast_ref::<LocalCheckpointRdd<T>>().is_some()
     }
 
     /// Truncates the lineage onto cached blocks (Spark's `localCheckpoint`), without a
@@ -231,7 +232,9 @@ impl<T: Data> Rdd<T> {
     ///
     /// This trades fault tolerance for speed: if a block is lost (the RDD is unpersisted, or
     /// its executor goes), reading it fails with [`Error::LocalCheckpointLost`] since the
-    /// lineage to rebuild it is gone. Does nothing on an RDD already checkpointed.
+    /// lineage to rebuild it is gone. As with [`Rdd::checkpoint`], the lineage is released once
+    /// every block is cached: ancestors the program holds no other handle on go, with their
+    /// cached blocks and shuffle outputs. Does nothing on an RDD already checkpointed.
     pub fn local_checkpoint(&self) -> Result<()> {
         if self.is_checkpointed() {
             return Ok(());
@@ -246,11 +249,7 @@ impl<T: Data> Rdd<T> {
                 self.id().0
             )));
         }
-        let _ = self.node.checkpoint.set(Ship::new(LocalCheckpointRdd::<T> {
-            rdd: self.id(),
-            partitions: n,
-            _t: PhantomData,
-        }));
+        self.node.truncate(Ship::new(LocalCheckpointRdd::<T> { rdd: self.id(), partitions: n, _t: PhantomData }));
         Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //! An `Rdd<T>` is a cheap handle on a node of the lineage graph. Each node implements
 //! [`RddImpl`](crate::rdd::RddImpl) (how to compute a partition from its parents) and is wrapped in a
 //! [`Ship`](crate::ship::Ship) so that it can be encoded into a task. The handle adds what every
-//! RDD has: an id, a storage level and an optional checkpoint that replaces its lineage.
+//! RDD has: an id, a storage level and the source of its partitions — its lineage node, until a
+//! checkpoint replaces (and releases) it.
 
 mod actions;
 mod approx;
@@ -24,7 +25,7 @@ mod tree;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -145,19 +146,77 @@ pub trait RddBase: Send + Sync {
     fn context(&self) -> Option<&Context>;
 }
 
+/// Where a node's partitions come from.
+struct Source<T> {
+    /// The node implementation: the lineage node, or the checkpoint that replaced it.
+    imp: Arc<Ship<dyn RddImpl<T>>>,
+    /// Whether `imp` is a checkpoint (reliable or local). Once it is, it is never replaced.
+    checkpointed: bool,
+}
+
+impl<T> Clone for Source<T> {
+    fn clone(&self) -> Self {
+        Source { imp: self.imp.clone(), checkpointed: self.checkpointed }
+    }
+}
+
 struct Node<T> {
     id: RddId,
     ctx: Option<Context>,
-    inner: Ship<dyn RddImpl<T>>,
+    /// The lineage node until a checkpoint replaces it. Replacing it drops the node's reference
+    /// to the lineage (and so to its parents, their cached blocks and shuffle outputs); whoever
+    /// computes from the source holds its own reference (see [`Rdd::iterator`]).
+    source: Mutex<Source<T>>,
     level: Mutex<StorageLevel>,
-    checkpoint: OnceLock<Ship<dyn RddImpl<T>>>,
     /// The user-given name (`set_name`); driver side only, not encoded.
     name: Mutex<Option<String>>,
 }
 
 impl<T: Data> Node<T> {
-    fn effective(&self) -> &Ship<dyn RddImpl<T>> {
-        self.checkpoint.get().unwrap_or(&self.inner)
+    fn new(
+        id: RddId,
+        ctx: Option<Context>,
+        imp: Ship<dyn RddImpl<T>>,
+        checkpointed: bool,
+        level: StorageLevel,
+    ) -> Self {
+        Node {
+            id,
+            ctx,
+            source: Mutex::new(Source { imp: Arc::new(imp), checkpointed }),
+            level: Mutex::new(level),
+            name: Mutex::new(None),
+        }
+    }
+
+    fn source_slot(&self) -> MutexGuard<'_, Source<T>> {
+        self.source.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current source, held by the caller: a checkpoint taken meanwhile cannot release it.
+    fn source(&self) -> Source<T> {
+        self.source_slot().clone()
+    }
+
+    /// The node implementation partitions are computed by: the checkpoint once there is one.
+    fn effective(&self) -> Arc<Ship<dyn RddImpl<T>>> {
+        self.source().imp
+    }
+
+    /// Makes `checkpoint` the source and releases the lineage it replaces. Does nothing when the
+    /// node is already checkpointed (a concurrent checkpoint finished first).
+    fn truncate(&self, checkpoint: Ship<dyn RddImpl<T>>) {
+        let lineage = {
+            let mut slot = self.source_slot();
+            if slot.checkpointed {
+                return;
+            }
+            std::mem::replace(&mut *slot, Source { imp: Arc::new(checkpoint), checkpointed: true })
+        };
+        // Dropped outside the lock: the last reference to the lineage drops parent nodes (removing
+        // their cached blocks) and shuffle dependencies (removing their outputs). Tasks still
+        // computing from it hold their own references and release them when they end.
+        drop(lineage);
     }
 }
 
@@ -225,14 +284,13 @@ impl<T: Data> Rdd<T> {
         R: RddImpl<T> + Upcast<dyn RddImpl<T>> + Serialize + serde::de::DeserializeOwned,
     {
         Rdd {
-            node: Arc::new(Node {
-                id: RddId(NEXT_RDD_ID.fetch_add(1, Ordering::Relaxed)),
+            node: Arc::new(Node::new(
+                RddId(NEXT_RDD_ID.fetch_add(1, Ordering::Relaxed)),
                 ctx,
-                inner: Ship::new(node),
-                level: Mutex::new(StorageLevel::None),
-                checkpoint: OnceLock::new(),
-                name: Mutex::new(None),
-            }),
+                Ship::new(node),
+                false,
+                StorageLevel::None,
+            )),
         }
     }
 
@@ -321,13 +379,18 @@ impl<T: Data> Rdd<T> {
 
     /// Whether this RDD has been checkpointed (its lineage truncated).
     pub fn is_checkpointed(&self) -> bool {
-        self.node.checkpoint.get().is_some()
+        self.node.source_slot().checkpointed
     }
 
     /// Writes every partition to the context's checkpoint directory now (running a job) and
     /// truncates the lineage: later computations read the checkpoint files instead of
     /// recomputing parents. Unlike Spark, this is eager, so no separate job is hidden behind the
     /// next action.
+    ///
+    /// As in Spark, the RDD then no longer references its parents: ancestors the program holds
+    /// no other handle on are released, their cached blocks removed and the outputs of the
+    /// shuffles they fed deleted. Jobs running meanwhile finish with the lineage they started
+    /// with, which is released when their last task ends.
     pub fn checkpoint(&self) -> Result<()> {
         if self.is_checkpointed() {
             return Ok(());
@@ -335,24 +398,31 @@ impl<T: Data> Rdd<T> {
         let ctx = self.context()?.clone();
         let dir = ctx.checkpoint_dir()?.join(format!("rdd-{}", self.node.id.0));
         let cp = source::write_checkpoint(&ctx, self, &dir)?;
-        let _ = self.node.checkpoint.set(Ship::new(cp));
+        self.node.truncate(Ship::new(cp));
         Ok(())
     }
 
     /// Computes partition `split`, reading the cache or checkpoint when present.
+    ///
+    /// The task context holds the node implementation the iterator borrows until the task ends,
+    /// so a checkpoint that releases this RDD's lineage while the task reads it frees nothing
+    /// the task still uses.
     pub(crate) fn iterator<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T> {
         let node = &*self.node;
-        if let Some(cp) = node.checkpoint.get() {
-            return cp.compute(split, tc);
+        let Source { imp, checkpointed } = node.source();
+        let imp = tc.keep_alive(imp);
+        if checkpointed {
+            return imp.compute(split, tc);
         }
         let level = node.storage_level();
         if level == StorageLevel::None {
-            return node.inner.compute(split, tc);
+            return imp.compute(split, tc);
         }
         // Records read back from the cache are checked too: a killed task stops reading them.
-        let cached = tc.env().blocks.get_or_compute(node.id, split, level, tc, || {
-            Box::new(Interruptible::new(node.inner.compute(split, tc), tc))
-        });
+        let cached = tc
+            .env()
+            .blocks
+            .get_or_compute(node.id, split, level, tc, || Box::new(Interruptible::new(imp.compute(split, tc), tc)));
         Box::new(Interruptible::new(cached, tc))
     }
 }
@@ -450,19 +520,8 @@ impl<T: Data> Rdd<T> {
             .with(|d| d.borrow_mut().as_mut().and_then(|s| s.bytes.remove(&r.id)))
             .ok_or_else(|| Error::Serialization(format!("encoded lineage lacks rdd {}", r.id.0)))?;
         // Decoded with the key of the decode in progress, which sealed the table's code references.
-        let inner = Ship::<dyn RddImpl<T>>::decode_nested(&bytes)?;
-        let checkpoint = OnceLock::new();
-        if r.checkpointed {
-            let _ = checkpoint.set(inner.clone());
-        }
-        let node = Arc::new(Node {
-            id: r.id,
-            ctx: None,
-            inner,
-            level: Mutex::new(r.level),
-            checkpoint,
-            name: Mutex::new(None),
-        });
+        let imp = Ship::<dyn RddImpl<T>>::decode_nested(&bytes)?;
+        let node = Arc::new(Node::new(r.id, None, imp, r.checkpointed, r.level));
         DECODING.with(|d| {
             if let Some(s) = d.borrow_mut().as_mut() {
                 s.decoded.insert(r.id, node.clone() as Arc<dyn std::any::Any + Send + Sync>);

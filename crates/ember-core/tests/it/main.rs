@@ -2,6 +2,7 @@
 
 mod api;
 mod broadcast;
+mod checkpoint;
 mod common;
 mod faults;
 mod io;

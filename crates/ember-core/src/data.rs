@@ -54,7 +54,14 @@ impl SizeSampler {
 
     /// The estimated heap footprint of one record, measured.
     pub(crate) fn heap_bytes<T: Serialize>(record: &T) -> u64 {
-        postcard::experimental::serialized_size(record).unwrap_or(0) as u64 + std::mem::size_of::<T>() as u64 + 8
+        let size = std::mem::size_of::<T>() as u64;
+        // A type without drop glue owns no heap memory: its footprint is its size, whatever the
+        // value, so it is not measured (its encoding is about as long as the value, counted once
+        // more as the measured path does).
+        if !std::mem::needs_drop::<T>() {
+            return size + size + 8;
+        }
+        postcard::experimental::serialized_size(record).unwrap_or(0) as u64 + size + 8
     }
 
     /// Accounts one record (measuring it when a sample is due) and returns the current

@@ -208,6 +208,9 @@ impl MapOutputLocations for MapOutputTracker {
         };
         let st = self.read();
         let slots = st.shuffles.get(&shuffle).ok_or_else(|| missing(0, "shuffle is not registered"))?;
+        if u32::try_from(slots.len()).is_err() {
+            return Err(Error::InvalidArgument(format!("a shuffle of {} map tasks is too large", slots.len())));
+        }
         let mut column = Vec::with_capacity(slots.len());
         for (m, slot) in slots.iter().enumerate() {
             let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
@@ -218,8 +221,8 @@ impl MapOutputLocations for MapOutputTracker {
                 ));
             };
             column.push(ReduceBlock {
-                shuffle,
-                map: m,
+                // Checked above: map indexes fit.
+                map: m as u32,
                 attempt: r.status.attempt,
                 executor: r.executor,
                 data: r.data.clone(),

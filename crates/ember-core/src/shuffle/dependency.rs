@@ -85,7 +85,7 @@ impl<K: Key, V: Data, C: Data> ShuffleDependency<K, V, C> {
                 return Box::new(std::iter::empty());
             }
         };
-        Box::new(ShuffleReader::<(K, W)>::new(blocks, reduce, tc))
+        Box::new(ShuffleReader::<(K, W)>::new(self.shuffle_id, blocks, reduce, tc))
     }
 }
 

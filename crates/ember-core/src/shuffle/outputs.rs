@@ -30,19 +30,18 @@ pub struct MapStatus {
     pub sizes: Vec<u64>,
 }
 
-/// One map output's segment for one reducer: what a reduce task needs to fetch it.
+/// One map output's segment for one reducer: what a reduce task needs to fetch it. A reducer
+/// gets one per map task, so it is kept small: 48 bytes (the shuffle is the column's).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReduceBlock {
-    /// The shuffle.
-    pub shuffle: ShuffleId,
-    /// The map partition.
-    pub map: usize,
-    /// The map task attempt that wrote it.
-    pub attempt: u64,
+    /// The map partition (below [`MAX_PARTITIONS`](crate::conf::MAX_PARTITIONS)).
+    pub map: u32,
     /// The executor holding it, as an index into the tracker's executors
     /// ([`MapOutputLocations::executor`]): a number, so that building a reducer's column of
     /// thousands of blocks copies no shared strings.
     pub executor: u32,
+    /// The map task attempt that wrote it.
+    pub attempt: u64,
     /// The data file, or `None` for an in-memory output.
     pub data: Option<Arc<Path>>,
     /// Byte offset of the segment in the output.
@@ -173,7 +172,11 @@ impl ShuffleManager {
     /// it and each block's range in it (`None` for file outputs and for outputs that are gone).
     /// Copying a reducer's segments costs less than sharing each output between reducers, whose
     /// reference counts would bounce between processor caches once per block.
-    pub(crate) fn copy_memory_segments(&self, blocks: &[ReduceBlock]) -> (Vec<u8>, Vec<Option<MemorySegment>>) {
+    pub(crate) fn copy_memory_segments(
+        &self,
+        shuffle: ShuffleId,
+        blocks: &[ReduceBlock],
+    ) -> (Vec<u8>, Vec<Option<MemorySegment>>) {
         let mut ranges = vec![None; blocks.len()];
         if blocks.iter().all(|b| b.data.is_some()) {
             return (Vec::new(), ranges);
@@ -185,7 +188,7 @@ impl ShuffleManager {
             if b.data.is_some() {
                 continue;
             }
-            let Some(output) = memory.get(&(b.shuffle, b.map, b.attempt)) else { continue };
+            let Some(output) = memory.get(&(shuffle, b.map as usize, b.attempt)) else { continue };
             let end = b.offset.checked_add(b.len).and_then(|e| usize::try_from(e).ok());
             let Some(segment) = end.and_then(|end| output.bytes.get(b.offset as usize..end)) else { continue };
             *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });

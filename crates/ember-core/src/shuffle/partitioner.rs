@@ -68,7 +68,9 @@ macro_rules! index_partitioner {
             }
             #[inline]
             fn partition(&self, key: &$t) -> usize {
-                (*key as u64 % self.0 as u64) as usize
+                // Keys are usually indexes already in range: no division for them.
+                let (k, n) = (*key as u64, self.0 as u64);
+                (if k < n { k } else { k % n }) as usize
             }
         }
     )*};

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use super::{MemorySegment, ReduceBlock};
+use super::{MemorySegment, ReduceBlock, ShuffleId};
 use crate::error::{Error, Result};
 use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
@@ -44,6 +44,7 @@ impl Read for SharedSlice {
 /// Reads reduce partition `reduce`: the segment of each map output in `blocks`, in map order.
 /// A missing, short or corrupt segment is a fetch failure recorded on the task context.
 pub(crate) struct ShuffleReader<'a, R> {
+    shuffle: ShuffleId,
     blocks: Vec<ReduceBlock>,
     /// The blocks' in-memory segments, copied at once, and each block's range in them.
     memory: Arc<Vec<u8>>,
@@ -61,9 +62,10 @@ pub(crate) struct ShuffleReader<'a, R> {
 }
 
 impl<'a, R> ShuffleReader<'a, R> {
-    pub(crate) fn new(blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
-        let (memory, ranges) = tc.env().shuffle.copy_memory_segments(&blocks);
+    pub(crate) fn new(shuffle: ShuffleId, blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
+        let (memory, ranges) = tc.env().shuffle.copy_memory_segments(shuffle, &blocks);
         ShuffleReader {
+            shuffle,
             blocks,
             memory: Arc::new(memory),
             ranges,
@@ -93,7 +95,7 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
     /// Starts reading block `i`: an in-memory segment becomes `raw`, a file segment `current`.
     fn open(&mut self, i: usize) -> Result<()> {
         let b = &self.blocks[i];
-        let (shuffle, map, reduce) = (b.shuffle.0, b.map, self.reduce);
+        let (shuffle, map, reduce) = (self.shuffle.0, b.map as usize, self.reduce);
         let fetch_failed = |message: String| Error::FetchFailed { shuffle, map, reduce, message };
         // The tracker gives the segment's offset and length, so a read needs no index lookup;
         // the index file is there for a remote executor's transfer service.
@@ -169,8 +171,8 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                 Some(Err(e)) => {
                     let s = &self.blocks[self.next_map - 1];
                     self.tc.fail(Error::FetchFailed {
-                        shuffle: s.shuffle.0,
-                        map: s.map,
+                        shuffle: self.shuffle.0,
+                        map: s.map as usize,
                         reduce: self.reduce,
                         message: e.to_string(),
                     });

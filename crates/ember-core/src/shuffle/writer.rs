@@ -339,18 +339,20 @@ impl<'a> PartitionBuffers<'a> {
     /// Calls `emit(p, chunks)` for each partition `p` in order with the arena's records of `p`
     /// encoded as chunks, then empties the arena.
     fn drain_arena(&mut self, mut emit: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
-        let (starts, order) = self.sorted();
-        for p in 0..self.parts {
-            let ids = &order[starts[p]..starts[p + 1]];
-            for &i in ids {
+        let mut sort = SortScratch::take();
+        self.sort(&mut sort);
+        let r = (0..self.parts).try_for_each(|p| {
+            for &i in sort.partition(p) {
                 let (start, end) = self.record(i as usize);
                 self.enc.push_encoded(&self.arena[start..end])?;
             }
             let bytes = self.enc.take_bytes_reusing();
             let r = emit(p, bytes);
             self.enc.recycle();
-            r?;
-        }
+            r
+        });
+        sort.give_back();
+        r?;
         self.arena.clear();
         self.recs.clear();
         Ok(())
@@ -364,23 +366,25 @@ impl<'a> PartitionBuffers<'a> {
         (start, end)
     }
 
-    /// The arena's records grouped by partition: a stable counting sort. Returns where each
-    /// partition starts in the order, and the record indexes in order.
-    fn sorted(&self) -> (Vec<usize>, Vec<u32>) {
-        let mut starts = vec![0usize; self.parts + 1];
+    /// Groups the arena's records by partition into `s`: a stable counting sort.
+    fn sort(&self, s: &mut SortScratch) {
+        // Record counts fit in 32 bits: the arena holds under 16 MiB plus one record.
+        s.starts.clear();
+        s.starts.resize(self.parts + 1, 0);
         for &(p, _) in &self.recs {
-            starts[p as usize + 1] += 1;
+            s.starts[p as usize + 1] += 1;
         }
         for i in 0..self.parts {
-            starts[i + 1] += starts[i];
+            s.starts[i + 1] += s.starts[i];
         }
-        let mut order = vec![0u32; self.recs.len()];
-        let mut next = starts.clone();
+        s.order.clear();
+        s.order.resize(self.recs.len(), 0);
+        s.next.clear();
+        s.next.extend_from_slice(&s.starts);
         for (i, &(p, _)) in self.recs.iter().enumerate() {
-            order[next[p as usize]] = i as u32;
-            next[p as usize] += 1;
+            s.order[s.next[p as usize] as usize] = i as u32;
+            s.next[p as usize] += 1;
         }
-        (starts, order)
     }
 
     /// Keeps a small output in executor memory as its records' bytes grouped by partition, with
@@ -401,18 +405,20 @@ impl<'a> PartitionBuffers<'a> {
             shuffle.unreserve_memory(n as u64);
             return None;
         };
-        let (starts, order) = self.sorted();
+        let mut sort = SortScratch::take();
+        self.sort(&mut sort);
         let mut sizes = Vec::with_capacity(self.parts);
         let mut at = 0usize;
         for p in 0..self.parts {
             let before = at;
-            for &i in &order[starts[p]..starts[p + 1]] {
+            for &i in sort.partition(p) {
                 let (start, end) = self.record(i as usize);
                 out[at..at + end - start].copy_from_slice(&self.arena[start..end]);
                 at += end - start;
             }
             sizes.push((at - before) as u64);
         }
+        sort.give_back();
         shuffle.keep_in_memory(key, bytes, false);
         Some(sizes)
     }
@@ -497,6 +503,45 @@ impl<'a> PartitionBuffers<'a> {
             }
         }
         out.commit(parts, data, &env.shuffle, key)
+    }
+}
+
+/// The counting sort's index vectors, kept by each thread between map tasks: allocating them
+/// anew for every task (several kilobytes per thousand partitions) costs more than sorting a
+/// small task's records.
+#[derive(Default)]
+struct SortScratch {
+    /// Where each partition's records start in `order` (one more entry: the end).
+    starts: Vec<u32>,
+    next: Vec<u32>,
+    /// Record indexes grouped by partition.
+    order: Vec<u32>,
+}
+
+/// Scratch vectors above this many bytes are not kept for the next task.
+const SCRATCH_KEPT_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static SORT_SCRATCH: std::cell::Cell<Option<SortScratch>> = const { std::cell::Cell::new(None) };
+}
+
+impl SortScratch {
+    /// This thread's scratch (a new one when it is in use or was not kept).
+    fn take() -> SortScratch {
+        SORT_SCRATCH.with(|c| c.take()).unwrap_or_default()
+    }
+
+    /// Keeps the scratch for the thread's next task, unless it grew large.
+    fn give_back(self) {
+        let bytes = (self.starts.capacity() + self.next.capacity() + self.order.capacity()) * 4;
+        if bytes <= SCRATCH_KEPT_BYTES {
+            SORT_SCRATCH.with(|c| c.set(Some(self)));
+        }
+    }
+
+    /// The record indexes of partition `p`, in arrival order.
+    fn partition(&self, p: usize) -> &[u32] {
+        &self.order[self.starts[p] as usize..self.starts[p + 1] as usize]
     }
 }
 

@@ -196,9 +196,16 @@ impl MapOutputTracker {
 }
 
 impl MapOutputLocations for MapOutputTracker {
-    fn reduce_blocks(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<ReduceBlock>> {
+    fn reduce_blocks_into(
+        &self,
+        shuffle: ShuffleId,
+        maps: usize,
+        reduce: usize,
+        column: &mut Vec<ReduceBlock>,
+    ) -> Result<()> {
+        column.clear();
         if maps == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let missing = |map: usize, message: &str| Error::FetchFailed {
             shuffle: shuffle.0,
@@ -211,7 +218,7 @@ impl MapOutputLocations for MapOutputTracker {
         if u32::try_from(slots.len()).is_err() {
             return Err(Error::InvalidArgument(format!("a shuffle of {} map tasks is too large", slots.len())));
         }
-        let mut column = Vec::with_capacity(slots.len());
+        column.reserve(slots.len());
         for (m, slot) in slots.iter().enumerate() {
             let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
             let Some((offset, len)) = r.offsets.segment(reduce) else {
@@ -230,7 +237,7 @@ impl MapOutputLocations for MapOutputTracker {
                 len,
             });
         }
-        Ok(column)
+        Ok(())
     }
 
     fn executor(&self, index: u32) -> Option<Arc<str>> {

@@ -78,14 +78,13 @@ impl<K: Key, V: Data, C: Data> ShuffleDependency<K, V, C> {
 
     /// Reads reduce partition `reduce`: the (K, W) records of every map output's segment.
     pub(crate) fn read<'a, W: Data>(&self, reduce: usize, tc: &'a TaskContext) -> BoxIter<'a, (K, W)> {
-        let blocks = match tc.env().map_outputs.reduce_blocks(self.shuffle_id, self.num_maps, reduce) {
-            Ok(b) => b,
+        match ShuffleReader::<(K, W)>::new(self.shuffle_id, self.num_maps, reduce, tc) {
+            Ok(reader) => Box::new(reader),
             Err(e) => {
                 tc.fail(e);
-                return Box::new(std::iter::empty());
+                Box::new(std::iter::empty())
             }
-        };
-        Box::new(ShuffleReader::<(K, W)>::new(self.shuffle_id, blocks, reduce, tc))
+        }
     }
 }
 

@@ -55,7 +55,20 @@ pub struct ReduceBlock {
 pub trait MapOutputLocations: Send + Sync {
     /// The blocks of reduce partition `reduce` of `shuffle`, one per map task in map order, or
     /// a fetch failure naming the first map whose output is missing.
-    fn reduce_blocks(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<ReduceBlock>>;
+    fn reduce_blocks(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Vec<ReduceBlock>> {
+        let mut column = Vec::new();
+        self.reduce_blocks_into(shuffle, maps, reduce, &mut column)?;
+        Ok(column)
+    }
+    /// [`reduce_blocks`](Self::reduce_blocks) into `column` (cleared first), reusing its
+    /// allocation.
+    fn reduce_blocks_into(
+        &self,
+        shuffle: ShuffleId,
+        maps: usize,
+        reduce: usize,
+        column: &mut Vec<ReduceBlock>,
+    ) -> Result<()>;
     /// The name of executor number `index` of [`ReduceBlock::executor`].
     fn executor(&self, index: u32) -> Option<Arc<str>>;
     /// Forgets a shuffle whose dependency is gone.
@@ -168,21 +181,25 @@ impl ShuffleManager {
         self.written().entry(status.shuffle).or_default().push(kept);
     }
 
-    /// Copies the segments of `blocks` held in memory into one buffer, under one lock: returns
-    /// it and each block's range in it (`None` for file outputs and for outputs that are gone).
+    /// Copies the segments of `blocks` held in memory into `out`, under one lock, and sets each
+    /// block's range in it in `ranges` (`None` for file outputs and for outputs that are gone).
     /// Copying a reducer's segments costs less than sharing each output between reducers, whose
     /// reference counts would bounce between processor caches once per block.
     pub(crate) fn copy_memory_segments(
         &self,
         shuffle: ShuffleId,
         blocks: &[ReduceBlock],
-    ) -> (Vec<u8>, Vec<Option<MemorySegment>>) {
-        let mut ranges = vec![None; blocks.len()];
+        out: &mut Vec<u8>,
+        ranges: &mut Vec<Option<MemorySegment>>,
+    ) {
+        out.clear();
+        ranges.clear();
+        ranges.resize(blocks.len(), None);
         if blocks.iter().all(|b| b.data.is_some()) {
-            return (Vec::new(), ranges);
+            return;
         }
         let total: u64 = blocks.iter().filter(|b| b.data.is_none()).map(|b| b.len).sum();
-        let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        out.reserve(usize::try_from(total).unwrap_or(0));
         let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
         for (b, range) in blocks.iter().zip(ranges.iter_mut()) {
             if b.data.is_some() {
@@ -194,7 +211,6 @@ impl ShuffleManager {
             *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });
             out.extend_from_slice(segment);
         }
-        (out, ranges)
     }
 
     /// Deletes one output (an attempt that lost, or an output the driver dropped).

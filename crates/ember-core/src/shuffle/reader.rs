@@ -62,9 +62,13 @@ pub(crate) struct ShuffleReader<'a, R> {
 }
 
 impl<'a, R> ShuffleReader<'a, R> {
-    pub(crate) fn new(shuffle: ShuffleId, blocks: Vec<ReduceBlock>, reduce: usize, tc: &'a TaskContext) -> Self {
-        let (memory, ranges) = tc.env().shuffle.copy_memory_segments(shuffle, &blocks);
-        ShuffleReader {
+    /// A reader of reduce partition `reduce` of `shuffle` (of `maps` map tasks), or the fetch
+    /// failure that its column of blocks is.
+    pub(crate) fn new(shuffle: ShuffleId, maps: usize, reduce: usize, tc: &'a TaskContext) -> Result<Self> {
+        let ReadScratch { mut blocks, mut memory, mut ranges } = ReadScratch::take();
+        tc.env().map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks)?;
+        tc.env().shuffle.copy_memory_segments(shuffle, &blocks, &mut memory, &mut ranges);
+        Ok(ShuffleReader {
             shuffle,
             blocks,
             memory: Arc::new(memory),
@@ -77,7 +81,7 @@ impl<'a, R> ShuffleReader<'a, R> {
             tc,
             records: 0,
             bytes: 0,
-        }
+        })
     }
 }
 
@@ -201,5 +205,51 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
 impl<R> Drop for ShuffleReader<'_, R> {
     fn drop(&mut self) {
         self.tc.add_shuffle_read(self.records, self.bytes);
+        // A decoder may still share the copy; then it is not kept.
+        self.current = None;
+        self.spare = None;
+        let memory = std::mem::take(&mut self.memory);
+        if let Ok(memory) = Arc::try_unwrap(memory) {
+            let blocks = std::mem::take(&mut self.blocks);
+            let ranges = std::mem::take(&mut self.ranges);
+            ReadScratch { blocks, memory, ranges }.give_back();
+        }
+    }
+}
+
+/// A reducer's column, copy and ranges, kept by each thread between reduce tasks: with
+/// thousands of map tasks they are tens of kilobytes, allocated anew for every task otherwise.
+#[derive(Default)]
+struct ReadScratch {
+    blocks: Vec<ReduceBlock>,
+    memory: Vec<u8>,
+    ranges: Vec<Option<MemorySegment>>,
+}
+
+/// Scratch vectors above this many bytes are not kept for the next task.
+const SCRATCH_KEPT_BYTES: usize = 1 << 20;
+
+thread_local! {
+    static READ_SCRATCH: std::cell::Cell<Option<ReadScratch>> = const { std::cell::Cell::new(None) };
+}
+
+impl ReadScratch {
+    /// This thread's scratch (a new one when it is in use or was not kept).
+    fn take() -> ReadScratch {
+        READ_SCRATCH.with(|c| c.take()).unwrap_or_default()
+    }
+
+    /// Keeps the scratch for the thread's next reduce task, unless it grew large.
+    fn give_back(mut self) {
+        let bytes = self.blocks.capacity() * std::mem::size_of::<ReduceBlock>()
+            + self.memory.capacity()
+            + self.ranges.capacity() * std::mem::size_of::<Option<MemorySegment>>();
+        if bytes <= SCRATCH_KEPT_BYTES {
+            // Nothing of the last task's data stays reachable (file paths in blocks included).
+            self.blocks.clear();
+            self.memory.clear();
+            self.ranges.clear();
+            READ_SCRATCH.with(|c| c.set(Some(self)));
+        }
     }
 }

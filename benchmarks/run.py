@@ -313,6 +313,7 @@ class Config:
     tasks: int
     groups: list[int]
     tiny_trials: int
+    scaling_trials: int
     scaling_points: list[tuple[int, int]]  # (TASKS, ITERS)
     scaling_target: float
     spark_warmup_trials: int
@@ -855,7 +856,7 @@ class Bench:
             self.fail(row, f"not run: {self.tools.ember_error}")
             return row
         log(f"scaling: ember running_sum {iters} iterations x {tasks} tasks, run {rep + 1}/{cfg.repeat}")
-        cmd = ember_cmd(cfg, self.tools, "running_sum", [str(iters), str(tasks), "1", "--trials", str(cfg.tiny_trials)])
+        cmd = ember_cmd(cfg, self.tools, "running_sum", [str(iters), str(tasks), "1", "--trials", str(cfg.scaling_trials)])
         m = measure(cmd, self.logs / f"scaling-ember-tasks{tasks}-{rep + 1}", cfg)
         fill_memory(row, m)
         if m.returncode != 0 or m.timed_out:
@@ -999,7 +1000,10 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--tasks", type=int, default=10)
     p.add_argument("--groups", default="1,10", help="Ember group sizes for running_sum")
     p.add_argument("--tiny-trials", type=int, default=3,
-                   help="measured running_sum trials per process, both engines, tiny and scaling (default 3)")
+                   help="measured running_sum trials per process, both engines, tiny workload (default 3)")
+    p.add_argument("--scaling-trials", type=int, default=7,
+                   help="measured running_sum trials per process in the scaling workload (default 7: a "
+                        "ratio of two medians of runs of a fraction of a second needs more than 3 to be stable)")
     p.add_argument("--scaling-points", default=SCALING_POINTS, metavar="TASKS:ITERS,...",
                    help="scaling workload: Ember running_sum runs, as TASKS:ITERS (default %s)" % SCALING_POINTS)
     p.add_argument("--scaling-target", type=float, default=SCALING_TARGET,
@@ -1057,7 +1061,7 @@ def parse_args(argv: list[str]) -> Config:
         spark_memory=a.spark_memory, spark_conf=a.spark_conf, ember_memory=a.ember_memory,
         repeat=max(1, a.repeat), cpus=cpus, master=a.master, iters=a.iters, tasks=a.tasks,
         groups=[int(g) for g in a.groups.split(",") if g.strip()], tiny_trials=max(1, a.tiny_trials),
-        scaling_points=scaling_points, scaling_target=a.scaling_target,
+        scaling_trials=max(1, a.scaling_trials), scaling_points=scaling_points, scaling_target=a.scaling_target,
         spark_warmup_trials=max(0, a.spark_warmup_trials),
         timeout=a.timeout, build=not a.no_build, ember_bin_dir=a.ember_bin_dir,
         data_dir=a.data_dir.resolve(), results_dir=a.results_dir.resolve(), cache_dir=a.cache_dir.resolve(),

@@ -54,14 +54,7 @@ impl SizeSampler {
 
     /// The estimated heap footprint of one record, measured.
     pub(crate) fn heap_bytes<T: Serialize>(record: &T) -> u64 {
-        let size = std::mem::size_of::<T>() as u64;
-        // A type without drop glue owns no heap memory: its footprint is its size, whatever the
-        // value, so it is not measured (its encoding is about as long as the value, counted once
-        // more as the measured path does).
-        if !std::mem::needs_drop::<T>() {
-            return size + size + 8;
-        }
-        postcard::experimental::serialized_size(record).unwrap_or(0) as u64 + size + 8
+        postcard::experimental::serialized_size(record).unwrap_or(0) as u64 + std::mem::size_of::<T>() as u64 + 8
     }
 
     /// Accounts one record (measuring it when a sample is due) and returns the current
@@ -133,7 +126,13 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 /// Appends `value`'s postcard encoding to `out`.
 #[inline]
 pub(crate) fn encode_into<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
-    postcard::serialize_with_flavor(value, AppendTo(out))
+    let start = out.len();
+    let r = postcard::serialize_with_flavor(value, AppendTo(out));
+    if r.is_err() {
+        // No partial record is left behind.
+        out.truncate(start);
+    }
+    r
 }
 
 #[cfg(test)]

@@ -177,12 +177,20 @@ impl ChunkEncoder {
 pub(crate) enum Origin {
     /// A file (or a name standing for one).
     Path(PathBuf),
+    /// A map output held in an executor's memory.
+    ShuffleMemory {
+        /// The shuffle.
+        shuffle: u64,
+        /// The map partition.
+        map: usize,
+    },
 }
 
 impl Origin {
     fn path(&self) -> PathBuf {
         match self {
             Origin::Path(p) => p.clone(),
+            other => PathBuf::from(other.to_string()),
         }
     }
 }
@@ -191,6 +199,7 @@ impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::Path(p) => write!(f, "{}", p.display()),
+            Origin::ShuffleMemory { shuffle, map } => write!(f, "map output {map} of shuffle {shuffle} in memory"),
         }
     }
 }

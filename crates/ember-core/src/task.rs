@@ -88,8 +88,10 @@ pub struct TaskContext {
     stop: AtomicBool,
     error: Mutex<Option<Error>>,
     metrics: AtomicMetrics,
-    /// Values lent out by [`TaskContext::keep_alive`]. Only ever appended to: an entry is dropped
-    /// with the context, never before.
+    /// Values lent out by [`TaskContext::keep_alive`].
+    ///
+    /// INVARIANT: only ever appended to; an entry is dropped with the context, never before.
+    /// `keep_alive`'s soundness rests on it: no code may remove, clear, drain or replace entries.
     kept: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 

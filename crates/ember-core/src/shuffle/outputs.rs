@@ -75,6 +75,33 @@ pub trait MapOutputLocations: Send + Sync {
     fn remove_shuffle(&self, shuffle: ShuffleId);
 }
 
+/// The outputs an executor wrote, by shuffle, and the shuffles removed lately.
+#[derive(Default)]
+struct Written {
+    by_shuffle: HashMap<ShuffleId, Vec<MapStatus>>,
+    /// Shuffles removed, so that an output committed after its shuffle's removal (by a task
+    /// still running when the last handle went) is deleted rather than kept. The most recent
+    /// [`REMOVED_KEPT`] are remembered: a task outliving that many removals is not a concern.
+    removed: std::collections::HashSet<ShuffleId>,
+    removed_order: std::collections::VecDeque<ShuffleId>,
+}
+
+/// Removed shuffles remembered by [`Written`].
+const REMOVED_KEPT: usize = 4096;
+
+impl Written {
+    fn remember_removed(&mut self, id: ShuffleId) {
+        if self.removed.insert(id) {
+            self.removed_order.push_back(id);
+            if self.removed_order.len() > REMOVED_KEPT {
+                if let Some(old) = self.removed_order.pop_front() {
+                    self.removed.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 /// In-memory map outputs by (shuffle, map, attempt).
 type MemoryOutputs = HashMap<(ShuffleId, usize, u64), MemoryOutput, rustc_hash::FxBuildHasher>;
 
@@ -105,7 +132,7 @@ pub struct ShuffleManager {
     dir: PathBuf,
     /// Every output this executor wrote, by shuffle, so that removing a shuffle deletes them all
     /// (including those of attempts the driver never registered).
-    written: Mutex<HashMap<ShuffleId, Vec<MapStatus>>>,
+    written: Mutex<Written>,
     /// Read by reducers at once, written when an output is kept or deleted.
     memory: RwLock<MemoryOutputs>,
     memory_used: AtomicU64,
@@ -123,7 +150,7 @@ impl ShuffleManager {
         ShuffleManager {
             dir,
             blocks,
-            written: Mutex::new(HashMap::new()),
+            written: Mutex::new(Written::default()),
             memory: RwLock::new(MemoryOutputs::default()),
             memory_used: AtomicU64::new(0),
             memory_cap,
@@ -135,8 +162,17 @@ impl ShuffleManager {
         self.memory.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn written(&self) -> MutexGuard<'_, HashMap<ShuffleId, Vec<MapStatus>>> {
+    fn written(&self) -> MutexGuard<'_, Written> {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many of a shuffle's outputs this executor holds in memory as record streams and as
+    /// bare records: `(framed, bare)`. For tests of the two formats.
+    #[doc(hidden)]
+    pub fn memory_output_formats(&self, shuffle: ShuffleId) -> (usize, usize) {
+        let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
+        let mine = memory.iter().filter(|((id, _, _), _)| *id == shuffle);
+        mine.fold((0, 0), |(f, b), (_, o)| if o.framed { (f + 1, b) } else { (f, b + 1) })
     }
 
     /// Bytes of map outputs held in memory.
@@ -173,12 +209,21 @@ impl ShuffleManager {
         self.blocks.release_shuffle(n);
     }
 
-    /// Records an output this executor wrote (before its status goes to the driver).
-    pub(crate) fn record_written(&self, status: &MapStatus) {
+    /// Records an output this executor wrote (before its status goes to the driver). Returns
+    /// `false`, having deleted the output, when its shuffle was removed while the task ran: a
+    /// removed shuffle's outputs would otherwise be kept, and their memory taken, for good.
+    pub(crate) fn record_written(&self, status: &MapStatus) -> bool {
         // Deleting needs the location of the data, not the segment sizes.
         let kept =
             MapStatus { sizes: Vec::new(), location: status.location.clone(), data: status.data.clone(), ..*status };
-        self.written().entry(status.shuffle).or_default().push(kept);
+        let mut written = self.written();
+        if written.removed.contains(&status.shuffle) {
+            drop(written);
+            self.delete_output(status);
+            return false;
+        }
+        written.by_shuffle.entry(status.shuffle).or_default().push(kept);
+        true
     }
 
     /// Copies the segments of `blocks` held in memory into `out`, under one lock, and sets each
@@ -227,7 +272,7 @@ impl ShuffleManager {
                 }
             }
         }
-        if let Some(v) = self.written().get_mut(&s.shuffle) {
+        if let Some(v) = self.written().by_shuffle.get_mut(&s.shuffle) {
             v.retain(|w| !(w.map == s.map && w.attempt == s.attempt));
         }
     }
@@ -241,7 +286,11 @@ impl ShuffleManager {
 
     /// Deletes every output of a shuffle.
     pub(crate) fn remove_shuffle(&self, id: ShuffleId) {
-        let removed = self.written().remove(&id);
+        let removed = {
+            let mut written = self.written();
+            written.remember_removed(id);
+            written.by_shuffle.remove(&id)
+        };
         for s in removed.into_iter().flatten() {
             self.delete_output(&s);
         }
@@ -249,5 +298,61 @@ impl ShuffleManager {
 
     pub(crate) fn data_path(&self, id: ShuffleId, map: usize, attempt: u64) -> PathBuf {
         self.dir.join(format!("shuffle_{}_{}_{}.data", id.0, map, attempt))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(dir: &Path) -> ShuffleManager {
+        let blocks = Arc::new(BlockManager::new(64 << 20, 0.5, 2, dir.join("blocks"), crate::conf::Codec::Lz4));
+        ShuffleManager::new(dir.join("shuffle"), blocks, 8 << 20, 1 << 20)
+    }
+
+    fn status(shuffle: u64, map: usize, attempt: u64) -> MapStatus {
+        MapStatus {
+            shuffle: ShuffleId(shuffle),
+            map,
+            attempt,
+            location: Arc::from("driver"),
+            data: None,
+            sizes: vec![3, 0, 2],
+        }
+    }
+
+    #[test]
+    fn an_output_committed_after_its_shuffle_was_removed_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let keep = |s: &MapStatus| {
+            assert!(m.reserve_memory(5));
+            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), false);
+        };
+        let live = status(1, 0, 10);
+        keep(&live);
+        assert!(m.record_written(&live));
+        assert_eq!(m.memory_used(), 5);
+        // A task of shuffle 2 commits after shuffle 2 was removed.
+        m.remove_shuffle(ShuffleId(2));
+        let late = status(2, 0, 11);
+        keep(&late);
+        assert_eq!(m.memory_used(), 10);
+        assert!(!m.record_written(&late), "a removed shuffle takes no outputs");
+        assert_eq!(m.memory_used(), 5, "the late output's memory is given back");
+        assert_eq!(m.memory_output_formats(ShuffleId(2)), (0, 0));
+        // Removing the live shuffle frees the rest.
+        m.remove_shuffle(ShuffleId(1));
+        assert_eq!(m.memory_used(), 0);
+    }
+
+    #[test]
+    fn removed_shuffles_are_remembered_up_to_a_bound() {
+        let mut w = Written::default();
+        for id in 0..(REMOVED_KEPT as u64 + 10) {
+            w.remember_removed(ShuffleId(id));
+        }
+        assert_eq!(w.removed.len(), REMOVED_KEPT);
+        assert!(!w.removed.contains(&ShuffleId(0)) && w.removed.contains(&ShuffleId(REMOVED_KEPT as u64 + 9)));
     }
 }

@@ -66,7 +66,10 @@ impl<'a, R> ShuffleReader<'a, R> {
     /// failure that its column of blocks is.
     pub(crate) fn new(shuffle: ShuffleId, maps: usize, reduce: usize, tc: &'a TaskContext) -> Result<Self> {
         let ReadScratch { mut blocks, mut memory, mut ranges } = ReadScratch::take();
-        tc.env().map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks)?;
+        if let Err(e) = tc.env().map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks) {
+            ReadScratch { blocks, memory, ranges }.give_back();
+            return Err(e);
+        }
         tc.env().shuffle.copy_memory_segments(shuffle, &blocks, &mut memory, &mut ranges);
         Ok(ShuffleReader {
             shuffle,
@@ -115,7 +118,7 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
             let end = seg.at + seg.len;
             if seg.framed {
                 let src = BlockSource::Memory(SharedSlice { bytes: self.memory.clone(), pos: seg.at, end });
-                let origin = Origin::Path(format!("shuffle_{shuffle}_{map} (memory)").into());
+                let origin = Origin::ShuffleMemory { shuffle, map };
                 self.current = Some(self.decoder(src, origin, len));
             } else {
                 self.raw = Some((seg.at, end));
@@ -138,6 +141,12 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
             return None;
         }
         Some(match postcard::take_from_bytes::<R>(&self.memory[pos..end]) {
+            // A record of no bytes never reaches this path (such outputs are framed): one that
+            // consumed nothing means the bytes are not records of this type.
+            Ok((_, rest)) if rest.len() == end - pos => {
+                self.raw = None;
+                Err(Error::Serialization("in-memory map output holds a record of no bytes".into()))
+            }
             Ok((r, rest)) => {
                 self.raw = Some((end - rest.len(), end));
                 Ok(r)

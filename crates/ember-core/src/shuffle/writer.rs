@@ -93,7 +93,7 @@ impl MapOutputFile {
         let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let mut file = match self.w.finish()?.sink {
             Sink::Memory(bytes) => {
-                if shuffle.reserve_memory(bytes.len() as u64) {
+                if shuffle.memory_output_limit > 0 && shuffle.reserve_memory(bytes.len() as u64) {
                     // One allocation of exactly the output's size: no slack stays in memory.
                     shuffle.keep_in_memory(key, std::sync::Arc::from(bytes), true);
                     return Ok((None, sizes));
@@ -167,7 +167,9 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
         return Err(e);
     }
     tc.add_shuffle_write(written, bytes);
-    env.shuffle.record_written(&status);
+    if !env.shuffle.record_written(&status) {
+        return Err(Error::Cancelled(format!("shuffle {} was removed while map task {map} ran", dep.shuffle_id.0)));
+    }
     Ok(status)
 }
 
@@ -220,7 +222,8 @@ fn combine_into<K: Key, V: Data, C: Data>(
         if map.len() >= PARTIAL_AGG_KEYS {
             flush(&mut map, out)?;
         } else if ops % 64 == 0 {
-            let map_bytes = map.len() as u64 * (sampler.per_record() + 16);
+            // By capacity: the table is allocated for more keys than it may hold.
+            let map_bytes = map.capacity().max(map.len()) as u64 * (sampler.per_record() + 16);
             if !out.fits(map_bytes) {
                 flush(&mut map, out)?;
             }
@@ -368,7 +371,8 @@ impl<'a> PartitionBuffers<'a> {
 
     /// Groups the arena's records by partition into `s`: a stable counting sort.
     fn sort(&self, s: &mut SortScratch) {
-        // Record counts fit in 32 bits: the arena holds under 16 MiB plus one record.
+        // Record counts fit in 32 bits: records of some bytes are compacted at 16 MiB, and
+        // 4 Gi records of none would need far more than any grant to index (`fits` spills them).
         s.starts.clear();
         s.starts.resize(self.parts + 1, 0);
         for &(p, _) in &self.recs {
@@ -388,8 +392,8 @@ impl<'a> PartitionBuffers<'a> {
     }
 
     /// Keeps a small output in executor memory as its records' bytes grouped by partition, with
-    /// no chunk framing: these bytes never reach a disk or another process as they are (a
-    /// remote reducer's fetch frames what it sends). Returns the segment sizes, or `None` when
+    /// no chunk framing: these bytes never reach a disk or another process as they are (serving
+    /// them to a remote reducer will mean framing them first). Returns the segment sizes, or `None` when
     /// the memory budget refuses the output, which is then left in the arena for a file.
     fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<Vec<u64>> {
         let shuffle = &self.tc.env().shuffle;
@@ -462,8 +466,10 @@ impl<'a> PartitionBuffers<'a> {
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         let env = self.tc.env();
         let parts = self.parts;
-        // The common small case: the arena stays in memory as it is.
-        if self.runs.is_empty() && self.outs.is_empty() && self.arena.len() <= env.shuffle.memory_output_limit {
+        // The common small case: the arena stays in memory as it is (a limit of 0 sends every
+        // output, even an empty one, to files).
+        let limit = env.shuffle.memory_output_limit;
+        if self.runs.is_empty() && self.outs.is_empty() && limit > 0 && self.arena.len() <= limit {
             if let Some(sizes) = self.commit_in_memory(key) {
                 return Ok((None, sizes));
             }
@@ -475,9 +481,7 @@ impl<'a> PartitionBuffers<'a> {
         let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;
         out.reserve_segments(parts);
         if self.runs.is_empty() && self.outs.is_empty() {
-            // The common small case: the arena stays in memory as it is, or goes straight into
-            // the output.
-
+            // No compaction: the arena goes straight into the output.
             self.drain_arena(|p, chunks| {
                 out.close_until(p)?;
                 out.w.write_encoded(chunks)

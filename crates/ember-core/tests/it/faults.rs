@@ -459,6 +459,54 @@ fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
     assert!(ctx.map_output_tracker().statuses(dep.shuffle_id()).iter().flatten().all(|s| s.data.is_none()));
 }
 
+/// Record `i` of the mixed-format shuffle below: its map task 0 writes a few bytes, map task 1
+/// about 500 KB that compress well, map task 2 about 3 MB that do not.
+fn mixed_record(i: u64) -> (u64, String) {
+    let text = match i / 100 {
+        0 => String::new(),
+        1 => "a".repeat(5000),
+        _ => {
+            let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            (0..30_000)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from_digit((x % 16) as u32, 16).unwrap_or('0')
+                })
+                .collect()
+        }
+    };
+    (i % 7, text)
+}
+
+#[test]
+fn a_column_mixing_bare_framed_and_file_outputs_reads_exactly() {
+    for serialize in [false, true] {
+        let ctx = ctx_conf(&[("ember.memory.size", "256m")], serialize);
+        let data: Vec<(u64, String)> = (0..300).map(mixed_record).collect();
+        let r = ctx.parallelize(data.clone(), 3).partition_by(ember_core::shuffle::IndexPartitioner::new(2));
+        let mut expect = data.clone();
+        expect.sort();
+        let mut got = r.collect().unwrap();
+        got.sort();
+        assert_eq!(got, expect);
+        let dep = shuffle_dep(&r);
+        let statuses = ctx.map_output_tracker().statuses(dep.shuffle_id());
+        let in_memory: Vec<bool> = statuses.iter().map(|s| s.as_ref().is_some_and(|s| s.data.is_none())).collect();
+        assert_eq!(in_memory, [true, true, false], "a few bytes and 500 KB compressed stay in memory, 3 MB do not");
+        // Map 0 never compacted: its records are kept bare; map 1 compacted into chunks.
+        assert_eq!(ctx.env().shuffle.memory_output_formats(dep.shuffle_id()), (1, 1));
+        // Each kind, lost, is recomputed to the same records.
+        for map in 0..3 {
+            assert!(lose_map_output(&ctx, dep.shuffle_id(), map));
+            let mut again = r.collect().unwrap();
+            again.sort();
+            assert_eq!(again, expect, "after losing map output {map}");
+        }
+    }
+}
+
 #[test]
 fn an_action_inside_a_task_is_refused_not_deadlocked() {
     let ctx = ctx();

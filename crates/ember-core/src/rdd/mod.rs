@@ -439,25 +439,33 @@ impl<T: Data> Rdd<T> {
 struct NodeRef {
     id: RddId,
     level: StorageLevel,
+}
+
+/// A node of the table: its implementation's encoding and whether that is a checkpoint, taken
+/// from one snapshot of the node's source (a checkpoint may land while a lineage is encoded).
+#[derive(Serialize, Deserialize)]
+struct EncodedNode {
+    id: RddId,
     checkpointed: bool,
+    bytes: Vec<u8>,
 }
 
 /// The top-level form: the node table and the root.
 #[derive(Serialize, Deserialize)]
 struct Lineage {
-    nodes: Vec<(RddId, Vec<u8>)>,
+    nodes: Vec<EncodedNode>,
     root: NodeRef,
 }
 
 #[derive(Default)]
 struct EncodeSession {
     seen: std::collections::HashSet<RddId>,
-    nodes: Vec<(RddId, Vec<u8>)>,
+    nodes: Vec<EncodedNode>,
 }
 
 #[derive(Default)]
 struct DecodeSession {
-    bytes: std::collections::HashMap<RddId, Vec<u8>>,
+    bytes: std::collections::HashMap<RddId, (bool, Vec<u8>)>,
     decoded: std::collections::HashMap<RddId, Arc<dyn std::any::Any + Send + Sync>>,
 }
 
@@ -488,7 +496,7 @@ impl Drop for DecodingGuard {
 
 impl<T: Data> Rdd<T> {
     fn node_ref(&self) -> NodeRef {
-        NodeRef { id: self.node.id, level: self.storage_level(), checkpointed: self.is_checkpointed() }
+        NodeRef { id: self.node.id, level: self.storage_level() }
     }
 
     /// Adds this node (and, through its own encoding, its parents) to the active table.
@@ -499,10 +507,11 @@ impl<T: Data> Rdd<T> {
             return Ok(());
         }
         // No borrow is held here: encoding the node registers its parents first.
-        let bytes = self.node.effective().encode()?;
+        let Source { imp, checkpointed } = self.node.source();
+        let bytes = imp.encode()?;
         ENCODING.with(|e| {
             if let Some(s) = e.borrow_mut().as_mut() {
-                s.nodes.push((id, bytes));
+                s.nodes.push(EncodedNode { id, checkpointed, bytes });
             }
         });
         Ok(())
@@ -516,12 +525,12 @@ impl<T: Data> Rdd<T> {
                 .map_err(|_| Error::Serialization(format!("rdd {} is referenced with two types", r.id.0)))?;
             return Ok(Rdd { node });
         }
-        let bytes = DECODING
+        let (checkpointed, bytes) = DECODING
             .with(|d| d.borrow_mut().as_mut().and_then(|s| s.bytes.remove(&r.id)))
             .ok_or_else(|| Error::Serialization(format!("encoded lineage lacks rdd {}", r.id.0)))?;
         // Decoded with the key of the decode in progress, which sealed the table's code references.
         let imp = Ship::<dyn RddImpl<T>>::decode_nested(&bytes)?;
-        let node = Arc::new(Node::new(r.id, None, imp, r.checkpointed, r.level));
+        let node = Arc::new(Node::new(r.id, None, imp, checkpointed, r.level));
         DECODING.with(|d| {
             if let Some(s) = d.borrow_mut().as_mut() {
                 s.decoded.insert(r.id, node.clone() as Arc<dyn std::any::Any + Send + Sync>);
@@ -556,7 +565,8 @@ impl<'de, T: Data> Deserialize<'de> for Rdd<T> {
             return Rdd::resolve(r).map_err(|e| crate::ship::decode_failed(e.to_string()));
         }
         let lineage = Lineage::deserialize(d)?;
-        let session = DecodeSession { bytes: lineage.nodes.into_iter().collect(), decoded: Default::default() };
+        let bytes = lineage.nodes.into_iter().map(|n| (n.id, (n.checkpointed, n.bytes))).collect();
+        let session = DecodeSession { bytes, decoded: Default::default() };
         DECODING.with(|s| *s.borrow_mut() = Some(session));
         let guard = DecodingGuard;
         let root = Rdd::resolve(lineage.root);

@@ -49,14 +49,15 @@ impl<K: Key, V: Data, C: Data> RddImpl<(K, C)> for AggregatedRdd<K, V, C> {
         };
         let agg: &'a dyn Aggregator<V, C> = &**agg.get();
         let mut map = SpillableMap::<K, C>::new(tc);
+        // The readers are iterated directly: every record of the partition goes through this loop.
         let res = if self.dep.map_side_combine {
-            self.dep
-                .read::<C>(split, tc)
-                .try_for_each(|(k, c)| map.insert(k, c, |c| c, |a, b| agg.merge_combiners(a, b)))
+            self.dep.reader::<C>(split, tc).and_then(|mut reader| {
+                reader.try_for_each(|(k, c)| map.insert(k, c, |c| c, |a, b| agg.merge_combiners(a, b)))
+            })
         } else {
-            self.dep
-                .read::<V>(split, tc)
-                .try_for_each(|(k, v)| map.insert(k, v, |v| agg.create(v), |c, v| agg.merge_value(c, v)))
+            self.dep.reader::<V>(split, tc).and_then(|mut reader| {
+                reader.try_for_each(|(k, v)| map.insert(k, v, |v| agg.create(v), |c, v| agg.merge_value(c, v)))
+            })
         };
         if let Err(e) = res {
             tc.fail(e);

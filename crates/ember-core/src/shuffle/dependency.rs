@@ -78,13 +78,19 @@ impl<K: Key, V: Data, C: Data> ShuffleDependency<K, V, C> {
 
     /// Reads reduce partition `reduce`: the (K, W) records of every map output's segment.
     pub(crate) fn read<'a, W: Data>(&self, reduce: usize, tc: &'a TaskContext) -> BoxIter<'a, (K, W)> {
-        match ShuffleReader::<(K, W)>::new(self.shuffle_id, self.num_maps, reduce, tc) {
+        match self.reader::<W>(reduce, tc) {
             Ok(reader) => Box::new(reader),
             Err(e) => {
                 tc.fail(e);
                 Box::new(std::iter::empty())
             }
         }
+    }
+
+    /// The reader of reduce partition `reduce` itself, for a consumer in this crate that takes
+    /// every record at once: its loop calls the reader directly rather than through a box.
+    pub(crate) fn reader<'a, W: Data>(&self, reduce: usize, tc: &'a TaskContext) -> Result<ShuffleReader<'a, (K, W)>> {
+        ShuffleReader::<(K, W)>::new(self.shuffle_id, self.num_maps, reduce, tc)
     }
 }
 

@@ -13,8 +13,13 @@ use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
 
 /// A registered map output. Its status is kept without its segment sizes: the offsets replace
 /// them, in 32 bits when the output is under 4 GiB, so the tracker holds 4 bytes per block.
+///
+/// What every reducer reads comes first and the rest sits behind a box, so that a reducer's scan
+/// of a shuffle's outputs reads 64 bytes per map rather than the whole status.
 struct Registered {
-    status: MapStatus,
+    /// The attempt that wrote it (`status.attempt`).
+    attempt: u64,
+    status: Box<MapStatus>,
     offsets: Offsets,
     /// The index of `status.location` in the executor table.
     executor: u32,
@@ -139,8 +144,9 @@ impl MapOutputTracker {
         let Some(slot) = slots.get_mut(status.map) else {
             return Err((status, Refused::UnknownMap));
         };
-        let old = slot.replace(Registered { status, offsets, executor, data });
-        Ok(old.map(|r| r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &r.status)))
+        let attempt = status.attempt;
+        let old = slot.replace(Registered { attempt, status: Box::new(status), offsets, executor, data });
+        Ok(old.map(|r| *r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &*r.status)))
     }
 
     /// Forgets a map output (it was lost or found corrupt); the map task must run again. Returns
@@ -151,7 +157,7 @@ impl MapOutputTracker {
         if old.is_some() {
             st.epoch += 1;
         }
-        old.map(|r| r.status)
+        old.map(|r| *r.status)
     }
 
     /// Forgets every output held by a lost executor at once, and refuses outputs of tasks that
@@ -165,7 +171,7 @@ impl MapOutputTracker {
         for slots in st.shuffles.values_mut() {
             for slot in slots.iter_mut() {
                 if slot.as_ref().is_some_and(|r| &*r.status.location == executor) {
-                    gone.extend(slot.take().map(|r| r.status));
+                    gone.extend(slot.take().map(|r| *r.status));
                 }
             }
         }
@@ -188,7 +194,7 @@ impl MapOutputTracker {
             .get(&shuffle)
             .map(|v| {
                 v.iter()
-                    .map(|s| s.as_ref().map(|r| MapStatus { sizes: sizes(&r.offsets), ..r.status.clone() }))
+                    .map(|s| s.as_ref().map(|r| MapStatus { sizes: sizes(&r.offsets), ..(*r.status).clone() }))
                     .collect()
             })
             .unwrap_or_default()
@@ -230,7 +236,7 @@ impl MapOutputLocations for MapOutputTracker {
             column.push(ReduceBlock {
                 // Checked above: map indexes fit.
                 map: m as u32,
-                attempt: r.status.attempt,
+                attempt: r.attempt,
                 executor: r.executor,
                 data: r.data.clone(),
                 offset,

@@ -103,7 +103,53 @@ impl Written {
 }
 
 /// In-memory map outputs by (shuffle, map, attempt).
-type MemoryOutputs = HashMap<(ShuffleId, usize, u64), MemoryOutput, rustc_hash::FxBuildHasher>;
+type MemoryOutputs = HashMap<ShuffleId, ShuffleMemory, rustc_hash::FxBuildHasher>;
+
+/// One shuffle's map outputs held in memory, by map partition: a reducer finds each of its
+/// blocks by index, in a table it reads in order, rather than by a hash lookup per block.
+#[derive(Default)]
+struct ShuffleMemory {
+    /// The first attempt kept for each map partition (usually the only one).
+    by_map: Vec<Option<(u64, MemoryOutput)>>,
+    /// Further attempts of a map partition (retries and speculative copies), by (map, attempt).
+    others: HashMap<(usize, u64), MemoryOutput, rustc_hash::FxBuildHasher>,
+}
+
+impl ShuffleMemory {
+    fn get(&self, map: usize, attempt: u64) -> Option<&MemoryOutput> {
+        match self.by_map.get(map) {
+            Some(Some((a, o))) if *a == attempt => Some(o),
+            _ if self.others.is_empty() => None,
+            _ => self.others.get(&(map, attempt)),
+        }
+    }
+
+    /// Keeps an output; returns the one it replaced (the same attempt kept twice).
+    fn insert(&mut self, map: usize, attempt: u64, output: MemoryOutput) -> Option<MemoryOutput> {
+        if self.by_map.len() <= map {
+            self.by_map.resize_with(map + 1, || None);
+        }
+        match &mut self.by_map[map] {
+            slot @ None => {
+                *slot = Some((attempt, output));
+                None
+            }
+            Some((a, o)) if *a == attempt => Some(std::mem::replace(o, output)),
+            Some(_) => self.others.insert((map, attempt), output),
+        }
+    }
+
+    fn remove(&mut self, map: usize, attempt: u64) -> Option<MemoryOutput> {
+        match self.by_map.get_mut(map) {
+            Some(slot @ Some(_)) if slot.as_ref().is_some_and(|(a, _)| *a == attempt) => slot.take().map(|(_, o)| o),
+            _ => self.others.remove(&(map, attempt)),
+        }
+    }
+
+    fn outputs(&self) -> impl Iterator<Item = &MemoryOutput> {
+        self.by_map.iter().flatten().map(|(_, o)| o).chain(self.others.values())
+    }
+}
 
 /// A map output held in memory. An `Arc<[u8]>` holds the bytes beside their reference count,
 /// so a reducer reaches a segment in one step.
@@ -171,8 +217,8 @@ impl ShuffleManager {
     #[doc(hidden)]
     pub fn memory_output_formats(&self, shuffle: ShuffleId) -> (usize, usize) {
         let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
-        let mine = memory.iter().filter(|((id, _, _), _)| *id == shuffle);
-        mine.fold((0, 0), |(f, b), (_, o)| if o.framed { (f + 1, b) } else { (f, b + 1) })
+        let mine = memory.get(&shuffle).into_iter().flat_map(ShuffleMemory::outputs);
+        mine.fold((0, 0), |(f, b), o| if o.framed { (f + 1, b) } else { (f, b + 1) })
     }
 
     /// Bytes of map outputs held in memory.
@@ -194,7 +240,8 @@ impl ShuffleManager {
     /// [`reserve_memory`](Self::reserve_memory). `framed`: whether its segments are record
     /// streams, or the records' bytes back to back.
     pub(crate) fn keep_in_memory(&self, (id, map, attempt): (ShuffleId, usize, u64), bytes: Arc<[u8]>, framed: bool) {
-        if let Some(old) = self.memory().insert((id, map, attempt), MemoryOutput { bytes, framed }) {
+        let old = self.memory().entry(id).or_default().insert(map, attempt, MemoryOutput { bytes, framed });
+        if let Some(old) = old {
             self.release(old.bytes.len() as u64);
         }
     }
@@ -246,11 +293,12 @@ impl ShuffleManager {
         let total: u64 = blocks.iter().filter(|b| b.data.is_none()).map(|b| b.len).sum();
         out.reserve(usize::try_from(total).unwrap_or(0));
         let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
+        let Some(mine) = memory.get(&shuffle) else { return };
         for (b, range) in blocks.iter().zip(ranges.iter_mut()) {
             if b.data.is_some() {
                 continue;
             }
-            let Some(output) = memory.get(&(shuffle, b.map as usize, b.attempt)) else { continue };
+            let Some(output) = mine.get(b.map as usize, b.attempt) else { continue };
             let end = b.offset.checked_add(b.len).and_then(|e| usize::try_from(e).ok());
             let Some(segment) = end.and_then(|end| output.bytes.get(b.offset as usize..end)) else { continue };
             *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });
@@ -266,7 +314,7 @@ impl ShuffleManager {
                 let _ = std::fs::remove_file(p.with_extension("index"));
             }
             None => {
-                let removed = self.memory().remove(&(s.shuffle, s.map, s.attempt));
+                let removed = self.memory().get_mut(&s.shuffle).and_then(|m| m.remove(s.map, s.attempt));
                 if let Some(o) = removed {
                     self.release(o.bytes.len() as u64);
                 }
@@ -291,9 +339,13 @@ impl ShuffleManager {
             written.remember_removed(id);
             written.by_shuffle.remove(&id)
         };
-        for s in removed.into_iter().flatten() {
+        for s in removed.into_iter().flatten().filter(|s| s.data.is_some()) {
             self.delete_output(&s);
         }
+        // The in-memory outputs go at once (attempts never recorded as written included).
+        let memory = self.memory().remove(&id);
+        let bytes: u64 = memory.iter().flat_map(ShuffleMemory::outputs).map(|o| o.bytes.len() as u64).sum();
+        self.release(bytes);
     }
 
     pub(crate) fn data_path(&self, id: ShuffleId, map: usize, attempt: u64) -> PathBuf {

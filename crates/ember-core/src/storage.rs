@@ -877,6 +877,16 @@ impl<'a> MemoryConsumer<'a> {
         used <= self.granted
     }
 
+    /// Gives back what is granted beyond `used` bytes (the slack `ensure` asks for, or memory
+    /// the caller no longer holds), so that others, such as the map output about to be kept in
+    /// memory, can have it.
+    pub(crate) fn shrink_to(&mut self, used: u64) {
+        if self.granted > used {
+            self.tc.env().blocks.release_execution(self.tc.task_attempt_id, self.granted - used);
+            self.granted = used;
+        }
+    }
+
     pub(crate) fn release_all(&mut self) {
         self.tc.env().blocks.release_execution(self.tc.task_attempt_id, self.granted);
         self.granted = 0;

@@ -466,6 +466,9 @@ impl<'a> PartitionBuffers<'a> {
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         let env = self.tc.env();
         let parts = self.parts;
+        // The combine map is gone and no more records come: only the buffers are still held,
+        // and the output is about to ask for memory of its own.
+        self.mem.shrink_to(self.held());
         // The common small case: the arena stays in memory as it is (a limit of 0 sends every
         // output, even an empty one, to files).
         let limit = env.shuffle.memory_output_limit;

@@ -127,7 +127,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
 
     /// Inserts `x` under `k`: `create(x)` for a new key, `merge(c, x)` for an existing one.
     #[inline]
-    pub(crate) fn insert<X: serde::Serialize + 'static>(
+    pub(crate) fn insert<X: serde::Serialize>(
         &mut self,
         k: K,
         x: X,
@@ -136,7 +136,7 @@ impl<'a, K: Data + Hash + Eq, C: Data> SpillableMap<'a, K, C> {
     ) -> Result<()> {
         self.ops += 1;
         let sample = self.ops % CHECK_EVERY == 0 || self.ops < 16;
-        let x_bytes = SizeSampler::owned_bytes(&x);
+        let x_bytes = SizeSampler::heap_bytes(&x);
         let estimate = self.sampler.per_record();
         let big = x_bytes > estimate;
         if big {

@@ -52,20 +52,6 @@ impl SizeSampler {
         SizeSampler { seen: 0, next_sample: 1, samples: 0, average: 0, largest: 0 }
     }
 
-    /// The estimated footprint of an owned value, measured only when it may own heap memory: a
-    /// `'static` type without drop glue owns none (it holds at most references to static data),
-    /// so its footprint is its size, estimated as [`heap_bytes`](Self::heap_bytes) would
-    /// (encoding counted as about its size). Borrowed views, such as a tuple of references to
-    /// map entries, must use `heap_bytes`: references have no drop glue whatever they point to.
-    #[inline]
-    pub(crate) fn owned_bytes<T: Serialize + 'static>(value: &T) -> u64 {
-        if std::mem::needs_drop::<T>() {
-            Self::heap_bytes(value)
-        } else {
-            2 * std::mem::size_of::<T>() as u64 + 8
-        }
-    }
-
     /// The estimated heap footprint of one record, measured.
     pub(crate) fn heap_bytes<T: Serialize>(record: &T) -> u64 {
         postcard::experimental::serialized_size(record).unwrap_or(0) as u64 + std::mem::size_of::<T>() as u64 + 8

@@ -50,6 +50,8 @@ impl<K: Key, V: Data, C: Data> RddImpl<(K, C)> for AggregatedRdd<K, V, C> {
         let agg: &'a dyn Aggregator<V, C> = &**agg.get();
         let mut map = SpillableMap::<K, C>::new(tc);
         // The readers are iterated directly: every record of the partition goes through this loop.
+        // `try_for_each` calls the reader's `next`, whose kill and fetch-failure checks every
+        // record passes (`ShuffleReader` must not override `try_fold` without them).
         let res = if self.dep.map_side_combine {
             self.dep.reader::<C>(split, tc).and_then(|mut reader| {
                 reader.try_for_each(|(k, c)| map.insert(k, c, |c| c, |a, b| agg.merge_combiners(a, b)))

@@ -105,6 +105,9 @@ impl Written {
 /// In-memory map outputs by (shuffle, map, attempt).
 type MemoryOutputs = HashMap<ShuffleId, ShuffleMemory, rustc_hash::FxBuildHasher>;
 
+/// Map indexes a shuffle's in-memory table takes densely from the start.
+const DENSE_START: usize = 1024;
+
 /// One shuffle's map outputs held in memory, by map partition: a reducer finds each of its
 /// blocks by index, in a table it reads in order, rather than by a hash lookup per block.
 #[derive(Default)]
@@ -126,16 +129,19 @@ impl ShuffleMemory {
 
     /// Keeps an output; returns the one it replaced (the same attempt kept twice).
     fn insert(&mut self, map: usize, attempt: u64, output: MemoryOutput) -> Option<MemoryOutput> {
-        if self.by_map.len() <= map {
+        // The table is dense up to the highest map index seen, so it grows only gradually: an
+        // index far beyond it (an executor holding a few maps of a huge shuffle) goes aside.
+        if map >= self.by_map.len() && map < self.by_map.len().max(DENSE_START).saturating_mul(2) {
             self.by_map.resize_with(map + 1, || None);
         }
-        match &mut self.by_map[map] {
-            slot @ None => {
+        match self.by_map.get_mut(map) {
+            Some(slot @ None) => {
+                let old = self.others.remove(&(map, attempt));
                 *slot = Some((attempt, output));
-                None
+                old
             }
-            Some((a, o)) if *a == attempt => Some(std::mem::replace(o, output)),
-            Some(_) => self.others.insert((map, attempt), output),
+            Some(Some((a, o))) if *a == attempt => Some(std::mem::replace(o, output)),
+            _ => self.others.insert((map, attempt), output),
         }
     }
 
@@ -144,6 +150,10 @@ impl ShuffleMemory {
             Some(slot @ Some(_)) if slot.as_ref().is_some_and(|(a, _)| *a == attempt) => slot.take().map(|(_, o)| o),
             _ => self.others.remove(&(map, attempt)),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.others.is_empty() && self.by_map.iter().all(Option::is_none)
     }
 
     fn outputs(&self) -> impl Iterator<Item = &MemoryOutput> {
@@ -314,7 +324,16 @@ impl ShuffleManager {
                 let _ = std::fs::remove_file(p.with_extension("index"));
             }
             None => {
-                let removed = self.memory().get_mut(&s.shuffle).and_then(|m| m.remove(s.map, s.attempt));
+                let removed = {
+                    let mut memory = self.memory();
+                    let removed = memory.get_mut(&s.shuffle).and_then(|m| m.remove(s.map, s.attempt));
+                    // A table emptied one output at a time goes too (deletions are rare: losing
+                    // attempts, lost outputs), so none outlives its shuffle.
+                    if memory.get(&s.shuffle).is_some_and(ShuffleMemory::is_empty) {
+                        memory.remove(&s.shuffle);
+                    }
+                    removed
+                };
                 if let Some(o) = removed {
                     self.release(o.bytes.len() as u64);
                 }
@@ -396,6 +415,56 @@ mod tests {
         // Removing the live shuffle frees the rest.
         m.remove_shuffle(ShuffleId(1));
         assert_eq!(m.memory_used(), 0);
+    }
+
+    fn output(n: usize) -> MemoryOutput {
+        MemoryOutput { bytes: Arc::from(vec![7u8; n]), framed: false }
+    }
+
+    #[test]
+    fn a_shuffle_table_holds_every_attempt_of_a_map() {
+        let mut t = ShuffleMemory::default();
+        assert!(t.insert(3, 10, output(1)).is_none());
+        assert!(t.insert(3, 11, output(2)).is_none(), "a second attempt goes aside");
+        assert_eq!(t.get(3, 10).map(|o| o.bytes.len()), Some(1));
+        assert_eq!(t.get(3, 11).map(|o| o.bytes.len()), Some(2));
+        assert!(t.get(3, 12).is_none() && t.get(4, 10).is_none());
+        // The first attempt goes; the second, kept again, replaces its copy aside.
+        assert_eq!(t.remove(3, 10).map(|o| o.bytes.len()), Some(1));
+        assert_eq!(t.insert(3, 11, output(3)).map(|o| o.bytes.len()), Some(2), "the same attempt kept twice");
+        assert_eq!(t.outputs().count(), 1);
+        assert_eq!(t.get(3, 11).map(|o| o.bytes.len()), Some(3));
+        // A map index far beyond the table does not grow it.
+        assert!(t.insert(1 << 24, 1, output(4)).is_none());
+        assert!(t.by_map.len() < 4096, "{}", t.by_map.len());
+        assert_eq!(t.get(1 << 24, 1).map(|o| o.bytes.len()), Some(4));
+        assert_eq!(t.remove(1 << 24, 1).map(|o| o.bytes.len()), Some(4));
+        assert_eq!(t.remove(3, 11).map(|o| o.bytes.len()), Some(3));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn deleting_outputs_one_by_one_then_removing_the_shuffle_gives_back_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let statuses: Vec<MapStatus> = (0..4).map(|map| status(5, map, 20 + map as u64)).collect();
+        for s in &statuses {
+            assert!(m.reserve_memory(5));
+            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), false);
+            assert!(m.record_written(s));
+        }
+        // A second attempt of map 0 (a speculative copy that lost).
+        let loser = status(5, 0, 99);
+        assert!(m.reserve_memory(5));
+        m.keep_in_memory((loser.shuffle, loser.map, loser.attempt), Arc::from(&b"vwxyz"[..]), false);
+        assert_eq!(m.memory_used(), 25);
+        m.delete_output(&loser);
+        m.delete_output(&statuses[1]);
+        assert_eq!(m.memory_used(), 15);
+        assert_eq!(m.memory_output_formats(ShuffleId(5)), (0, 3));
+        m.remove_shuffle(ShuffleId(5));
+        assert_eq!(m.memory_used(), 0);
+        assert_eq!(m.memory_output_formats(ShuffleId(5)), (0, 0));
     }
 
     #[test]

@@ -399,7 +399,14 @@ impl<'a> PartitionBuffers<'a> {
         let shuffle = &self.tc.env().shuffle;
         let n = self.arena.len();
         // Records of no bytes cannot be counted without framing.
-        if self.empty_records || !shuffle.reserve_memory(n as u64) {
+        if self.empty_records {
+            return None;
+        }
+        // The combine map is gone and no more records come: only the arena and its index are
+        // still held (the sort scratch and the output are all this path allocates, the output
+        // from the reservation below), so the slack of the grant goes back for the output.
+        self.mem.shrink_to(self.held());
+        if !shuffle.reserve_memory(n as u64) {
             return None;
         }
         // The output holds exactly the arena's bytes, in partition order.
@@ -466,9 +473,6 @@ impl<'a> PartitionBuffers<'a> {
     ) -> Result<(Option<PathBuf>, Vec<u64>)> {
         let env = self.tc.env();
         let parts = self.parts;
-        // The combine map is gone and no more records come: only the buffers are still held,
-        // and the output is about to ask for memory of its own.
-        self.mem.shrink_to(self.held());
         // The common small case: the arena stays in memory as it is (a limit of 0 sends every
         // output, even an empty one, to files).
         let limit = env.shuffle.memory_output_limit;

@@ -32,6 +32,10 @@ pub use partitioner::{HashPartitioner, IndexPartitioner, Partitioner, RangeParti
 use reader::ShuffleReader;
 use writer::write_map_output;
 
+/// Scratch vectors a slot thread keeps between tasks (the writer's sort indexes, the reader's
+/// column, copy and ranges) are dropped instead when they grew above this many bytes.
+const SCRATCH_KEPT_BYTES: usize = 1 << 20;
+
 /// Identifies a shuffle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ShuffleId(pub u64);

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use super::{MemorySegment, ReduceBlock, ShuffleId};
+use super::{MemorySegment, ReduceBlock, ShuffleId, SCRATCH_KEPT_BYTES};
 use crate::error::{Error, Result};
 use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
@@ -234,9 +234,6 @@ struct ReadScratch {
     memory: Vec<u8>,
     ranges: Vec<Option<MemorySegment>>,
 }
-
-/// Scratch vectors above this many bytes are not kept for the next task.
-const SCRATCH_KEPT_BYTES: usize = 1 << 20;
 
 thread_local! {
     static READ_SCRATCH: std::cell::Cell<Option<ReadScratch>> = const { std::cell::Cell::new(None) };

@@ -529,9 +529,6 @@ struct SortScratch {
     order: Vec<u32>,
 }
 
-/// Scratch vectors above this many bytes are not kept for the next task.
-const SCRATCH_KEPT_BYTES: usize = 1 << 20;
-
 thread_local! {
     static SORT_SCRATCH: std::cell::Cell<Option<SortScratch>> = const { std::cell::Cell::new(None) };
 }

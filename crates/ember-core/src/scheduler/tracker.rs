@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
-use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
+use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, SegmentOffsets, ShuffleId};
 
-/// A registered map output. Its status is kept without its segment sizes: the offsets replace
-/// them, in 32 bits when the output is under 4 GiB, so the tracker holds 4 bytes per block.
+/// A registered map output. Its segment boundaries are kept beside its status, as the writer
+/// built them (in 32 bits when the output is under 4 GiB: the tracker holds 4 bytes per block).
 ///
 /// What every reducer reads comes first and the rest sits behind a box, so that a reducer's scan
 /// of a shuffle's outputs reads 64 bytes per map rather than the whole status.
@@ -20,49 +20,11 @@ struct Registered {
     /// The attempt that wrote it (`status.attempt`).
     attempt: u64,
     status: Box<MapStatus>,
-    offsets: Offsets,
+    offsets: SegmentOffsets,
     /// The index of `status.location` in the executor table.
     executor: u32,
     /// The data file, shared by every reducer's column.
     data: Option<Arc<std::path::Path>>,
-}
-
-/// `offsets[r]` is where reduce segment `r` starts; `offsets[r + 1]` where it ends.
-enum Offsets {
-    Small(Box<[u32]>),
-    Large(Box<[u64]>),
-}
-
-impl Offsets {
-    fn from_sizes(sizes: &[u64]) -> Offsets {
-        let total = sizes.iter().fold(0u64, |a, &s| a.saturating_add(s));
-        let ends = std::iter::once(0).chain(sizes.iter().scan(0u64, |at, &s| {
-            *at = at.saturating_add(s);
-            Some(*at)
-        }));
-        if total <= u32::MAX as u64 {
-            // Every end is at most `total`.
-            Offsets::Small(ends.map(|e| e as u32).collect())
-        } else {
-            Offsets::Large(ends.collect())
-        }
-    }
-
-    /// The segment of reduce partition `r`, if there is one.
-    fn segment(&self, r: usize) -> Option<(u64, u64)> {
-        let (start, end) = match self {
-            Offsets::Small(o) => (*o.get(r)? as u64, *o.get(r + 1)? as u64),
-            Offsets::Large(o) => (*o.get(r)?, *o.get(r + 1)?),
-        };
-        Some((start, end - start))
-    }
-
-    fn segments(&self) -> usize {
-        match self {
-            Offsets::Small(o) => o.len().saturating_sub(1),
-            Offsets::Large(o) => o.len().saturating_sub(1),
-        }
-    }
 }
 
 #[derive(Default)]
@@ -128,8 +90,7 @@ impl MapOutputTracker {
         if status.map >= maps {
             return Err((status, Refused::UnknownMap));
         }
-        let offsets = Offsets::from_sizes(&status.sizes);
-        status.sizes = Vec::new();
+        let offsets = std::mem::take(&mut status.segments);
         let data = status.data.as_deref().map(Arc::from);
         let executor = match st.executor_index.get(&status.location) {
             Some(&i) => i,
@@ -188,13 +149,12 @@ impl MapOutputTracker {
 
     /// The registered statuses of a shuffle, by map partition (with their segment sizes).
     pub fn statuses(&self, shuffle: ShuffleId) -> Vec<Option<MapStatus>> {
-        let sizes = |o: &Offsets| (0..o.segments()).filter_map(|r| o.segment(r).map(|s| s.1)).collect();
         self.read()
             .shuffles
             .get(&shuffle)
             .map(|v| {
                 v.iter()
-                    .map(|s| s.as_ref().map(|r| MapStatus { sizes: sizes(&r.offsets), ..(*r.status).clone() }))
+                    .map(|s| s.as_ref().map(|r| MapStatus { segments: r.offsets.clone(), ..(*r.status).clone() }))
                     .collect()
             })
             .unwrap_or_default()
@@ -230,7 +190,7 @@ impl MapOutputLocations for MapOutputTracker {
             let Some((offset, len)) = r.offsets.segment(reduce) else {
                 return Err(missing(
                     m,
-                    &format!("map output has {} segments, not {}", r.offsets.segments(), reduce + 1),
+                    &format!("map output has {} segments, not {} (or bad boundaries)", r.offsets.len(), reduce + 1),
                 ));
             };
             column.push(ReduceBlock {
@@ -266,7 +226,7 @@ mod tests {
             attempt,
             location: Arc::from(location),
             data: None,
-            sizes: vec![3, 0, 5],
+            segments: SegmentOffsets::from_sizes(&[3, 0, 5]),
         }
     }
 

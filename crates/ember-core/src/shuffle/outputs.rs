@@ -26,8 +26,84 @@ pub struct MapStatus {
     /// The data file (the index file has the same stem with extension `index`), or `None` when
     /// the output is small enough to be held in the executor's memory.
     pub data: Option<PathBuf>,
-    /// Compressed bytes of each reduce segment.
-    pub sizes: Vec<u64>,
+    /// Where each reduce segment starts and ends in the output (compressed bytes).
+    pub segments: SegmentOffsets,
+}
+
+/// The boundaries of a map output's reduce segments: segment `r` is `[at(r), at(r + 1))`. Kept
+/// in 32 bits when the output is under 4 GiB, so that a thousand-reducer output costs 4 KiB of
+/// boundaries; the writer builds them as they end up in the tracker, which keeps them as they
+/// come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SegmentOffsets {
+    /// Boundaries of an output under 4 GiB.
+    Small(Box<[u32]>),
+    /// Boundaries of a larger output.
+    Large(Box<[u64]>),
+}
+
+impl Default for SegmentOffsets {
+    fn default() -> Self {
+        SegmentOffsets::Small(Box::default())
+    }
+}
+
+impl SegmentOffsets {
+    /// Boundaries from segment sizes (a total past `u64::MAX` saturates, and is then refused as
+    /// a segment by [`segment`](Self::segment) readers that check it against the data).
+    pub fn from_sizes(sizes: &[u64]) -> SegmentOffsets {
+        let ends: Vec<u64> = std::iter::once(0)
+            .chain(sizes.iter().scan(0u64, |at, &s| {
+                *at = at.saturating_add(s);
+                Some(*at)
+            }))
+            .collect();
+        SegmentOffsets::from_boundaries(ends)
+    }
+
+    /// Boundaries as given (`ends[0]` is normally 0), narrowed to 32 bits when they fit.
+    pub fn from_boundaries(ends: Vec<u64>) -> SegmentOffsets {
+        if ends.iter().all(|&e| e <= u32::MAX as u64) {
+            // Checked just above: every boundary fits.
+            SegmentOffsets::Small(ends.into_iter().map(|e| e as u32).collect())
+        } else {
+            SegmentOffsets::Large(ends.into_boxed_slice())
+        }
+    }
+
+    /// The number of segments.
+    pub fn len(&self) -> usize {
+        match self {
+            SegmentOffsets::Small(o) => o.len().saturating_sub(1),
+            SegmentOffsets::Large(o) => o.len().saturating_sub(1),
+        }
+    }
+
+    /// Whether there is no segment.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Segment `r` as (offset, length), or `None` when there is no such segment or its
+    /// boundaries go backwards (a status no writer produced).
+    #[inline]
+    pub fn segment(&self, r: usize) -> Option<(u64, u64)> {
+        let (start, end) = match self {
+            SegmentOffsets::Small(o) => (*o.get(r)? as u64, *o.get(r.checked_add(1)?)? as u64),
+            SegmentOffsets::Large(o) => (*o.get(r)?, *o.get(r.checked_add(1)?)?),
+        };
+        Some((start, end.checked_sub(start)?))
+    }
+
+    /// The size of every segment, in order (a backwards segment counts as empty).
+    pub fn sizes(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len()).map(|r| self.segment(r).map_or(0, |s| s.1))
+    }
+
+    /// The bytes of all segments.
+    pub fn total(&self) -> u64 {
+        self.sizes().fold(0, u64::saturating_add)
+    }
 }
 
 /// One map output's segment for one reducer: what a reduce task needs to fetch it. A reducer
@@ -271,8 +347,12 @@ impl ShuffleManager {
     /// removed shuffle's outputs would otherwise be kept, and their memory taken, for good.
     pub(crate) fn record_written(&self, status: &MapStatus) -> bool {
         // Deleting needs the location of the data, not the segment sizes.
-        let kept =
-            MapStatus { sizes: Vec::new(), location: status.location.clone(), data: status.data.clone(), ..*status };
+        let kept = MapStatus {
+            segments: SegmentOffsets::default(),
+            location: status.location.clone(),
+            data: status.data.clone(),
+            ..*status
+        };
         let mut written = self.written();
         if written.removed.contains(&status.shuffle) {
             drop(written);
@@ -388,7 +468,7 @@ mod tests {
             attempt,
             location: Arc::from("driver"),
             data: None,
-            sizes: vec![3, 0, 2],
+            segments: SegmentOffsets::from_sizes(&[3, 0, 2]),
         }
     }
 

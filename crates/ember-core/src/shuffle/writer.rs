@@ -88,15 +88,14 @@ impl MapOutputFile {
         data: &Path,
         shuffle: &ShuffleManager,
         key: (ShuffleId, usize, u64),
-    ) -> Result<(Option<PathBuf>, Vec<u64>)> {
+    ) -> Result<(Option<PathBuf>, SegmentOffsets)> {
         self.close_until(partitions)?;
-        let sizes: Vec<u64> = self.offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let mut file = match self.w.finish()?.sink {
             Sink::Memory(bytes) => {
                 if shuffle.memory_output_limit > 0 && shuffle.reserve_memory(bytes.len() as u64) {
                     // One allocation of exactly the output's size: no slack stays in memory.
                     shuffle.keep_in_memory(key, std::sync::Arc::from(bytes), true);
-                    return Ok((None, sizes));
+                    return Ok((None, SegmentOffsets::from_boundaries(self.offsets)));
                 }
                 std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
                 File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
@@ -113,7 +112,7 @@ impl MapOutputFile {
         let index = data.with_extension("index");
         std::fs::rename(&index_tmp, &index).map_err(|e| Error::io(&index, e))?;
         std::fs::rename(&self.tmp, data).map_err(|e| Error::io(data, e))?;
-        Ok((Some(data.to_path_buf()), sizes))
+        Ok((Some(data.to_path_buf()), SegmentOffsets::from_boundaries(self.offsets)))
     }
 }
 
@@ -151,15 +150,15 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
         return Err(e);
     }
     let written = out.records;
-    let (data, sizes) = out.commit(tmp, &data, (dep.shuffle_id, map, tc.task_attempt_id))?;
-    let bytes: u64 = sizes.iter().sum();
+    let (data, segments) = out.commit(tmp, &data, (dep.shuffle_id, map, tc.task_attempt_id))?;
+    let bytes = segments.total();
     let status = MapStatus {
         shuffle: dep.shuffle_id,
         map,
         attempt: tc.task_attempt_id,
         location: env.executor_id.clone(),
         data,
-        sizes,
+        segments,
     };
     if let Some(e) = tc.take_error() {
         // Killed or failed while committing: the output (file and index, or memory) goes.
@@ -395,11 +394,11 @@ impl<'a> PartitionBuffers<'a> {
     /// no chunk framing: these bytes never reach a disk or another process as they are (serving
     /// them to a remote reducer will mean framing them first). Returns the segment sizes, or `None` when
     /// the memory budget refuses the output, which is then left in the arena for a file.
-    fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<Vec<u64>> {
+    fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<SegmentOffsets> {
         let shuffle = &self.tc.env().shuffle;
         let n = self.arena.len();
-        // Records of no bytes cannot be counted without framing.
-        if self.empty_records {
+        // Records of no bytes cannot be counted without framing; boundaries are in 32 bits.
+        if self.empty_records || u32::try_from(n).is_err() {
             return None;
         }
         // The combine map is gone and no more records come: only the arena and its index are
@@ -418,20 +417,22 @@ impl<'a> PartitionBuffers<'a> {
         };
         let mut sort = SortScratch::take();
         self.sort(&mut sort);
-        let mut sizes = Vec::with_capacity(self.parts);
+        // Exactly sized, so the tracker keeps it without reallocating.
+        let mut ends = Vec::with_capacity(self.parts + 1);
+        ends.push(0u32);
         let mut at = 0usize;
         for p in 0..self.parts {
-            let before = at;
             for &i in sort.partition(p) {
                 let (start, end) = self.record(i as usize);
                 out[at..at + end - start].copy_from_slice(&self.arena[start..end]);
                 at += end - start;
             }
-            sizes.push((at - before) as u64);
+            // `at <= n`, which fits (checked above).
+            ends.push(at as u32);
         }
         sort.give_back();
         shuffle.keep_in_memory(key, bytes, false);
-        Some(sizes)
+        Some(SegmentOffsets::Small(ends.into_boxed_slice()))
     }
 
     /// Moves the arena's records into the per-partition chunk buffers.
@@ -470,15 +471,15 @@ impl<'a> PartitionBuffers<'a> {
         tmp: PathBuf,
         data: &Path,
         key: (ShuffleId, usize, u64),
-    ) -> Result<(Option<PathBuf>, Vec<u64>)> {
+    ) -> Result<(Option<PathBuf>, SegmentOffsets)> {
         let env = self.tc.env();
         let parts = self.parts;
         // The common small case: the arena stays in memory as it is (a limit of 0 sends every
         // output, even an empty one, to files).
         let limit = env.shuffle.memory_output_limit;
         if self.runs.is_empty() && self.outs.is_empty() && limit > 0 && self.arena.len() <= limit {
-            if let Some(sizes) = self.commit_in_memory(key) {
-                return Ok((None, sizes));
+            if let Some(segments) = self.commit_in_memory(key) {
+                return Ok((None, segments));
             }
         }
         // Encoded bytes so far, plus the arena and a chunk header per partition.

@@ -110,7 +110,7 @@ fn corrupt_shuffle_file_is_detected_and_recomputed() {
         // meets corrupt data.
         let mut bytes = std::fs::read(&path).unwrap();
         let mut start = 0usize;
-        for &len in &status.sizes {
+        for len in status.segments.sizes() {
             if len > 0 {
                 bytes[start + len as usize / 2] ^= 0x5a;
             }
@@ -447,7 +447,7 @@ fn map_outputs_go_to_files_when_the_memory_threshold_is_zero() {
         let data = s.data.as_ref().expect("a data file");
         assert!(data.exists() && data.with_extension("index").exists());
         let index = std::fs::read(data.with_extension("index")).unwrap();
-        assert_eq!(index.len(), 8 * (s.sizes.len() + 1), "one offset per segment boundary");
+        assert_eq!(index.len(), 8 * (s.segments.len() + 1), "one offset per segment boundary");
     }
     assert!(lose_map_output(&ctx, dep.shuffle_id(), 1));
     assert_eq!(sorted(r.collect().unwrap()), expect);

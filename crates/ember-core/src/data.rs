@@ -104,16 +104,22 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // Most pieces are a varint of a few bytes: copied byte by byte rather than through a
-        // call to `memcpy`, which costs more than such a copy.
-        if data.len() <= 16 {
-            self.0.reserve(data.len());
-            for &b in data {
-                self.0.push(b);
-            }
-        } else {
+        // Most pieces are a varint of a few bytes, just written byte by byte: copied byte by
+        // byte too (a word load of them would wait for those stores, and a call to `memcpy`
+        // costs more than such a copy), into room reserved once.
+        let n = data.len();
+        if n > 16 {
             self.0.extend_from_slice(data);
+            return Ok(());
         }
+        self.0.reserve(n);
+        for (o, &b) in self.0.spare_capacity_mut()[..n].iter_mut().zip(data) {
+            o.write(b);
+        }
+        let len = self.0.len() + n;
+        // SAFETY: the `n` bytes after the old length were written just above, within the
+        // capacity `reserve` made.
+        unsafe { self.0.set_len(len) };
         Ok(())
     }
 

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
-use crate::shuffle::{MapOutputLocations, MapStatus, ReduceBlock, SegmentOffsets, ShuffleId};
+use crate::shuffle::{
+    MapLocation, MapLocations, MapOutputLocations, MapStatus, ReduceBlock, SegmentOffsets, ShuffleId,
+};
 
 /// A registered map output. Its segment boundaries are kept beside its status, as the writer
 /// built them (in 32 bits when the output is under 4 GiB: the tracker holds 4 bytes per block).
@@ -20,7 +22,7 @@ struct Registered {
     /// The attempt that wrote it (`status.attempt`).
     attempt: u64,
     status: Box<MapStatus>,
-    offsets: SegmentOffsets,
+    offsets: Arc<SegmentOffsets>,
     /// The index of `status.location` in the executor table.
     executor: u32,
     /// The data file, shared by every reducer's column.
@@ -30,6 +32,9 @@ struct Registered {
 #[derive(Default)]
 struct State {
     shuffles: HashMap<ShuffleId, Vec<Option<Registered>>>,
+    /// Each complete shuffle's table of locations, built when a reducer first asks and dropped
+    /// whenever one of its outputs changes.
+    locations: HashMap<ShuffleId, Arc<MapLocations>>,
     /// Bumped whenever outputs are unregistered; tasks carry the epoch they were launched in.
     epoch: u64,
     /// Executors declared lost, with the epoch at which they were.
@@ -106,8 +111,11 @@ impl MapOutputTracker {
             return Err((status, Refused::UnknownMap));
         };
         let attempt = status.attempt;
+        let shuffle = status.shuffle;
         let old = slot.replace(Registered { attempt, status: Box::new(status), offsets, executor, data });
-        Ok(old.map(|r| *r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &*r.status)))
+        let replaced = old.map(|r| *r.status).filter(|o| Some(o) != slot.as_ref().map(|r| &*r.status));
+        st.locations.remove(&shuffle);
+        Ok(replaced)
     }
 
     /// Forgets a map output (it was lost or found corrupt); the map task must run again. Returns
@@ -117,6 +125,7 @@ impl MapOutputTracker {
         let old = st.shuffles.get_mut(&shuffle).and_then(|v| v.get_mut(map)).and_then(Option::take);
         if old.is_some() {
             st.epoch += 1;
+            st.locations.remove(&shuffle);
         }
         old.map(|r| *r.status)
     }
@@ -128,6 +137,7 @@ impl MapOutputTracker {
         st.epoch += 1;
         let epoch = st.epoch;
         st.lost.insert(Arc::from(executor), epoch);
+        st.locations.clear();
         let mut gone = Vec::new();
         for slots in st.shuffles.values_mut() {
             for slot in slots.iter_mut() {
@@ -210,8 +220,39 @@ impl MapOutputLocations for MapOutputTracker {
         self.read().executors.get(index as usize).cloned()
     }
 
+    fn map_locations(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Arc<MapLocations>> {
+        if maps == 0 {
+            return Ok(Arc::new(MapLocations { maps: Vec::new(), all_in_memory: true }));
+        }
+        if let Some(l) = self.read().locations.get(&shuffle) {
+            return Ok(l.clone());
+        }
+        let missing = |map: usize, message: &str| Error::FetchFailed {
+            shuffle: shuffle.0,
+            map,
+            reduce,
+            message: message.to_string(),
+        };
+        let mut st = self.lock();
+        if let Some(l) = st.locations.get(&shuffle) {
+            return Ok(l.clone());
+        }
+        let slots = st.shuffles.get(&shuffle).ok_or_else(|| missing(0, "shuffle is not registered"))?;
+        let mut table = Vec::with_capacity(slots.len());
+        for (m, slot) in slots.iter().enumerate() {
+            let r = slot.as_ref().ok_or_else(|| missing(m, "map output is missing"))?;
+            table.push(MapLocation { attempt: r.attempt, executor: r.executor, data: r.data.clone() });
+        }
+        let all_in_memory = table.iter().all(|l| l.data.is_none());
+        let locations = Arc::new(MapLocations { maps: table, all_in_memory });
+        st.locations.insert(shuffle, locations.clone());
+        Ok(locations)
+    }
+
     fn remove_shuffle(&self, shuffle: ShuffleId) {
-        self.lock().shuffles.remove(&shuffle);
+        let mut st = self.lock();
+        st.shuffles.remove(&shuffle);
+        st.locations.remove(&shuffle);
     }
 }
 
@@ -226,7 +267,7 @@ mod tests {
             attempt,
             location: Arc::from(location),
             data: None,
-            segments: SegmentOffsets::from_sizes(&[3, 0, 5]),
+            segments: Arc::new(SegmentOffsets::from_sizes(&[3, 0, 5])),
         }
     }
 
@@ -242,6 +283,39 @@ mod tests {
             [(0, 7, 3, 5), (1, 8, 3, 5)]
         );
         assert!(t.reduce_blocks(ShuffleId(1), 2, 3).is_err());
+    }
+
+    #[test]
+    fn the_locations_table_follows_every_change_of_its_shuffle() {
+        let t = MapOutputTracker::new();
+        let s = ShuffleId(1);
+        t.register(status(0, 7, "a"), 2, 0).unwrap();
+        assert!(matches!(t.map_locations(s, 2, 4), Err(Error::FetchFailed { map: 1, reduce: 4, .. })));
+        t.register(status(1, 8, "b"), 2, 0).unwrap();
+        let first = t.map_locations(s, 2, 0).unwrap();
+        let attempts = |l: &MapLocations| l.maps.iter().map(|m| (m.attempt, m.executor)).collect::<Vec<_>>();
+        assert_eq!(attempts(&first), [(7, 0), (8, 1)]);
+        assert!(first.all_in_memory);
+        assert!(Arc::ptr_eq(&first, &t.map_locations(s, 2, 1).unwrap()), "built once for all reducers");
+        // A newer attempt replaces map 1: the table shows it.
+        t.register(status(1, 9, "a"), 2, 0).unwrap();
+        assert_eq!(attempts(&t.map_locations(s, 2, 0).unwrap()), [(7, 0), (9, 0)]);
+        // An output on disk: the table says not all are in memory.
+        t.register(MapStatus { data: Some("x.data".into()), ..status(0, 10, "b") }, 2, 0).unwrap();
+        let l = t.map_locations(s, 2, 0).unwrap();
+        assert!(!l.all_in_memory && l.maps[0].data.is_some() && l.maps[1].data.is_none());
+        // Unregistered, lost with its executor, removed: each is seen at once.
+        t.unregister(s, 0);
+        assert!(matches!(t.map_locations(s, 2, 0), Err(Error::FetchFailed { map: 0, .. })));
+        t.register(status(0, 11, "b"), 2, t.epoch()).unwrap();
+        assert!(t.map_locations(s, 2, 0).is_ok());
+        t.executor_lost("a");
+        assert!(matches!(t.map_locations(s, 2, 0), Err(Error::FetchFailed { map: 1, .. })));
+        t.register(status(1, 12, "b"), 2, t.epoch()).unwrap();
+        assert!(t.map_locations(s, 2, 0).is_ok());
+        t.remove_shuffle(s);
+        assert!(t.map_locations(s, 2, 0).is_err());
+        assert!(t.map_locations(s, 0, 0).unwrap().maps.is_empty(), "a shuffle of no maps has nothing to read");
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub use aggregator::Aggregator;
 pub(crate) use aggregator::*;
 pub use dependency::{ShuffleDepBase, ShuffleDependency};
 pub(crate) use outputs::MemorySegment;
-pub use outputs::{MapOutputLocations, MapStatus, ReduceBlock, SegmentOffsets, ShuffleManager};
+pub use outputs::{
+    MapLocation, MapLocations, MapOutputLocations, MapStatus, ReduceBlock, SegmentOffsets, ShuffleManager,
+};
 pub use partitioner::{HashPartitioner, IndexPartitioner, Partitioner, RangePartitioner};
 use reader::ShuffleReader;
 use writer::write_map_output;

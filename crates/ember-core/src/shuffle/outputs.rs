@@ -26,8 +26,9 @@ pub struct MapStatus {
     /// The data file (the index file has the same stem with extension `index`), or `None` when
     /// the output is small enough to be held in the executor's memory.
     pub data: Option<PathBuf>,
-    /// Where each reduce segment starts and ends in the output (compressed bytes).
-    pub segments: SegmentOffsets,
+    /// Where each reduce segment starts and ends in the output (compressed bytes); shared with
+    /// the executor's copy of an in-memory output.
+    pub segments: Arc<SegmentOffsets>,
 }
 
 /// The boundaries of a map output's reduce segments: segment `r` is `[at(r), at(r + 1))`. Kept
@@ -104,6 +105,37 @@ impl SegmentOffsets {
     pub fn total(&self) -> u64 {
         self.sizes().fold(0, u64::saturating_add)
     }
+
+    /// The bytes the boundaries take.
+    pub fn heap_bytes(&self) -> u64 {
+        match self {
+            SegmentOffsets::Small(o) => o.len() as u64 * 4,
+            SegmentOffsets::Large(o) => o.len() as u64 * 8,
+        }
+    }
+}
+
+/// Where every map output of a shuffle is, by map partition. It is the same for every reducer,
+/// so the driver builds it once per shuffle and a reducer resolves its own segments where the
+/// outputs are (the executor holding an output knows its boundaries), instead of receiving a
+/// column of segment offsets built for it alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapLocations {
+    /// One entry per map task, in map order.
+    pub maps: Vec<MapLocation>,
+    /// Whether every output is held in memory (none is a file).
+    pub all_in_memory: bool,
+}
+
+/// Where one map output is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapLocation {
+    /// The map task attempt that wrote it.
+    pub attempt: u64,
+    /// The executor holding it, as in [`ReduceBlock::executor`].
+    pub executor: u32,
+    /// The data file, or `None` for an in-memory output.
+    pub data: Option<Arc<Path>>,
 }
 
 /// One map output's segment for one reducer: what a reduce task needs to fetch it. A reducer
@@ -145,6 +177,9 @@ pub trait MapOutputLocations: Send + Sync {
         reduce: usize,
         column: &mut Vec<ReduceBlock>,
     ) -> Result<()>;
+    /// Where every map output of `shuffle` is (the same table for every reducer), or a fetch
+    /// failure naming the first map whose output is missing (`reduce` is the reducer asking).
+    fn map_locations(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> Result<Arc<MapLocations>>;
     /// The name of executor number `index` of [`ReduceBlock::executor`].
     fn executor(&self, index: u32) -> Option<Arc<str>>;
     /// Forgets a shuffle whose dependency is gone.
@@ -241,9 +276,18 @@ impl ShuffleMemory {
 /// so a reducer reaches a segment in one step.
 struct MemoryOutput {
     bytes: Arc<[u8]>,
+    /// Its segment boundaries (shared with its status).
+    segments: Arc<SegmentOffsets>,
     /// Whether segments are record streams (chunks with headers and checksums, compressed) or
     /// only the records' bytes back to back.
     framed: bool,
+}
+
+impl MemoryOutput {
+    /// The memory it takes from the budget: its bytes and its boundaries.
+    fn held(&self) -> u64 {
+        self.bytes.len() as u64 + self.segments.heap_bytes()
+    }
 }
 
 /// Where a reducer's copy of one in-memory segment lies, and how to read it.
@@ -325,10 +369,17 @@ impl ShuffleManager {
     /// Keeps a map output in memory, its bytes already reserved with
     /// [`reserve_memory`](Self::reserve_memory). `framed`: whether its segments are record
     /// streams, or the records' bytes back to back.
-    pub(crate) fn keep_in_memory(&self, (id, map, attempt): (ShuffleId, usize, u64), bytes: Arc<[u8]>, framed: bool) {
-        let old = self.memory().entry(id).or_default().insert(map, attempt, MemoryOutput { bytes, framed });
+    /// The reservation covers its bytes and its boundaries (`SegmentOffsets::heap_bytes`).
+    pub(crate) fn keep_in_memory(
+        &self,
+        (id, map, attempt): (ShuffleId, usize, u64),
+        bytes: Arc<[u8]>,
+        segments: Arc<SegmentOffsets>,
+        framed: bool,
+    ) {
+        let old = self.memory().entry(id).or_default().insert(map, attempt, MemoryOutput { bytes, segments, framed });
         if let Some(old) = old {
-            self.release(old.bytes.len() as u64);
+            self.release(old.held());
         }
     }
 
@@ -348,7 +399,7 @@ impl ShuffleManager {
     pub(crate) fn record_written(&self, status: &MapStatus) -> bool {
         // Deleting needs the location of the data, not the segment sizes.
         let kept = MapStatus {
-            segments: SegmentOffsets::default(),
+            segments: Arc::default(),
             location: status.location.clone(),
             data: status.data.clone(),
             ..*status
@@ -396,6 +447,36 @@ impl ShuffleManager {
         }
     }
 
+    /// Copies reduce segment `reduce` of every in-memory output of `locations` into `out`,
+    /// under one lock, with each map's range in `ranges` (`None` for an output that is not here
+    /// or has no such segment). The outputs know their own boundaries, so the reducer needs no
+    /// column of offsets.
+    pub(crate) fn copy_memory_column(
+        &self,
+        shuffle: ShuffleId,
+        locations: &MapLocations,
+        reduce: usize,
+        out: &mut Vec<u8>,
+        ranges: &mut Vec<Option<MemorySegment>>,
+    ) {
+        out.clear();
+        ranges.clear();
+        ranges.resize(locations.maps.len(), None);
+        let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
+        let Some(mine) = memory.get(&shuffle) else { return };
+        for (m, (loc, range)) in locations.maps.iter().zip(ranges.iter_mut()).enumerate() {
+            if loc.data.is_some() {
+                continue;
+            }
+            let Some(output) = mine.get(m, loc.attempt) else { continue };
+            let Some((offset, len)) = output.segments.segment(reduce) else { continue };
+            let end = offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
+            let Some(segment) = end.and_then(|end| output.bytes.get(offset as usize..end)) else { continue };
+            *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });
+            out.extend_from_slice(segment);
+        }
+    }
+
     /// Deletes one output (an attempt that lost, or an output the driver dropped).
     pub fn delete_output(&self, s: &MapStatus) {
         match &s.data {
@@ -415,7 +496,7 @@ impl ShuffleManager {
                     removed
                 };
                 if let Some(o) = removed {
-                    self.release(o.bytes.len() as u64);
+                    self.release(o.held());
                 }
             }
         }
@@ -443,7 +524,7 @@ impl ShuffleManager {
         }
         // The in-memory outputs go at once (attempts never recorded as written included).
         let memory = self.memory().remove(&id);
-        let bytes: u64 = memory.iter().flat_map(ShuffleMemory::outputs).map(|o| o.bytes.len() as u64).sum();
+        let bytes: u64 = memory.iter().flat_map(ShuffleMemory::outputs).map(MemoryOutput::held).sum();
         self.release(bytes);
     }
 
@@ -468,7 +549,7 @@ mod tests {
             attempt,
             location: Arc::from("driver"),
             data: None,
-            segments: SegmentOffsets::from_sizes(&[3, 0, 2]),
+            segments: Arc::new(SegmentOffsets::from_sizes(&[3, 0, 2])),
         }
     }
 
@@ -477,20 +558,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path());
         let keep = |s: &MapStatus| {
-            assert!(m.reserve_memory(5));
-            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), false);
+            assert!(m.reserve_memory(5 + 16));
+            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), s.segments.clone(), false);
         };
         let live = status(1, 0, 10);
         keep(&live);
         assert!(m.record_written(&live));
-        assert_eq!(m.memory_used(), 5);
+        // 5 bytes and 4 boundaries of 4 bytes.
+        assert_eq!(m.memory_used(), 21);
         // A task of shuffle 2 commits after shuffle 2 was removed.
         m.remove_shuffle(ShuffleId(2));
         let late = status(2, 0, 11);
         keep(&late);
-        assert_eq!(m.memory_used(), 10);
+        assert_eq!(m.memory_used(), 42);
         assert!(!m.record_written(&late), "a removed shuffle takes no outputs");
-        assert_eq!(m.memory_used(), 5, "the late output's memory is given back");
+        assert_eq!(m.memory_used(), 21, "the late output's memory is given back");
         assert_eq!(m.memory_output_formats(ShuffleId(2)), (0, 0));
         // Removing the live shuffle frees the rest.
         m.remove_shuffle(ShuffleId(1));
@@ -498,7 +580,7 @@ mod tests {
     }
 
     fn output(n: usize) -> MemoryOutput {
-        MemoryOutput { bytes: Arc::from(vec![7u8; n]), framed: false }
+        MemoryOutput { bytes: Arc::from(vec![7u8; n]), segments: Arc::default(), framed: false }
     }
 
     #[test]
@@ -529,18 +611,24 @@ mod tests {
         let m = manager(dir.path());
         let statuses: Vec<MapStatus> = (0..4).map(|map| status(5, map, 20 + map as u64)).collect();
         for s in &statuses {
-            assert!(m.reserve_memory(5));
-            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), false);
+            assert!(m.reserve_memory(5 + 16));
+            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), s.segments.clone(), false);
             assert!(m.record_written(s));
         }
         // A second attempt of map 0 (a speculative copy that lost).
         let loser = status(5, 0, 99);
-        assert!(m.reserve_memory(5));
-        m.keep_in_memory((loser.shuffle, loser.map, loser.attempt), Arc::from(&b"vwxyz"[..]), false);
-        assert_eq!(m.memory_used(), 25);
+        assert!(m.reserve_memory(5 + 16));
+        m.keep_in_memory(
+            (loser.shuffle, loser.map, loser.attempt),
+            Arc::from(&b"vwxyz"[..]),
+            loser.segments.clone(),
+            false,
+        );
+        // Each output: 5 bytes and 4 boundaries of 4 bytes.
+        assert_eq!(m.memory_used(), 5 * 21);
         m.delete_output(&loser);
         m.delete_output(&statuses[1]);
-        assert_eq!(m.memory_used(), 15);
+        assert_eq!(m.memory_used(), 3 * 21);
         assert_eq!(m.memory_output_formats(ShuffleId(5)), (0, 3));
         m.remove_shuffle(ShuffleId(5));
         assert_eq!(m.memory_used(), 0);

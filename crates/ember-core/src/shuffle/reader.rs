@@ -41,10 +41,17 @@ impl Read for SharedSlice {
     }
 }
 
-/// Reads reduce partition `reduce`: the segment of each map output in `blocks`, in map order.
-/// A missing, short or corrupt segment is a fetch failure recorded on the task context.
+/// Reads reduce partition `reduce`: the segment of each map output, in map order. A missing,
+/// short or corrupt segment is a fetch failure recorded on the task context.
+///
+/// When every output is in memory the reducer needs no column of blocks: the executor's outputs
+/// know their segment boundaries, and the reader copies its segments from them in one pass over
+/// the shuffle's table of locations. Otherwise it reads the column the tracker builds for it.
 pub(crate) struct ShuffleReader<'a, R> {
     shuffle: ShuffleId,
+    /// The number of map outputs (one segment each).
+    maps: usize,
+    /// The column of blocks, or empty when all outputs are in memory (then `ranges` says all).
     blocks: Vec<ReduceBlock>,
     /// The blocks' in-memory segments, copied at once, and each block's range in them.
     memory: Arc<Vec<u8>>,
@@ -66,13 +73,27 @@ impl<'a, R> ShuffleReader<'a, R> {
     /// failure that its column of blocks is.
     pub(crate) fn new(shuffle: ShuffleId, maps: usize, reduce: usize, tc: &'a TaskContext) -> Result<Self> {
         let ReadScratch { mut blocks, mut memory, mut ranges } = ReadScratch::take();
-        if let Err(e) = tc.env().map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks) {
-            ReadScratch { blocks, memory, ranges }.give_back();
-            return Err(e);
-        }
-        tc.env().shuffle.copy_memory_segments(shuffle, &blocks, &mut memory, &mut ranges);
+        let env = tc.env();
+        let located = env.map_outputs.map_locations(shuffle, maps, reduce).and_then(|locations| {
+            if locations.all_in_memory {
+                env.shuffle.copy_memory_column(shuffle, &locations, reduce, &mut memory, &mut ranges);
+                Ok(locations.maps.len())
+            } else {
+                env.map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks)?;
+                env.shuffle.copy_memory_segments(shuffle, &blocks, &mut memory, &mut ranges);
+                Ok(blocks.len())
+            }
+        });
+        let maps = match located {
+            Ok(n) => n,
+            Err(e) => {
+                ReadScratch { blocks, memory, ranges }.give_back();
+                return Err(e);
+            }
+        };
         Ok(ShuffleReader {
             shuffle,
+            maps,
             blocks,
             memory: Arc::new(memory),
             ranges,
@@ -101,13 +122,17 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
 
     /// Starts reading block `i`: an in-memory segment becomes `raw`, a file segment `current`.
     fn open(&mut self, i: usize) -> Result<()> {
-        let b = &self.blocks[i];
-        let (shuffle, map, reduce) = (self.shuffle.0, b.map as usize, self.reduce);
+        // Columns are in map order: block `i` is map `i`'s.
+        let (shuffle, map, reduce) = (self.shuffle.0, i, self.reduce);
         let fetch_failed = |message: String| Error::FetchFailed { shuffle, map, reduce, message };
         // The tracker gives the segment's offset and length, so a read needs no index lookup;
-        // the index file is there for a remote executor's transfer service.
-        let (start, len) = (b.offset, b.len);
-        let Some(path) = b.data.clone() else {
+        // the index file is there for a remote executor's transfer service. Without a column,
+        // every output is in memory.
+        let (start, len, data) = match self.blocks.get(i) {
+            Some(b) => (b.offset, b.len, b.data.clone()),
+            None => (0, self.ranges.get(i).copied().flatten().map_or(0, |s| s.len as u64), None),
+        };
+        let Some(path) = data else {
             // The copy holds the whole segment, or nothing when the output is gone or short.
             let seg = self
                 .ranges
@@ -182,10 +207,9 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                     return Some(r);
                 }
                 Some(Err(e)) => {
-                    let s = &self.blocks[self.next_map - 1];
                     self.tc.fail(Error::FetchFailed {
                         shuffle: self.shuffle.0,
-                        map: s.map as usize,
+                        map: self.next_map - 1,
                         reduce: self.reduce,
                         message: e.to_string(),
                     });
@@ -197,12 +221,19 @@ impl<R: serde::de::DeserializeOwned> Iterator for ShuffleReader<'_, R> {
                 return None;
             }
             let i = self.next_map;
-            let len = self.blocks.get(i)?.len;
+            if i >= self.maps {
+                return None;
+            }
             self.next_map += 1;
-            if len == 0 {
+            // Without a column a missing range is an output that is gone: `open` says so.
+            let len = match self.blocks.get(i) {
+                Some(b) => Some(b.len),
+                None => self.ranges.get(i).copied().flatten().map(|s| s.len as u64),
+            };
+            if len == Some(0) {
                 continue;
             }
-            self.bytes += len;
+            self.bytes += len.unwrap_or(0);
             if let Err(e) = self.open(i) {
                 self.tc.fail(e);
                 return None;

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -88,15 +89,22 @@ impl MapOutputFile {
         data: &Path,
         shuffle: &ShuffleManager,
         key: (ShuffleId, usize, u64),
-    ) -> Result<(Option<PathBuf>, SegmentOffsets)> {
+    ) -> Result<(Option<PathBuf>, Arc<SegmentOffsets>)> {
         self.close_until(partitions)?;
         let mut file = match self.w.finish()?.sink {
             Sink::Memory(bytes) => {
-                if shuffle.memory_output_limit > 0 && shuffle.reserve_memory(bytes.len() as u64) {
+                let segments = Arc::new(SegmentOffsets::from_boundaries(std::mem::take(&mut self.offsets)));
+                let held = bytes.len() as u64 + segments.heap_bytes();
+                if shuffle.memory_output_limit > 0 && shuffle.reserve_memory(held) {
                     // One allocation of exactly the output's size: no slack stays in memory.
-                    shuffle.keep_in_memory(key, std::sync::Arc::from(bytes), true);
-                    return Ok((None, SegmentOffsets::from_boundaries(self.offsets)));
+                    shuffle.keep_in_memory(key, Arc::from(bytes), segments.clone(), true);
+                    return Ok((None, segments));
                 }
+                self.offsets = match Arc::try_unwrap(segments) {
+                    Ok(SegmentOffsets::Small(o)) => o.iter().map(|&e| e as u64).collect(),
+                    Ok(SegmentOffsets::Large(o)) => o.into_vec(),
+                    Err(_) => return Err(Error::Internal("map output boundaries are shared".into())),
+                };
                 std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
                 File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
             }
@@ -112,7 +120,7 @@ impl MapOutputFile {
         let index = data.with_extension("index");
         std::fs::rename(&index_tmp, &index).map_err(|e| Error::io(&index, e))?;
         std::fs::rename(&self.tmp, data).map_err(|e| Error::io(data, e))?;
-        Ok((Some(data.to_path_buf()), SegmentOffsets::from_boundaries(self.offsets)))
+        Ok((Some(data.to_path_buf()), Arc::new(SegmentOffsets::from_boundaries(self.offsets))))
     }
 }
 
@@ -260,15 +268,35 @@ struct PartitionBuffers<'a> {
     tc: &'a TaskContext,
 }
 
+thread_local! {
+    /// The arena and record index of this thread's last map task, kept for its next one: a map
+    /// task of a thousand small records otherwise grows both from nothing, reallocating and
+    /// touching fresh memory about ten times each.
+    static ARENA_SCRATCH: std::cell::Cell<Option<(Vec<u8>, Vec<(u32, u32)>)>> = const { std::cell::Cell::new(None) };
+}
+
+impl Drop for PartitionBuffers<'_> {
+    fn drop(&mut self) {
+        let kept = self.arena.capacity() + self.recs.capacity() * std::mem::size_of::<(u32, u32)>();
+        if kept > 0 && kept <= SCRATCH_KEPT_BYTES {
+            let (mut arena, mut recs) = (std::mem::take(&mut self.arena), std::mem::take(&mut self.recs));
+            arena.clear();
+            recs.clear();
+            ARENA_SCRATCH.with(|c| c.set(Some((arena, recs))));
+        }
+    }
+}
+
 /// Arena bytes per partition before a compaction: enough for chunks that compress well.
 const ARENA_BYTES_PER_PARTITION: usize = 16 << 10;
 
 impl<'a> PartitionBuffers<'a> {
     fn new(tc: &'a TaskContext, parts: usize) -> Self {
+        let (arena, recs) = ARENA_SCRATCH.with(|c| c.take()).unwrap_or_default();
         PartitionBuffers {
             parts,
-            arena: Vec::new(),
-            recs: Vec::new(),
+            arena,
+            recs,
             compact_at: parts.saturating_mul(ARENA_BYTES_PER_PARTITION).clamp(256 << 10, 16 << 20),
             outs: Vec::new(),
             enc: ChunkEncoder::new(tc.env().codec),
@@ -392,9 +420,10 @@ impl<'a> PartitionBuffers<'a> {
 
     /// Keeps a small output in executor memory as its records' bytes grouped by partition, with
     /// no chunk framing: these bytes never reach a disk or another process as they are (serving
-    /// them to a remote reducer will mean framing them first). Returns the segment sizes, or `None` when
-    /// the memory budget refuses the output, which is then left in the arena for a file.
-    fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<SegmentOffsets> {
+    /// them to a remote reducer will mean framing them first). Returns the segment boundaries,
+    /// or `None` when the memory budget refuses the output, which is then left in the arena for
+    /// a file.
+    fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<Arc<SegmentOffsets>> {
         let shuffle = &self.tc.env().shuffle;
         let n = self.arena.len();
         // Records of no bytes cannot be counted without framing; boundaries are in 32 bits.
@@ -405,14 +434,16 @@ impl<'a> PartitionBuffers<'a> {
         // still held (the sort scratch and the output are all this path allocates, the output
         // from the reservation below), so the slack of the grant goes back for the output.
         self.mem.shrink_to(self.held());
-        if !shuffle.reserve_memory(n as u64) {
+        // Its bytes and its boundaries, in 32 bits.
+        let held = n as u64 + (self.parts as u64 + 1) * 4;
+        if !shuffle.reserve_memory(held) {
             return None;
         }
         // The output holds exactly the arena's bytes, in partition order.
-        let mut bytes: std::sync::Arc<[u8]> = std::iter::repeat_n(0u8, n).collect();
-        let Some(out) = std::sync::Arc::get_mut(&mut bytes) else {
+        let mut bytes: Arc<[u8]> = std::iter::repeat_n(0u8, n).collect();
+        let Some(out) = Arc::get_mut(&mut bytes) else {
             // A new `Arc` has no other reference; should that ever change, the file path serves.
-            shuffle.unreserve_memory(n as u64);
+            shuffle.unreserve_memory(held);
             return None;
         };
         let mut sort = SortScratch::take();
@@ -431,8 +462,10 @@ impl<'a> PartitionBuffers<'a> {
             ends.push(at as u32);
         }
         sort.give_back();
-        shuffle.keep_in_memory(key, bytes, false);
-        Some(SegmentOffsets::Small(ends.into_boxed_slice()))
+        let segments = Arc::new(SegmentOffsets::Small(ends.into_boxed_slice()));
+        debug_assert_eq!(segments.heap_bytes() + n as u64, held);
+        shuffle.keep_in_memory(key, bytes, segments.clone(), false);
+        Some(segments)
     }
 
     /// Moves the arena's records into the per-partition chunk buffers.
@@ -471,7 +504,7 @@ impl<'a> PartitionBuffers<'a> {
         tmp: PathBuf,
         data: &Path,
         key: (ShuffleId, usize, u64),
-    ) -> Result<(Option<PathBuf>, SegmentOffsets)> {
+    ) -> Result<(Option<PathBuf>, Arc<SegmentOffsets>)> {
         let env = self.tc.env();
         let parts = self.parts;
         // The common small case: the arena stays in memory as it is (a limit of 0 sends every

@@ -129,7 +129,10 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         // the index file is there for a remote executor's transfer service. Without a column,
         // every output is in memory.
         let (start, len, data) = match self.blocks.get(i) {
-            Some(b) => (b.offset, b.len, b.data.clone()),
+            Some(b) => {
+                debug_assert_eq!(b.map as usize, i, "a column lists its blocks in map order");
+                (b.offset, b.len, b.data.clone())
+            }
             None => (0, self.ranges.get(i).copied().flatten().map_or(0, |s| s.len as u64), None),
         };
         let Some(path) = data else {

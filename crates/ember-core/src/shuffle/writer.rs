@@ -275,10 +275,15 @@ thread_local! {
     static ARENA_SCRATCH: std::cell::Cell<Option<(Vec<u8>, Vec<(u32, u32)>)>> = const { std::cell::Cell::new(None) };
 }
 
+/// The most arena and record-index capacity kept for a thread's next map task: a task counts
+/// what it was given as held memory from its start, so this stays small (a thousand one-record
+/// partitions take about 16 KiB of both).
+const ARENA_KEPT_BYTES: usize = 128 << 10;
+
 impl Drop for PartitionBuffers<'_> {
     fn drop(&mut self) {
         let kept = self.arena.capacity() + self.recs.capacity() * std::mem::size_of::<(u32, u32)>();
-        if kept > 0 && kept <= SCRATCH_KEPT_BYTES {
+        if kept > 0 && kept <= ARENA_KEPT_BYTES {
             let (mut arena, mut recs) = (std::mem::take(&mut self.arena), std::mem::take(&mut self.recs));
             arena.clear();
             recs.clear();
@@ -516,7 +521,8 @@ impl<'a> PartitionBuffers<'a> {
             }
         }
         // Encoded bytes so far, plus the arena and a chunk header per partition.
-        let expected = self.held() as usize
+        let expected = self.arena.len()
+            + self.outs.iter().map(Vec::len).sum::<usize>()
             + parts.min(self.recs.len() + self.outs.len()) * 24
             + self.runs.iter().map(|(_, segs)| segs.iter().map(|s| s.1 as usize).sum::<usize>()).sum::<usize>();
         let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;

@@ -508,6 +508,40 @@ fn a_column_mixing_bare_framed_and_file_outputs_reads_exactly() {
 }
 
 #[test]
+fn an_all_in_memory_shuffle_of_bare_and_framed_outputs_reads_exactly_and_accounts_its_memory() {
+    for serialize in [false, true] {
+        let ctx = ctx_conf(&[("ember.memory.size", "256m")], serialize);
+        let data: Vec<(u64, String)> = (0..200).map(mixed_record).collect();
+        let r = ctx.parallelize(data.clone(), 2).partition_by(ember_core::shuffle::IndexPartitioner::new(2));
+        let mut expect = data.clone();
+        expect.sort();
+        let collect = || {
+            let mut got = r.collect().unwrap();
+            got.sort();
+            got
+        };
+        assert_eq!(collect(), expect);
+        let dep = shuffle_dep(&r);
+        let shuffle = &ctx.env().shuffle;
+        let statuses = ctx.map_output_tracker().statuses(dep.shuffle_id());
+        assert!(statuses.iter().all(|s| s.as_ref().is_some_and(|s| s.data.is_none())), "both outputs in memory");
+        assert_eq!(shuffle.memory_output_formats(dep.shuffle_id()), (1, 1), "one framed, one bare");
+        assert!(shuffle.memory_used() > 0);
+        // Each output, lost, is found missing by its reducers and recomputed to the same records.
+        for map in [1, 0] {
+            assert!(lose_map_output(&ctx, dep.shuffle_id(), map));
+            assert_eq!(collect(), expect, "after losing map output {map}");
+            let summary = ctx.last_job_summary().unwrap();
+            let map_stage = summary.stages.iter().find(|s| s.name.starts_with("shuffle ")).expect("the map stage ran");
+            assert_eq!(map_stage.launched, 1, "only map {map} ran again");
+        }
+        // Both outputs gone: all their memory (bytes and boundaries) is given back, no more.
+        assert!(lose_map_output(&ctx, dep.shuffle_id(), 0) && lose_map_output(&ctx, dep.shuffle_id(), 1));
+        assert_eq!(shuffle.memory_used(), 0);
+    }
+}
+
+#[test]
 fn an_action_inside_a_task_is_refused_not_deadlocked() {
     let ctx = ctx();
     let inner = ctx.parallelize(vec![1, 2, 3], 2);

@@ -521,8 +521,7 @@ impl<'a> PartitionBuffers<'a> {
             }
         }
         // Encoded bytes so far, plus the arena and a chunk header per partition.
-        let expected = self.arena.len()
-            + self.outs.iter().map(Vec::len).sum::<usize>()
+        let expected = self.held() as usize
             + parts.min(self.recs.len() + self.outs.len()) * 24
             + self.runs.iter().map(|(_, segs)| segs.iter().map(|s| s.1 as usize).sum::<usize>()).sum::<usize>();
         let mut out = MapOutputFile::create(tmp, env.codec, env.shuffle.memory_output_limit, expected)?;

@@ -64,8 +64,9 @@ fn corrupt(rng: &mut Rng, bytes: &[u8], other: &[u8]) -> Vec<u8> {
             b.extend_from_slice(&other[from..]);
         }
     }
-    if b == bytes {
-        // A flip pair that cancelled out: corrupt for sure.
+    if b == bytes || b == other {
+        // A flip pair that cancelled out, or a splice that rebuilt the other encoding whole:
+        // corrupt for sure.
         b.push(0);
     }
     b

@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 
 use super::backend::{ExecutorBackend, TaskStatus};
 use super::taskset::{Code, TaskSet};
-use super::tracker::MapOutputTracker;
+use super::tracker::{MapOutputTracker, Refused};
 use super::{JobListener, JobSpec, JobSummary, StageSummary, SUMMARIES_KEPT};
 use crate::accumulator;
 use crate::conf::Settings;
@@ -515,6 +515,16 @@ impl State {
                                 if let Some(old) = replaced {
                                     self.backend.discard_map_output(&old);
                                 }
+                            }
+                            Err((refused, why @ (Refused::UnknownMap | Refused::Malformed))) => {
+                                // Not a transient loss: the same task would report the same.
+                                self.backend.discard_map_output(&refused);
+                                let err = Error::Internal(format!(
+                                    "stage {} task {}: its map output status for map {} is unusable ({why:?})",
+                                    end.stage.0, end.index, refused.map
+                                ));
+                                self.abort_stage(end.stage, err);
+                                return;
                             }
                             Err((refused, why)) => {
                                 // Its executor was lost after the task started: run it again.

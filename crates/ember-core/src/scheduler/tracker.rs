@@ -51,6 +51,9 @@ pub enum Refused {
     ExecutorLost,
     /// The map index is out of range for the shuffle.
     UnknownMap,
+    /// Its segment boundaries do not start at 0 and go forward: no writer produces that, and
+    /// running the task again would not help.
+    Malformed,
 }
 
 /// The driver's record of map outputs, by shuffle and map partition.
@@ -94,6 +97,9 @@ impl MapOutputTracker {
         }
         if status.map >= maps {
             return Err((status, Refused::UnknownMap));
+        }
+        if !status.segments.is_well_formed() {
+            return Err((status, Refused::Malformed));
         }
         let offsets = std::mem::take(&mut status.segments);
         let data = status.data.as_deref().map(Arc::from);
@@ -332,6 +338,21 @@ mod tests {
         assert_eq!(t.register(status(0, 4, "a"), 3, launched).unwrap_err().1, Refused::ExecutorLost);
         // One launched after it is accepted.
         assert!(t.register(status(0, 5, "a"), 3, t.epoch()).is_ok());
+    }
+
+    #[test]
+    fn malformed_statuses_are_refused() {
+        let t = MapOutputTracker::new();
+        let bad = |ends: Vec<u64>| MapStatus {
+            segments: Arc::new(SegmentOffsets::from_boundaries(ends)),
+            ..status(0, 1, "a")
+        };
+        for ends in [vec![], vec![1, 2], vec![0, 5, 3], vec![0, u64::MAX, 7]] {
+            assert_eq!(t.register(bad(ends.clone()), 1, 0).unwrap_err().1, Refused::Malformed, "{ends:?}");
+        }
+        assert_eq!(t.register(status(3, 1, "a"), 1, 0).unwrap_err().1, Refused::UnknownMap);
+        assert!(t.register(bad(vec![0, 0, 4]), 1, 0).is_ok());
+        assert!(t.missing(ShuffleId(1), 1).is_empty());
     }
 
     #[test]

@@ -72,6 +72,18 @@ impl SegmentOffsets {
         }
     }
 
+    /// Whether the boundaries are ones a writer produces: at least one, the first 0, none
+    /// smaller than the one before.
+    pub fn is_well_formed(&self) -> bool {
+        fn check<T: Copy + Ord + Default>(o: &[T]) -> bool {
+            o.first() == Some(&T::default()) && o.windows(2).all(|w| w[0] <= w[1])
+        }
+        match self {
+            SegmentOffsets::Small(o) => check(o),
+            SegmentOffsets::Large(o) => check(o),
+        }
+    }
+
     /// The number of segments.
     pub fn len(&self) -> usize {
         match self {

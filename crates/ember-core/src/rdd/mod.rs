@@ -170,9 +170,18 @@ struct Node<T> {
     level: Mutex<StorageLevel>,
     /// The user-given name (`set_name`); driver side only, not encoded.
     name: Mutex<Option<String>>,
+    /// Held while a checkpoint of this node is written, so that concurrent `checkpoint` calls
+    /// write it once (the others wait, then find it checkpointed).
+    checkpointing: Mutex<()>,
 }
 
 impl<T: Data> Node<T> {
+    /// One checkpoint of this node at a time (a panic while writing one poisons nothing that
+    /// matters: the next caller checks the source again).
+    fn checkpoint_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.checkpointing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn new(
         id: RddId,
         ctx: Option<Context>,
@@ -186,6 +195,7 @@ impl<T: Data> Node<T> {
             source: Mutex::new(Source { imp: Arc::new(imp), checkpointed }),
             level: Mutex::new(level),
             name: Mutex::new(None),
+            checkpointing: Mutex::new(()),
         }
     }
 
@@ -392,6 +402,7 @@ impl<T: Data> Rdd<T> {
     /// shuffles they fed deleted. Jobs running meanwhile finish with the lineage they started
     /// with, which is released when their last task ends.
     pub fn checkpoint(&self) -> Result<()> {
+        let _writing = self.node.checkpoint_guard();
         if self.is_checkpointed() {
             return Ok(());
         }

@@ -292,3 +292,32 @@ fn a_job_reading_the_lineage_during_a_checkpoint_gets_exact_values() {
         assert_eq!(sorted(last.collect().unwrap()), want, "{case}");
     }
 }
+
+#[test]
+fn concurrent_checkpoints_of_one_rdd_write_it_once() {
+    for local in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(&dir, false, false);
+        let computed = ctx.long_accumulator();
+        // About 150 ms per write on two slots: the calls below overlap.
+        let rdd = ctx.parallelize(data(), 4).map_with(computed.clone(), |acc, (k, v)| {
+            acc.add(1);
+            std::thread::sleep(Duration::from_micros(500));
+            (k, v * 3)
+        });
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let r = rdd.clone();
+                std::thread::spawn(move || if local { r.local_checkpoint() } else { r.checkpoint() })
+            })
+            .collect();
+        for c in calls {
+            c.join().expect("the checkpointing thread").unwrap();
+        }
+        assert!(rdd.is_checkpointed());
+        assert_eq!(computed.value().unwrap(), 600, "local: {local}: the checkpoint was written more than once");
+        let want: Vec<(u64, u64)> = sorted(data().into_iter().map(|(k, v)| (k, v * 3)).collect());
+        assert_eq!(sorted(rdd.collect().unwrap()), want, "local: {local}");
+        assert_eq!(computed.value().unwrap(), 600, "local: {local}: read back, not recomputed");
+    }
+}

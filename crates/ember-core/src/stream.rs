@@ -34,6 +34,8 @@ const ZSTD_LEVEL: i32 = 1;
 const EAGER_READ: usize = 1 << 20;
 /// Chunks smaller than this are stored uncompressed, with a short header (at most 256).
 const SMALL_CHUNK: usize = 256;
+/// The most bytes LZ4 decompresses from one stored byte.
+const LZ4_MAX_RATIO: usize = 255;
 /// Target size of a chunk's uncompressed records.
 pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
@@ -367,6 +369,11 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
                 std::mem::swap(&mut self.buf, &mut self.stored);
             }
             TAG_LZ4 => {
+                // LZ4 represents at most 255 bytes per stored byte: a larger claim (checksums are
+                // not keyed, so a crafted header can make one) must not size an allocation.
+                if raw_len > stored_len.saturating_mul(LZ4_MAX_RATIO).saturating_add(LZ4_MAX_RATIO) {
+                    return Err(self.corrupt("implausible chunk length"));
+                }
                 self.buf.resize(raw_len, 0);
                 let n = lz4_flex::block::decompress_into(&self.stored, &mut self.buf)
                     .map_err(|e| self.corrupt(&format!("lz4: {e}")))?;
@@ -375,8 +382,12 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
                 }
             }
             TAG_ZSTD => {
-                self.buf.resize(raw_len, 0);
-                let n = zstd::bulk::decompress_to_buffer(&self.stored, &mut self.buf)
+                // zstd may expand thousands of times, so the claim cannot be bounded by the
+                // stored bytes: the buffer grows with what actually decompresses, up to it.
+                self.buf.clear();
+                self.buf.reserve(raw_len.min(2 * CHUNK_BYTES));
+                let n = zstd::stream::read::Decoder::with_buffer(&self.stored[..])
+                    .and_then(|d| d.take(raw_len as u64 + 1).read_to_end(&mut self.buf))
                     .map_err(|e| self.corrupt(&format!("zstd: {e}")))?;
                 if n != raw_len {
                     return Err(self.corrupt("chunk length mismatch"));
@@ -511,6 +522,40 @@ mod tests {
             assert_eq!(back.len(), a.len() + b.len());
             assert_eq!(&back[..a.len()], &a[..]);
         }
+    }
+
+    /// A chunk whose header, checksums included, is well formed, but whose raw length claims
+    /// `raw_len` bytes for `stored`.
+    fn crafted_chunk(tag: u8, raw_len: u32, stored: &[u8]) -> Vec<u8> {
+        let mut c = vec![tag];
+        c.extend_from_slice(&raw_len.to_le_bytes());
+        c.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        c.extend_from_slice(&1u32.to_le_bytes());
+        c.extend_from_slice(&checksum(stored).to_le_bytes());
+        let sum = header_checksum(&c);
+        c.extend_from_slice(&sum.to_le_bytes());
+        assert_eq!(c.len(), HEADER);
+        c.extend_from_slice(stored);
+        c
+    }
+
+    #[test]
+    fn a_crafted_raw_length_sizes_no_allocation() {
+        // LZ4: refused before any buffer is sized.
+        let lz4 = lz4_flex::block::compress(&[7u8; 1000]);
+        let bytes = crafted_chunk(TAG_LZ4, 1 << 30, &lz4);
+        let err = decode_all::<Vec<u8>>(&bytes, Path::new("f.data")).unwrap_err();
+        assert!(err.to_string().contains("implausible chunk length"), "{err}");
+        // zstd: the buffer holds what really decompresses, not the claim.
+        let zstd = zstd::bulk::compress(&[7u8; 1000], ZSTD_LEVEL).unwrap();
+        let bytes = crafted_chunk(TAG_ZSTD, 1 << 30, &zstd);
+        let mut d = ChunkDecoder::<_, Vec<u8>>::with_origin(&bytes[..], Origin::Path("f.data".into()));
+        let err = d.next_record().unwrap_err();
+        assert!(err.to_string().contains("chunk length mismatch"), "{err}");
+        assert!(d.buf.capacity() < 1 << 20, "a buffer of {} bytes for 1000", d.buf.capacity());
+        // The honest claims decode.
+        let ok = crafted_chunk(TAG_ZSTD, 1000, &zstd);
+        assert!(ChunkDecoder::<_, u8>::with_origin(&ok[..], Origin::Path("f.data".into())).next_record().is_ok());
     }
 
     #[test]

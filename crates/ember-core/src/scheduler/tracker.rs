@@ -14,7 +14,8 @@ use crate::shuffle::{
 };
 
 /// A registered map output. Its segment boundaries are kept beside its status, as the writer
-/// built them (in 32 bits when the output is under 4 GiB: the tracker holds 4 bytes per block).
+/// built them (in 16 bits when the output is under 64 KiB, 32 under 4 GiB: the tracker holds 2 or
+/// 4 bytes per block).
 ///
 /// What every reducer reads comes first and the rest sits behind a box, so that a reducer's scan
 /// of a shuffle's outputs reads 64 bytes per map rather than the whole status.

@@ -32,11 +32,13 @@ pub struct MapStatus {
 }
 
 /// The boundaries of a map output's reduce segments: segment `r` is `[at(r), at(r + 1))`. Kept
-/// in 32 bits when the output is under 4 GiB, so that a thousand-reducer output costs 4 KiB of
-/// boundaries; the writer builds them as they end up in the tracker, which keeps them as they
-/// come.
+/// in 16 bits when the output is under 64 KiB and in 32 bits under 4 GiB, so that a
+/// thousand-reducer output of one small record per reducer costs 2 KiB of boundaries; the writer
+/// builds them as they end up in the tracker, which keeps them as they come.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SegmentOffsets {
+    /// Boundaries of an output under 64 KiB.
+    Tiny(Box<[u16]>),
     /// Boundaries of an output under 4 GiB.
     Small(Box<[u32]>),
     /// Boundaries of a larger output.
@@ -45,7 +47,7 @@ pub enum SegmentOffsets {
 
 impl Default for SegmentOffsets {
     fn default() -> Self {
-        SegmentOffsets::Small(Box::default())
+        SegmentOffsets::Tiny(Box::default())
     }
 }
 
@@ -62,13 +64,47 @@ impl SegmentOffsets {
         SegmentOffsets::from_boundaries(ends)
     }
 
-    /// Boundaries as given (`ends[0]` is normally 0), narrowed to 32 bits when they fit.
+    /// Boundaries as given (`ends[0]` is normally 0), narrowed to 16 or 32 bits when they fit.
     pub fn from_boundaries(ends: Vec<u64>) -> SegmentOffsets {
-        if ends.iter().all(|&e| e <= u32::MAX as u64) {
-            // Checked just above: every boundary fits.
+        let max = ends.iter().copied().max().unwrap_or(0);
+        // Checked against the largest: every boundary fits the width chosen.
+        if max <= u16::MAX as u64 {
+            SegmentOffsets::Tiny(ends.into_iter().map(|e| e as u16).collect())
+        } else if max <= u32::MAX as u64 {
             SegmentOffsets::Small(ends.into_iter().map(|e| e as u32).collect())
         } else {
             SegmentOffsets::Large(ends.into_boxed_slice())
+        }
+    }
+
+    /// Boundaries of 32-bit values, narrowed to 16 bits when they fit.
+    pub fn from_u32(ends: &[u32]) -> SegmentOffsets {
+        if ends.iter().all(|&e| e <= u16::MAX as u32) {
+            // Checked just above: every boundary fits.
+            SegmentOffsets::Tiny(ends.iter().map(|&e| e as u16).collect())
+        } else {
+            SegmentOffsets::Small(ends.into())
+        }
+    }
+
+    /// The bytes the boundaries of an output of `bytes` bytes and `segments` segments take.
+    pub fn heap_bytes_for(bytes: u64, segments: usize) -> u64 {
+        let width = if bytes <= u16::MAX as u64 {
+            2
+        } else if bytes <= u32::MAX as u64 {
+            4
+        } else {
+            8
+        };
+        (segments as u64 + 1) * width
+    }
+
+    /// The boundaries, widened to 64 bits.
+    pub fn to_u64(&self) -> Vec<u64> {
+        match self {
+            SegmentOffsets::Tiny(o) => o.iter().map(|&e| e as u64).collect(),
+            SegmentOffsets::Small(o) => o.iter().map(|&e| e as u64).collect(),
+            SegmentOffsets::Large(o) => o.to_vec(),
         }
     }
 
@@ -79,6 +115,7 @@ impl SegmentOffsets {
             o.first() == Some(&T::default()) && o.windows(2).all(|w| w[0] <= w[1])
         }
         match self {
+            SegmentOffsets::Tiny(o) => check(o),
             SegmentOffsets::Small(o) => check(o),
             SegmentOffsets::Large(o) => check(o),
         }
@@ -87,6 +124,7 @@ impl SegmentOffsets {
     /// The number of segments.
     pub fn len(&self) -> usize {
         match self {
+            SegmentOffsets::Tiny(o) => o.len().saturating_sub(1),
             SegmentOffsets::Small(o) => o.len().saturating_sub(1),
             SegmentOffsets::Large(o) => o.len().saturating_sub(1),
         }
@@ -102,6 +140,7 @@ impl SegmentOffsets {
     #[inline]
     pub fn segment(&self, r: usize) -> Option<(u64, u64)> {
         let (start, end) = match self {
+            SegmentOffsets::Tiny(o) => (*o.get(r)? as u64, *o.get(r.checked_add(1)?)? as u64),
             SegmentOffsets::Small(o) => (*o.get(r)? as u64, *o.get(r.checked_add(1)?)? as u64),
             SegmentOffsets::Large(o) => (*o.get(r)?, *o.get(r.checked_add(1)?)?),
         };
@@ -121,6 +160,7 @@ impl SegmentOffsets {
     /// The bytes the boundaries take.
     pub fn heap_bytes(&self) -> u64 {
         match self {
+            SegmentOffsets::Tiny(o) => o.len() as u64 * 2,
             SegmentOffsets::Small(o) => o.len() as u64 * 4,
             SegmentOffsets::Large(o) => o.len() as u64 * 8,
         }
@@ -570,21 +610,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path());
         let keep = |s: &MapStatus| {
-            assert!(m.reserve_memory(5 + 16));
+            assert!(m.reserve_memory(5 + 8));
             m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), s.segments.clone(), false);
         };
         let live = status(1, 0, 10);
         keep(&live);
         assert!(m.record_written(&live));
-        // 5 bytes and 4 boundaries of 4 bytes.
-        assert_eq!(m.memory_used(), 21);
+        // 5 bytes and 4 boundaries of 2 bytes.
+        assert_eq!(m.memory_used(), 13);
         // A task of shuffle 2 commits after shuffle 2 was removed.
         m.remove_shuffle(ShuffleId(2));
         let late = status(2, 0, 11);
         keep(&late);
-        assert_eq!(m.memory_used(), 42);
+        assert_eq!(m.memory_used(), 26);
         assert!(!m.record_written(&late), "a removed shuffle takes no outputs");
-        assert_eq!(m.memory_used(), 21, "the late output's memory is given back");
+        assert_eq!(m.memory_used(), 13, "the late output's memory is given back");
         assert_eq!(m.memory_output_formats(ShuffleId(2)), (0, 0));
         // Removing the live shuffle frees the rest.
         m.remove_shuffle(ShuffleId(1));
@@ -623,28 +663,50 @@ mod tests {
         let m = manager(dir.path());
         let statuses: Vec<MapStatus> = (0..4).map(|map| status(5, map, 20 + map as u64)).collect();
         for s in &statuses {
-            assert!(m.reserve_memory(5 + 16));
+            assert!(m.reserve_memory(5 + 8));
             m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), s.segments.clone(), false);
             assert!(m.record_written(s));
         }
         // A second attempt of map 0 (a speculative copy that lost).
         let loser = status(5, 0, 99);
-        assert!(m.reserve_memory(5 + 16));
+        assert!(m.reserve_memory(5 + 8));
         m.keep_in_memory(
             (loser.shuffle, loser.map, loser.attempt),
             Arc::from(&b"vwxyz"[..]),
             loser.segments.clone(),
             false,
         );
-        // Each output: 5 bytes and 4 boundaries of 4 bytes.
-        assert_eq!(m.memory_used(), 5 * 21);
+        // Each output: 5 bytes and 4 boundaries of 2 bytes.
+        assert_eq!(m.memory_used(), 5 * 13);
         m.delete_output(&loser);
         m.delete_output(&statuses[1]);
-        assert_eq!(m.memory_used(), 3 * 21);
+        assert_eq!(m.memory_used(), 3 * 13);
         assert_eq!(m.memory_output_formats(ShuffleId(5)), (0, 3));
         m.remove_shuffle(ShuffleId(5));
         assert_eq!(m.memory_used(), 0);
         assert_eq!(m.memory_output_formats(ShuffleId(5)), (0, 0));
+    }
+
+    #[test]
+    fn boundaries_take_the_narrowest_width_that_holds_them() {
+        let tiny = SegmentOffsets::from_boundaries(vec![0, 3, 3, 65_535]);
+        let small = SegmentOffsets::from_boundaries(vec![0, 65_536]);
+        let large = SegmentOffsets::from_boundaries(vec![0, 1 << 32]);
+        assert!(matches!(tiny, SegmentOffsets::Tiny(_)) && tiny.heap_bytes() == 8);
+        assert!(matches!(small, SegmentOffsets::Small(_)) && small.heap_bytes() == 8);
+        assert!(matches!(large, SegmentOffsets::Large(_)) && large.heap_bytes() == 16);
+        assert_eq!(tiny.segment(2), Some((3, 65_532)));
+        assert_eq!(small.segment(0), Some((0, 65_536)));
+        assert_eq!(large.segment(0), Some((0, 1 << 32)));
+        assert_eq!(SegmentOffsets::from_u32(&[0, 3, 3, 65_535]), tiny);
+        assert_eq!(SegmentOffsets::from_u32(&[0, 65_536]), small);
+        assert_eq!(SegmentOffsets::heap_bytes_for(65_535, 3), tiny.heap_bytes());
+        assert_eq!(SegmentOffsets::heap_bytes_for(65_536, 1), small.heap_bytes());
+        assert_eq!(SegmentOffsets::heap_bytes_for(1 << 32, 1), large.heap_bytes());
+        assert_eq!(tiny.to_u64(), [0, 3, 3, 65_535]);
+        assert_eq!(tiny.sizes().collect::<Vec<_>>(), [3, 0, 65_532]);
+        assert_eq!(SegmentOffsets::from_sizes(&[3, 0, 65_532]), tiny);
+        assert_eq!(tiny.segment(3), None);
     }
 
     #[test]

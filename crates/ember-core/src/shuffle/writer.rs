@@ -100,11 +100,7 @@ impl MapOutputFile {
                     shuffle.keep_in_memory(key, Arc::from(bytes), segments.clone(), true);
                     return Ok((None, segments));
                 }
-                self.offsets = match Arc::try_unwrap(segments) {
-                    Ok(SegmentOffsets::Small(o)) => o.iter().map(|&e| e as u64).collect(),
-                    Ok(SegmentOffsets::Large(o)) => o.into_vec(),
-                    Err(_) => return Err(Error::Internal("map output boundaries are shared".into())),
-                };
+                self.offsets = segments.to_u64();
                 std::fs::write(&self.tmp, &bytes).map_err(|e| Error::io(&self.tmp, e))?;
                 File::options().append(true).open(&self.tmp).map_err(|e| Error::io(&self.tmp, e))?
             }
@@ -431,7 +427,8 @@ impl<'a> PartitionBuffers<'a> {
     fn commit_in_memory(&mut self, key: (ShuffleId, usize, u64)) -> Option<Arc<SegmentOffsets>> {
         let shuffle = &self.tc.env().shuffle;
         let n = self.arena.len();
-        // Records of no bytes cannot be counted without framing; boundaries are in 32 bits.
+        // Records of no bytes cannot be counted without framing; boundaries are in 32 bits at
+        // most.
         if self.empty_records || u32::try_from(n).is_err() {
             return None;
         }
@@ -439,8 +436,8 @@ impl<'a> PartitionBuffers<'a> {
         // still held (the sort scratch and the output are all this path allocates, the output
         // from the reservation below), so the slack of the grant goes back for the output.
         self.mem.shrink_to(self.held());
-        // Its bytes and its boundaries, in 32 bits.
-        let held = n as u64 + (self.parts as u64 + 1) * 4;
+        // Its bytes and its boundaries.
+        let held = n as u64 + SegmentOffsets::heap_bytes_for(n as u64, self.parts);
         if !shuffle.reserve_memory(held) {
             return None;
         }
@@ -453,8 +450,8 @@ impl<'a> PartitionBuffers<'a> {
         };
         let mut sort = SortScratch::take();
         self.sort(&mut sort);
-        // Exactly sized, so the tracker keeps it without reallocating.
-        let mut ends = Vec::with_capacity(self.parts + 1);
+        let mut ends = std::mem::take(&mut sort.ends);
+        ends.clear();
         ends.push(0u32);
         let mut at = 0usize;
         for p in 0..self.parts {
@@ -466,9 +463,14 @@ impl<'a> PartitionBuffers<'a> {
             // `at <= n`, which fits (checked above).
             ends.push(at as u32);
         }
+        // One allocation of exactly the boundaries' size, in the width `held` counted.
+        let segments = Arc::new(SegmentOffsets::from_u32(&ends));
+        sort.ends = ends;
         sort.give_back();
-        let segments = Arc::new(SegmentOffsets::Small(ends.into_boxed_slice()));
-        debug_assert_eq!(segments.heap_bytes() + n as u64, held);
+        // The boundaries end at most at `n`, so they take at most the width counted for it.
+        let taken = n as u64 + segments.heap_bytes();
+        debug_assert_eq!(taken, held);
+        shuffle.unreserve_memory(held.saturating_sub(taken));
         shuffle.keep_in_memory(key, bytes, segments.clone(), false);
         Some(segments)
     }
@@ -566,6 +568,8 @@ struct SortScratch {
     next: Vec<u32>,
     /// Record indexes grouped by partition.
     order: Vec<u32>,
+    /// Segment boundaries of an in-memory output, before they take their final width.
+    ends: Vec<u32>,
 }
 
 thread_local! {
@@ -580,7 +584,7 @@ impl SortScratch {
 
     /// Keeps the scratch for the thread's next task, unless it grew large.
     fn give_back(self) {
-        let bytes = (self.starts.capacity() + self.next.capacity() + self.order.capacity()) * 4;
+        let bytes = (self.starts.capacity() + self.next.capacity() + self.order.capacity() + self.ends.capacity()) * 4;
         if bytes <= SCRATCH_KEPT_BYTES {
             SORT_SCRATCH.with(|c| c.set(Some(self)));
         }

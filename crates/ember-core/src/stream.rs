@@ -34,6 +34,9 @@ const ZSTD_LEVEL: i32 = 1;
 const EAGER_READ: usize = 1 << 20;
 /// Chunks smaller than this are stored uncompressed, with a short header (at most 256).
 const SMALL_CHUNK: usize = 256;
+/// zstd chunks claiming up to this many raw bytes get their buffer at once (a writer's chunk is
+/// about `CHUNK_BYTES`, or one larger record).
+const ZSTD_EAGER: usize = 2 * CHUNK_BYTES;
 /// The most bytes LZ4 decompresses from one stored byte.
 const LZ4_MAX_RATIO: usize = 255;
 /// Target size of a chunk's uncompressed records.
@@ -382,13 +385,19 @@ impl<R: Read, T: DeserializeOwned> ChunkDecoder<R, T> {
                 }
             }
             TAG_ZSTD => {
-                // zstd may expand thousands of times, so the claim cannot be bounded by the
-                // stored bytes: the buffer grows with what actually decompresses, up to it.
-                self.buf.clear();
-                self.buf.reserve(raw_len.min(2 * CHUNK_BYTES));
-                let n = zstd::stream::read::Decoder::with_buffer(&self.stored[..])
-                    .and_then(|d| d.take(raw_len as u64 + 1).read_to_end(&mut self.buf))
-                    .map_err(|e| self.corrupt(&format!("zstd: {e}")))?;
+                // zstd may expand thousands of times, so a claim cannot be bounded by the stored
+                // bytes. A chunk of the usual size decodes at once into a buffer of the size it
+                // claims; a larger claim decodes into a buffer that grows with what really
+                // decompresses, up to it.
+                let n = if raw_len <= ZSTD_EAGER {
+                    self.buf.resize(raw_len, 0);
+                    zstd::bulk::decompress_to_buffer(&self.stored, &mut self.buf)
+                } else {
+                    self.buf.clear();
+                    zstd::stream::read::Decoder::with_buffer(&self.stored[..])
+                        .and_then(|d| d.take(raw_len as u64 + 1).read_to_end(&mut self.buf))
+                }
+                .map_err(|e| self.corrupt(&format!("zstd: {e}")))?;
                 if n != raw_len {
                     return Err(self.corrupt("chunk length mismatch"));
                 }
@@ -553,9 +562,18 @@ mod tests {
         let err = d.next_record().unwrap_err();
         assert!(err.to_string().contains("chunk length mismatch"), "{err}");
         assert!(d.buf.capacity() < 1 << 20, "a buffer of {} bytes for 1000", d.buf.capacity());
-        // The honest claims decode.
+        // The honest claims decode; one short of the real output is an error, at either size.
         let ok = crafted_chunk(TAG_ZSTD, 1000, &zstd);
         assert!(ChunkDecoder::<_, u8>::with_origin(&ok[..], Origin::Path("f.data".into())).next_record().is_ok());
+        let big = vec![7u8; 3 * CHUNK_BYTES];
+        let big_zstd = zstd::bulk::compress(&big, ZSTD_LEVEL).unwrap();
+        for (raw, stored) in [(1000, &zstd), (big.len(), &big_zstd)] {
+            let ok = crafted_chunk(TAG_ZSTD, raw as u32, stored);
+            assert!(ChunkDecoder::<_, u8>::with_origin(&ok[..], Origin::Path("f.data".into())).next_record().is_ok());
+            let short = crafted_chunk(TAG_ZSTD, raw as u32 - 1, stored);
+            let mut d = ChunkDecoder::<_, u8>::with_origin(&short[..], Origin::Path("f.data".into()));
+            assert!(d.next_record().is_err(), "a claim of {} for {raw} bytes decoded", raw - 1);
+        }
     }
 
     #[test]

@@ -236,7 +236,7 @@ impl<T: Data> Rdd<T> {
     /// every block is cached: ancestors the program holds no other handle on go, with their
     /// cached blocks and shuffle outputs. Does nothing on an RDD already checkpointed.
     pub fn local_checkpoint(&self) -> Result<()> {
-        let _writing = self.node.checkpoint_guard();
+        let _writing = self.node.checkpoint_guard()?;
         if self.is_checkpointed() {
             return Ok(());
         }

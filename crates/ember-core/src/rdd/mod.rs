@@ -178,8 +178,16 @@ struct Node<T> {
 impl<T: Data> Node<T> {
     /// One checkpoint of this node at a time (a panic while writing one poisons nothing that
     /// matters: the next caller checks the source again).
-    fn checkpoint_guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.checkpointing.lock().unwrap_or_else(|p| p.into_inner())
+    ///
+    /// Inside a task it is refused before the lock is taken: a task of the job writing this
+    /// checkpoint would otherwise wait for that job, which waits for the task.
+    fn checkpoint_guard(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        if crate::scheduler::in_task_thread() {
+            return Err(Error::InvalidArgument(
+                "checkpoints are written from the driver, not inside another RDD's function".into(),
+            ));
+        }
+        Ok(self.checkpointing.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn new(
@@ -402,7 +410,7 @@ impl<T: Data> Rdd<T> {
     /// shuffles they fed deleted. Jobs running meanwhile finish with the lineage they started
     /// with, which is released when their last task ends.
     pub fn checkpoint(&self) -> Result<()> {
-        let _writing = self.node.checkpoint_guard();
+        let _writing = self.node.checkpoint_guard()?;
         if self.is_checkpointed() {
             return Ok(());
         }

@@ -37,12 +37,13 @@ pub struct MapStatus {
 /// builds them as they end up in the tracker, which keeps them as they come.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SegmentOffsets {
-    /// Boundaries of an output under 64 KiB.
-    Tiny(Box<[u16]>),
     /// Boundaries of an output under 4 GiB.
     Small(Box<[u32]>),
     /// Boundaries of a larger output.
     Large(Box<[u64]>),
+    /// Boundaries of an output under 64 KiB (last, so that the encoding of the other two is
+    /// what it was).
+    Tiny(Box<[u16]>),
 }
 
 impl Default for SegmentOffsets {

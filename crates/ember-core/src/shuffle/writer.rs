@@ -467,10 +467,15 @@ impl<'a> PartitionBuffers<'a> {
         let segments = Arc::new(SegmentOffsets::from_u32(&ends));
         sort.ends = ends;
         sort.give_back();
-        // The boundaries end at most at `n`, so they take at most the width counted for it.
+        // The boundaries end at `n`, so they take the width counted for it; should that ever
+        // differ, the reservation follows what the output really holds.
         let taken = n as u64 + segments.heap_bytes();
-        debug_assert_eq!(taken, held);
-        shuffle.unreserve_memory(held.saturating_sub(taken));
+        if taken < held {
+            shuffle.unreserve_memory(held - taken);
+        } else if taken > held && !shuffle.reserve_memory(taken - held) {
+            shuffle.unreserve_memory(held);
+            return None;
+        }
         shuffle.keep_in_memory(key, bytes, segments.clone(), false);
         Some(segments)
     }

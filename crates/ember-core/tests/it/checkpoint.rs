@@ -321,3 +321,33 @@ fn concurrent_checkpoints_of_one_rdd_write_it_once() {
         assert_eq!(computed.value().unwrap(), 600, "local: {local}: read back, not recomputed");
     }
 }
+
+/// The RDD whose own function checkpoints it, below.
+static SELF_CHECKPOINTING: Mutex<Option<Rdd<u64>>> = Mutex::new(None);
+/// What its nested checkpoint calls returned.
+static NESTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[test]
+fn a_checkpoint_from_inside_its_own_job_is_refused_not_deadlocked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(&dir, false, false);
+    let rdd = ctx.parallelize((0..40u64).collect(), 2).map(|x| {
+        let me = SELF_CHECKPOINTING.lock().unwrap().clone();
+        if let Some(me) = me {
+            let got = me.checkpoint().map_or_else(|e| e.to_string(), |()| "written".into());
+            NESTED.lock().unwrap().push(got);
+        }
+        x
+    });
+    *SELF_CHECKPOINTING.lock().unwrap() = Some(rdd.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outer = rdd.clone();
+    std::thread::spawn(move || tx.send(outer.checkpoint().map_err(|e| e.to_string())));
+    let done = rx.recv_timeout(Duration::from_secs(60)).expect("the checkpoint deadlocked");
+    SELF_CHECKPOINTING.lock().unwrap().take();
+    done.unwrap();
+    let nested = NESTED.lock().unwrap().clone();
+    assert!(!nested.is_empty(), "the function never ran");
+    assert!(nested.iter().all(|m| m.contains("checkpoints are written from the driver")), "{nested:?}");
+    assert_eq!(sorted(rdd.collect().unwrap()), (0..40).collect::<Vec<u64>>());
+}

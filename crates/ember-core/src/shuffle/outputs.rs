@@ -370,6 +370,8 @@ pub struct ShuffleManager {
     /// Map outputs up to this size are kept in memory instead of files (creating and deleting
     /// small files dominates the cost of tiny jobs); larger ones stream to disk. 0: always files.
     pub(crate) memory_output_limit: usize,
+    /// Fault injection: map statuses this executor still reports with backwards boundaries.
+    malformed_statuses: AtomicU64,
 }
 
 impl ShuffleManager {
@@ -384,6 +386,7 @@ impl ShuffleManager {
             memory_used: AtomicU64::new(0),
             memory_cap,
             memory_output_limit,
+            malformed_statuses: AtomicU64::new(0),
         }
     }
 
@@ -555,6 +558,24 @@ impl ShuffleManager {
         }
         if let Some(v) = self.written().by_shuffle.get_mut(&s.shuffle) {
             v.retain(|w| !(w.map == s.map && w.attempt == s.attempt));
+        }
+    }
+
+    /// Fault injection: the next `n` map statuses this executor reports carry boundaries that go
+    /// backwards, as a broken or hostile executor's would. The driver refuses them.
+    #[doc(hidden)]
+    pub fn malform_next_statuses(&self, n: u64) {
+        self.malformed_statuses.store(n, Ordering::SeqCst);
+    }
+
+    /// Applies [`malform_next_statuses`](Self::malform_next_statuses) to a status about to be
+    /// reported.
+    pub(crate) fn maybe_malform(&self, status: &mut MapStatus) {
+        let take = |n: u64| n.checked_sub(1);
+        if self.malformed_statuses.load(Ordering::Relaxed) > 0
+            && self.malformed_statuses.fetch_update(Ordering::SeqCst, Ordering::SeqCst, take).is_ok()
+        {
+            status.segments = Arc::new(SegmentOffsets::from_boundaries(vec![0, 5, 3]));
         }
     }
 

@@ -173,6 +173,8 @@ pub(super) fn write_map_output<K: Key, V: Data, C: Data>(
     if !env.shuffle.record_written(&status) {
         return Err(Error::Cancelled(format!("shuffle {} was removed while map task {map} ran", dep.shuffle_id.0)));
     }
+    let mut status = status;
+    env.shuffle.maybe_malform(&mut status);
     Ok(status)
 }
 

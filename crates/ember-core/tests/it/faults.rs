@@ -542,6 +542,24 @@ fn an_all_in_memory_shuffle_of_bare_and_framed_outputs_reads_exactly_and_account
 }
 
 #[test]
+fn a_malformed_map_status_fails_its_job_once_and_the_context_stays_usable() {
+    for serialize in [false, true] {
+        let ctx = ctx_conf(&[], serialize);
+        let data: Vec<(u64, u64)> = (0..400).map(|i| (i % 10, i)).collect();
+        ctx.env().shuffle.malform_next_statuses(1);
+        let e = ctx.parallelize(data.clone(), 4).reduce_by_key(|a, b| a + b, Some(3)).collect().unwrap_err();
+        assert!(e.to_string().contains("unusable (Malformed)"), "{e}");
+        let summary = ctx.last_job_summary().unwrap();
+        let map_stage = summary.stages.iter().find(|s| s.name.starts_with("shuffle ")).expect("the map stage ran");
+        assert!(map_stage.launched <= 4, "the malformed map task was run again: {summary:?}");
+        // The next job, with honest statuses, is exact.
+        let got = sorted(ctx.parallelize(data, 4).reduce_by_key(|a, b| a + b, Some(3)).collect().unwrap());
+        let want: Vec<(u64, u64)> = (0..10).map(|k| (k, (0..400).filter(|i| i % 10 == k).sum())).collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
 fn an_action_inside_a_task_is_refused_not_deadlocked() {
     let ctx = ctx();
     let inner = ctx.parallelize(vec![1, 2, 3], 2);

@@ -178,6 +178,11 @@ impl MapOutputTracker {
     }
 }
 
+/// The fetch failure of reducer `reduce` for map `map` of `shuffle`.
+fn fetch_failed(shuffle: ShuffleId, map: usize, reduce: usize, message: &str) -> Error {
+    Error::FetchFailed { shuffle: shuffle.0, map, reduce, message: message.to_string() }
+}
+
 impl MapOutputLocations for MapOutputTracker {
     fn reduce_blocks_into(
         &self,
@@ -190,12 +195,7 @@ impl MapOutputLocations for MapOutputTracker {
         if maps == 0 {
             return Ok(());
         }
-        let missing = |map: usize, message: &str| Error::FetchFailed {
-            shuffle: shuffle.0,
-            map,
-            reduce,
-            message: message.to_string(),
-        };
+        let missing = |map: usize, message: &str| fetch_failed(shuffle, map, reduce, message);
         let st = self.read();
         let slots = st.shuffles.get(&shuffle).ok_or_else(|| missing(0, "shuffle is not registered"))?;
         if u32::try_from(slots.len()).is_err() {
@@ -234,12 +234,7 @@ impl MapOutputLocations for MapOutputTracker {
         if let Some(l) = self.read().locations.get(&shuffle) {
             return Ok(l.clone());
         }
-        let missing = |map: usize, message: &str| Error::FetchFailed {
-            shuffle: shuffle.0,
-            map,
-            reduce,
-            message: message.to_string(),
-        };
+        let missing = |map: usize, message: &str| fetch_failed(shuffle, map, reduce, message);
         let mut st = self.lock();
         if let Some(l) = st.locations.get(&shuffle) {
             return Ok(l.clone());

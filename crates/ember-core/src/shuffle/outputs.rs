@@ -67,14 +67,22 @@ impl SegmentOffsets {
 
     /// Boundaries as given (`ends[0]` is normally 0), narrowed to 16 or 32 bits when they fit.
     pub fn from_boundaries(ends: Vec<u64>) -> SegmentOffsets {
-        let max = ends.iter().copied().max().unwrap_or(0);
-        // Checked against the largest: every boundary fits the width chosen.
+        // Chosen for the largest: every boundary fits the width.
+        match Self::width(ends.iter().copied().max().unwrap_or(0)) {
+            2 => SegmentOffsets::Tiny(ends.into_iter().map(|e| e as u16).collect()),
+            4 => SegmentOffsets::Small(ends.into_iter().map(|e| e as u32).collect()),
+            _ => SegmentOffsets::Large(ends.into_boxed_slice()),
+        }
+    }
+
+    /// The bytes per boundary of boundaries up to `max`.
+    fn width(max: u64) -> u64 {
         if max <= u16::MAX as u64 {
-            SegmentOffsets::Tiny(ends.into_iter().map(|e| e as u16).collect())
+            2
         } else if max <= u32::MAX as u64 {
-            SegmentOffsets::Small(ends.into_iter().map(|e| e as u32).collect())
+            4
         } else {
-            SegmentOffsets::Large(ends.into_boxed_slice())
+            8
         }
     }
 
@@ -90,14 +98,7 @@ impl SegmentOffsets {
 
     /// The bytes the boundaries of an output of `bytes` bytes and `segments` segments take.
     pub fn heap_bytes_for(bytes: u64, segments: usize) -> u64 {
-        let width = if bytes <= u16::MAX as u64 {
-            2
-        } else if bytes <= u32::MAX as u64 {
-            4
-        } else {
-            8
-        };
-        (segments as u64 + 1) * width
+        (segments as u64 + 1) * Self::width(bytes)
     }
 
     /// The boundaries, widened to 64 bits.
@@ -341,6 +342,16 @@ impl MemoryOutput {
     fn held(&self) -> u64 {
         self.bytes.len() as u64 + self.segments.heap_bytes()
     }
+
+    /// Appends its bytes `[offset, offset + len)` to `out` and sets `range` to where they went;
+    /// leaves both as they are when the output has no such bytes.
+    #[inline]
+    fn copy_segment(&self, offset: u64, len: u64, out: &mut Vec<u8>, range: &mut Option<MemorySegment>) {
+        let end = offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
+        let Some(segment) = end.and_then(|end| self.bytes.get(offset as usize..end)) else { return };
+        *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: self.framed });
+        out.extend_from_slice(segment);
+    }
 }
 
 /// Where a reducer's copy of one in-memory segment lies, and how to read it.
@@ -495,11 +506,9 @@ impl ShuffleManager {
             if b.data.is_some() {
                 continue;
             }
-            let Some(output) = mine.get(b.map as usize, b.attempt) else { continue };
-            let end = b.offset.checked_add(b.len).and_then(|e| usize::try_from(e).ok());
-            let Some(segment) = end.and_then(|end| output.bytes.get(b.offset as usize..end)) else { continue };
-            *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });
-            out.extend_from_slice(segment);
+            if let Some(output) = mine.get(b.map as usize, b.attempt) {
+                output.copy_segment(b.offset, b.len, out, range);
+            }
         }
     }
 
@@ -525,11 +534,9 @@ impl ShuffleManager {
                 continue;
             }
             let Some(output) = mine.get(m, loc.attempt) else { continue };
-            let Some((offset, len)) = output.segments.segment(reduce) else { continue };
-            let end = offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
-            let Some(segment) = end.and_then(|end| output.bytes.get(offset as usize..end)) else { continue };
-            *range = Some(MemorySegment { at: out.len(), len: segment.len(), framed: output.framed });
-            out.extend_from_slice(segment);
+            if let Some((offset, len)) = output.segments.segment(reduce) {
+                output.copy_segment(offset, len, out, range);
+            }
         }
     }
 

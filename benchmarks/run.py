@@ -314,6 +314,7 @@ class Config:
     groups: list[int]
     tiny_trials: int
     scaling_trials: int
+    scaling_rounds: int
     scaling_points: list[tuple[int, int]]  # (TASKS, ITERS)
     scaling_target: float
     spark_warmup_trials: int
@@ -815,11 +816,18 @@ class Bench:
         if "ember" not in cfg.engines:
             log("scaling: Ember only; skipped (--engines has no ember)")
             return
+        # The points take turns, round after round, so that a change in the machine's load
+        # during the workload falls on every point alike instead of on one end of the ratio;
+        # each point's figure is the median of its rounds' medians.
+        rounds = cfg.repeat * cfg.scaling_rounds
+        runs: dict[int, list[Row]] = {tasks: [] for tasks, _ in cfg.scaling_points}
+        for rep in range(rounds):
+            for tasks, iters in cfg.scaling_points:
+                label = f"running_sum ITERS={iters} TASKS={tasks}"
+                runs[tasks].append(self.scaling_ember(tasks, iters, label, rep, rounds))
         measured: list[tuple[int, Row]] = []
-        for tasks, iters in cfg.scaling_points:
-            label = f"running_sum ITERS={iters} TASKS={tasks}"
-            reps = [self.scaling_ember(tasks, iters, label, rep) for rep in range(cfg.repeat)]
-            row = aggregate(reps)
+        for tasks, _ in cfg.scaling_points:
+            row = aggregate(runs[tasks])
             self.rows.append(row)
             measured.append((tasks, row))
         for (t0, r0), (t1, r1) in zip(measured, measured[1:]):
@@ -849,13 +857,13 @@ class Bench:
             log(f"  scaling t({t1})/t({t0}): {fmt_ratio(row.scaling_ratio) or '-'}x  {row.target_check}")
             self.rows.append(row)
 
-    def scaling_ember(self, tasks: int, iters: int, label: str, rep: int) -> Row:
+    def scaling_ember(self, tasks: int, iters: int, label: str, rep: int, rounds: int) -> Row:
         cfg = self.cfg
         row = Row("scaling", "ember", f"running_sum tasks={tasks} group=1", label, TIME_BASIS_TINY)
         if self.tools.ember_error:
             self.fail(row, f"not run: {self.tools.ember_error}")
             return row
-        log(f"scaling: ember running_sum {iters} iterations x {tasks} tasks, run {rep + 1}/{cfg.repeat}")
+        log(f"scaling: ember running_sum {iters} iterations x {tasks} tasks, round {rep + 1}/{rounds}")
         cmd = ember_cmd(cfg, self.tools, "running_sum", [str(iters), str(tasks), "1", "--trials", str(cfg.scaling_trials)])
         m = measure(cmd, self.logs / f"scaling-ember-tasks{tasks}-{rep + 1}", cfg)
         fill_memory(row, m)
@@ -1004,6 +1012,9 @@ def parse_args(argv: list[str]) -> Config:
     p.add_argument("--scaling-trials", type=int, default=7,
                    help="measured running_sum trials per process in the scaling workload (default 7: a "
                         "ratio of two medians of runs of a fraction of a second needs more than 3 to be stable)")
+    p.add_argument("--scaling-rounds", type=int, default=3,
+                   help="scaling workload: rounds in which every point runs once, in turn (default 3); "
+                        "a point's figure is the median of its rounds (times --repeat)")
     p.add_argument("--scaling-points", default=SCALING_POINTS, metavar="TASKS:ITERS,...",
                    help="scaling workload: Ember running_sum runs, as TASKS:ITERS (default %s)" % SCALING_POINTS)
     p.add_argument("--scaling-target", type=float, default=SCALING_TARGET,
@@ -1061,7 +1072,7 @@ def parse_args(argv: list[str]) -> Config:
         spark_memory=a.spark_memory, spark_conf=a.spark_conf, ember_memory=a.ember_memory,
         repeat=max(1, a.repeat), cpus=cpus, master=a.master, iters=a.iters, tasks=a.tasks,
         groups=[int(g) for g in a.groups.split(",") if g.strip()], tiny_trials=max(1, a.tiny_trials),
-        scaling_trials=max(1, a.scaling_trials), scaling_points=scaling_points, scaling_target=a.scaling_target,
+        scaling_trials=max(1, a.scaling_trials), scaling_rounds=max(1, a.scaling_rounds), scaling_points=scaling_points, scaling_target=a.scaling_target,
         spark_warmup_trials=max(0, a.spark_warmup_trials),
         timeout=a.timeout, build=not a.no_build, ember_bin_dir=a.ember_bin_dir,
         data_dir=a.data_dir.resolve(), results_dir=a.results_dir.resolve(), cache_dir=a.cache_dir.resolve(),

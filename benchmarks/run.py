@@ -820,14 +820,14 @@ class Bench:
         # during the workload falls on every point alike instead of on one end of the ratio;
         # each point's figure is the median of its rounds' medians.
         rounds = cfg.repeat * cfg.scaling_rounds
-        runs: dict[int, list[Row]] = {tasks: [] for tasks, _ in cfg.scaling_points}
+        runs: list[list[Row]] = [[] for _ in cfg.scaling_points]
         for rep in range(rounds):
-            for tasks, iters in cfg.scaling_points:
+            for point, (tasks, iters) in enumerate(cfg.scaling_points):
                 label = f"running_sum ITERS={iters} TASKS={tasks}"
-                runs[tasks].append(self.scaling_ember(tasks, iters, label, rep, rounds))
+                runs[point].append(self.scaling_ember(tasks, iters, label, rep, rounds))
         measured: list[tuple[int, Row]] = []
-        for tasks, _ in cfg.scaling_points:
-            row = aggregate(runs[tasks])
+        for (tasks, _), point_runs in zip(cfg.scaling_points, runs):
+            row = aggregate(point_runs)
             self.rows.append(row)
             measured.append((tasks, row))
         for (t0, r0), (t1, r1) in zip(measured, measured[1:]):
@@ -865,7 +865,7 @@ class Bench:
             return row
         log(f"scaling: ember running_sum {iters} iterations x {tasks} tasks, round {rep + 1}/{rounds}")
         cmd = ember_cmd(cfg, self.tools, "running_sum", [str(iters), str(tasks), "1", "--trials", str(cfg.scaling_trials)])
-        m = measure(cmd, self.logs / f"scaling-ember-tasks{tasks}-{rep + 1}", cfg)
+        m = measure(cmd, self.logs / f"scaling-ember-tasks{tasks}-iters{iters}-{rep + 1}", cfg)
         fill_memory(row, m)
         if m.returncode != 0 or m.timed_out:
             self.fail(row, describe_failure(m))

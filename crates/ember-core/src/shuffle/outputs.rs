@@ -26,8 +26,8 @@ pub struct MapStatus {
     /// The data file (the index file has the same stem with extension `index`), or `None` when
     /// the output is small enough to be held in the executor's memory.
     pub data: Option<PathBuf>,
-    /// Where each reduce segment starts and ends in the output (compressed bytes); shared with
-    /// the executor's copy of an in-memory output.
+    /// Where each reduce segment starts and ends in the output (compressed bytes); the executor's
+    /// copy of an in-memory output shares the boundaries.
     pub segments: Arc<SegmentOffsets>,
 }
 
@@ -336,7 +336,8 @@ impl ShuffleMemory {
 }
 
 /// How many maps ahead a reducer's gather starts loading a block's boundaries (and half as
-/// many, its bytes).
+/// many, its bytes). Tasks of several map outputs in flight keep the processor's outstanding
+/// loads busy without evicting what they bring before it is used.
 const GATHER_AHEAD: usize = 8;
 
 /// Asks the processor to bring the cache line at `p` close: a hint only, which reads nothing
@@ -345,7 +346,9 @@ const GATHER_AHEAD: usize = 8;
 fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `_mm_prefetch` only hints the cache; it neither dereferences `p` in the program's
-    // semantics nor faults on an invalid address, and SSE is part of every x86-64 target.
+    // semantics nor faults on an invalid address, and every x86-64 processor implements it.
+    // (Newer standard libraries declare it safe; the block is then merely redundant.)
+    #[allow(unused_unsafe)]
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
     }
@@ -468,14 +471,10 @@ impl ShuffleManager {
         &self,
         (id, map, attempt): (ShuffleId, usize, u64),
         bytes: Arc<[u8]>,
-        segments: Arc<SegmentOffsets>,
+        segments: SegmentOffsets,
         framed: bool,
     ) {
-        let old = self.memory().entry(id).or_default().insert(
-            map,
-            attempt,
-            MemoryOutput { bytes, segments: (*segments).clone(), framed },
-        );
+        let old = self.memory().entry(id).or_default().insert(map, attempt, MemoryOutput { bytes, segments, framed });
         if let Some(old) = old {
             self.release(old.held());
         }
@@ -560,29 +559,37 @@ impl ShuffleManager {
         ranges.resize(locations.maps.len(), None);
         let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
         let Some(mine) = memory.get(&shuffle) else { return };
-        let output = |m: usize| {
-            let loc = locations.maps.get(m)?;
-            if loc.data.is_some() {
-                return None;
-            }
-            mine.get(m, loc.attempt)
-        };
+        let n = locations.maps.len();
         // Each block is a chain of loads from memory other tasks wrote (the output's boundaries,
         // then its bytes at the boundary), and a reducer of many small blocks waits on that chain
         // for nearly all of its gather. The chains of the blocks a few maps ahead are started as
-        // prefetches, a step further for each link, so that the loads overlap.
-        for (m, range) in ranges.iter_mut().enumerate() {
-            if let Some(o) = output(m + GATHER_AHEAD) {
-                prefetch(o.segments.boundary_ptr(reduce));
-            }
-            if let Some(o) = output(m + GATHER_AHEAD / 2) {
-                if let Some((offset, _)) = o.segments.segment(reduce) {
-                    prefetch(o.bytes.as_ptr().wrapping_add(offset as usize));
+        // prefetches, a step further for each link, so that the loads overlap: map `j` is looked
+        // up (once) and its boundary prefetched at step `j`, its segment found and its bytes
+        // prefetched at step `j + GATHER_AHEAD / 2`, and copied at step `j + GATHER_AHEAD`.
+        let mut ring: [(Option<&MemoryOutput>, Option<(u64, u64)>); GATHER_AHEAD] = [(None, None); GATHER_AHEAD];
+        for j in 0..n + GATHER_AHEAD {
+            if j >= GATHER_AHEAD {
+                let m = j - GATHER_AHEAD;
+                if let ((Some(o), Some((offset, len))), Some(range)) = (ring[m % GATHER_AHEAD], ranges.get_mut(m)) {
+                    o.copy_segment(offset, len, out, range);
                 }
             }
-            let Some(o) = output(m) else { continue };
-            if let Some((offset, len)) = o.segments.segment(reduce) {
-                o.copy_segment(offset, len, out, range);
+            if let Some(k) = j.checked_sub(GATHER_AHEAD / 2).filter(|&k| k < n) {
+                let slot = &mut ring[k % GATHER_AHEAD];
+                if let Some(o) = slot.0 {
+                    slot.1 = o.segments.segment(reduce);
+                    if let Some((offset, _)) = slot.1 {
+                        prefetch(o.bytes.as_ptr().wrapping_add(offset as usize));
+                    }
+                }
+            }
+            if j < n {
+                let loc = &locations.maps[j];
+                let o = if loc.data.is_some() { None } else { mine.get(j, loc.attempt) };
+                if let Some(o) = o {
+                    prefetch(o.segments.boundary_ptr(reduce));
+                }
+                ring[j % GATHER_AHEAD] = (o, None);
             }
         }
     }
@@ -681,13 +688,96 @@ mod tests {
         }
     }
 
+    /// The column gather (with its prefetch pipeline) copies what the block-list gather copies,
+    /// for columns shorter and longer than the pipeline, with outputs missing, outputs of retried
+    /// attempts (kept beside the dense table), outputs in files and empty segments.
+    #[test]
+    fn the_column_gather_copies_what_the_block_gather_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        for (round, maps) in
+            [0usize, 1, 3, GATHER_AHEAD / 2, GATHER_AHEAD, GATHER_AHEAD + 1, 40].into_iter().enumerate()
+        {
+            let shuffle = ShuffleId(100 + round as u64);
+            let parts = 3usize;
+            let mut locations = MapLocations { maps: Vec::new(), all_in_memory: true };
+            for map in 0..maps {
+                // Attempt 0 normally; a few maps only have a later attempt (kept aside), a few
+                // are gone, a few are files.
+                let kind = next(6);
+                let attempt = if kind == 1 { 3 } else { 0 };
+                let data = (kind == 2).then(|| Arc::<Path>::from(dir.path().join(format!("f{round}-{map}"))));
+                if kind == 1 {
+                    // The dense slot holds attempt 0 of another output; attempt 3 goes aside.
+                    let sizes: Vec<u64> = vec![1; parts];
+                    m.keep_in_memory(
+                        (shuffle, map, 0),
+                        Arc::from(vec![9u8; parts]),
+                        SegmentOffsets::from_sizes(&sizes),
+                        false,
+                    );
+                }
+                if kind != 2 && kind != 3 {
+                    let sizes: Vec<u64> = (0..parts).map(|_| next(4)).collect();
+                    let total: u64 = sizes.iter().sum();
+                    let bytes: Vec<u8> = (0..total).map(|i| (map as u64 * 31 + i) as u8).collect();
+                    m.keep_in_memory(
+                        (shuffle, map, attempt),
+                        Arc::from(bytes),
+                        SegmentOffsets::from_sizes(&sizes),
+                        kind == 4,
+                    );
+                }
+                locations.maps.push(MapLocation { attempt, executor: 0, data });
+            }
+            for reduce in 0..parts {
+                let blocks: Vec<ReduceBlock> = locations
+                    .maps
+                    .iter()
+                    .enumerate()
+                    .map(|(map, l)| {
+                        let (offset, len) = m
+                            .memory()
+                            .get(&shuffle)
+                            .and_then(|t| t.get(map, l.attempt))
+                            .and_then(|o| o.segments.segment(reduce))
+                            .unwrap_or((0, 0));
+                        ReduceBlock {
+                            map: map as u32,
+                            executor: 0,
+                            attempt: l.attempt,
+                            data: l.data.clone(),
+                            offset,
+                            len,
+                        }
+                    })
+                    .collect();
+                let (mut a, mut ra, mut b, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                m.copy_memory_column(shuffle, &locations, reduce, &mut a, &mut ra);
+                m.copy_memory_segments(shuffle, &blocks, &mut b, &mut rb);
+                assert_eq!((&a, &ra), (&b, &rb), "{maps} maps, reducer {reduce}");
+                assert_eq!(ra.len(), maps);
+                let copied = ra.iter().flatten().count();
+                let present = locations.maps.iter().enumerate().filter(|(map, l)| {
+                    l.data.is_none() && m.memory().get(&shuffle).is_some_and(|t| t.get(*map, l.attempt).is_some())
+                });
+                assert_eq!(copied, present.count(), "every output held in memory is copied");
+            }
+        }
+    }
+
     #[test]
     fn an_output_committed_after_its_shuffle_was_removed_is_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path());
         let keep = |s: &MapStatus| {
             assert!(m.reserve_memory(5 + 8));
-            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), s.segments.clone(), false);
+            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), (*s.segments).clone(), false);
         };
         let live = status(1, 0, 10);
         keep(&live);
@@ -740,7 +830,7 @@ mod tests {
         let statuses: Vec<MapStatus> = (0..4).map(|map| status(5, map, 20 + map as u64)).collect();
         for s in &statuses {
             assert!(m.reserve_memory(5 + 8));
-            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), s.segments.clone(), false);
+            m.keep_in_memory((s.shuffle, s.map, s.attempt), Arc::from(&b"abcde"[..]), (*s.segments).clone(), false);
             assert!(m.record_written(s));
         }
         // A second attempt of map 0 (a speculative copy that lost).
@@ -749,7 +839,7 @@ mod tests {
         m.keep_in_memory(
             (loser.shuffle, loser.map, loser.attempt),
             Arc::from(&b"vwxyz"[..]),
-            loser.segments.clone(),
+            (*loser.segments).clone(),
             false,
         );
         // Each output: 5 bytes and 4 boundaries of 2 bytes.

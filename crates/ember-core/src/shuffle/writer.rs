@@ -97,7 +97,7 @@ impl MapOutputFile {
                 let held = bytes.len() as u64 + segments.heap_bytes();
                 if shuffle.memory_output_limit > 0 && shuffle.reserve_memory(held) {
                     // One allocation of exactly the output's size: no slack stays in memory.
-                    shuffle.keep_in_memory(key, Arc::from(bytes), segments.clone(), true);
+                    shuffle.keep_in_memory(key, Arc::from(bytes), (*segments).clone(), true);
                     return Ok((None, segments));
                 }
                 self.offsets = segments.to_u64();
@@ -478,7 +478,7 @@ impl<'a> PartitionBuffers<'a> {
             shuffle.unreserve_memory(held);
             return None;
         }
-        shuffle.keep_in_memory(key, bytes, segments.clone(), false);
+        shuffle.keep_in_memory(key, bytes, (*segments).clone(), false);
         Some(segments)
     }
 

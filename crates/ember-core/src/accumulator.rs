@@ -109,8 +109,10 @@ thread_local! {
 }
 
 /// Updates a finished task made, to merge on the driver if the task succeeded.
-pub(crate) enum AccumUpdates {
+pub enum AccumUpdates {
+    /// In memory, by accumulator id (local mode).
     Local(Vec<(u64, Box<dyn Any + Send>)>),
+    /// Encoded, by accumulator id (as they cross a process boundary).
     Encoded(Vec<(u64, Vec<u8>)>),
 }
 

@@ -6,14 +6,28 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 
 /// Where jobs run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Master {
     /// `local[N]`: N task slots on threads inside the driver process.
     Local {
         /// Number of task slots.
         slots: usize,
     },
+    /// `local-cluster[W,C,M]`: W executor processes of the driver's own binary on this
+    /// machine, with C task slots and M MiB of memory each, reached over the network as a
+    /// cluster's executors are. Needs the cluster runtime (`ember::executor_entry()`).
+    LocalCluster {
+        /// Executor processes.
+        executors: usize,
+        /// Task slots of each.
+        cores: usize,
+        /// Memory budget of each, in MiB.
+        memory_mib: u64,
+    },
 }
+
+/// The most executor processes a `local-cluster` master may start.
+pub const MAX_LOCAL_CLUSTER_EXECUTORS: usize = 64;
 
 /// The most partitions a shuffle may have (a shuffle has one block per map task and partition).
 pub const MAX_PARTITIONS: u64 = 1 << 24;
@@ -22,12 +36,26 @@ pub const MAX_PARTITIONS: u64 = 1 << 24;
 pub const MAX_LOCAL_SLOTS: usize = 4096;
 
 impl Master {
-    /// Parses `local`, `local[N]` or `local[*]`.
+    /// Parses `local`, `local[N]`, `local[*]` or `local-cluster[W,C,M]`.
     pub fn parse(url: &str) -> Result<Master> {
         let bad = || Error::InvalidMaster(url.to_string());
         let url = url.trim();
         if url == "local" {
             return Ok(Master::Local { slots: 1 });
+        }
+        if let Some(inner) = url.strip_prefix("local-cluster[").and_then(|r| r.strip_suffix(']')) {
+            let parts: Vec<&str> = inner.split(',').map(str::trim).collect();
+            let [w, c, m] = parts[..] else { return Err(bad()) };
+            let executors = w.parse::<usize>().map_err(|_| bad())?;
+            let cores = c.parse::<usize>().map_err(|_| bad())?;
+            let memory_mib = m.parse::<u64>().map_err(|_| bad())?;
+            if !(1..=MAX_LOCAL_CLUSTER_EXECUTORS).contains(&executors)
+                || !(1..=MAX_LOCAL_SLOTS).contains(&cores)
+                || !(1..=(1 << 30)).contains(&memory_mib)
+            {
+                return Err(bad());
+            }
+            return Ok(Master::LocalCluster { executors, cores, memory_mib });
         }
         let inner = url.strip_prefix("local[").and_then(|r| r.strip_suffix(']')).ok_or_else(bad)?;
         let slots = if inner == "*" {
@@ -41,10 +69,27 @@ impl Master {
         Ok(Master::Local { slots })
     }
 
-    /// The number of task slots.
+    /// The number of task slots (of all executors).
     pub fn slots(&self) -> usize {
         match self {
             Master::Local { slots } => *slots,
+            Master::LocalCluster { executors, cores, .. } => executors * cores,
+        }
+    }
+
+    /// Whether executors run in other processes.
+    pub fn is_cluster(&self) -> bool {
+        !matches!(self, Master::Local { .. })
+    }
+}
+
+impl std::fmt::Display for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Master::Local { slots } => write!(f, "local[{slots}]"),
+            Master::LocalCluster { executors, cores, memory_mib } => {
+                write!(f, "local-cluster[{executors},{cores},{memory_mib}]")
+            }
         }
     }
 }
@@ -72,7 +117,11 @@ pub struct ConfKey {
 
 /// Every key `EmberConf` accepts.
 pub const KEYS: &[ConfKey] = &[
-    ConfKey { key: "ember.master", default: "local[*]", doc: "Master URL: local, local[N] or local[*]." },
+    ConfKey {
+        key: "ember.master",
+        default: "local[*]",
+        doc: "Master URL: local, local[N], local[*], or local-cluster[W,C,M] (W executor processes with C slots and M MiB each).",
+    },
     ConfKey { key: "ember.app.name", default: "ember", doc: "Application name, shown in logs." },
     ConfKey {
         key: "ember.memory.size",
@@ -114,6 +163,22 @@ pub const KEYS: &[ConfKey] = &[
     },
     ConfKey { key: "ember.ui.showConsoleProgress", default: "true", doc: "Show a progress bar on a terminal." },
     ConfKey {
+        key: "ember.driver.host",
+        default: "127.0.0.1",
+        doc: "Address the driver's control service listens on and executors connect to (cluster masters).",
+    },
+    ConfKey {
+        key: "ember.driver.port",
+        default: "0",
+        doc: "Port of the driver's control service (cluster masters); 0 picks a free one.",
+    },
+    ConfKey {
+        key: "ember.authenticate.secret",
+        default: "(generated)",
+        doc: "The secret every connection of a cluster application is authenticated with: 64 hex digits. \
+              local-cluster generates one per application when unset.",
+    },
+    ConfKey {
         key: "ember.checkpoint.dir",
         default: "(unset)",
         doc: "Directory for RDD checkpoints; each application writes into its own subdirectory.",
@@ -148,7 +213,7 @@ pub struct EmberConf {
 }
 
 /// Settings parsed from an [`EmberConf`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     /// The master.
     pub master: Master,
@@ -183,6 +248,13 @@ pub struct Settings {
     pub files_open_cost_bytes: u64,
     /// Longest line `text_file` accepts, in bytes.
     pub max_line_length: u64,
+    /// Address of the driver's control service (cluster masters).
+    pub driver_host: std::net::IpAddr,
+    /// Port of the driver's control service; 0 picks a free one.
+    pub driver_port: u16,
+    /// The application's secret (64 hex digits), when configured. Never sent to executors.
+    #[serde(skip)]
+    pub authenticate_secret: Option<String>,
 }
 
 /// Parses a size such as `512m`, `1g`, `64k` or `1048576` into bytes.
@@ -324,6 +396,15 @@ impl EmberConf {
             "ember.files.openCostInBytes" => {
                 parse_size(value).ok_or_else(|| bad("expected a size like 4m or 0"))?;
             }
+            "ember.driver.port" => {
+                value.parse::<u16>().map_err(|_| bad("expected a port number from 0 to 65535"))?;
+            }
+            "ember.driver.host" => {
+                value.parse::<std::net::IpAddr>().map_err(|_| bad("expected an IP address such as 127.0.0.1"))?;
+            }
+            "ember.authenticate.secret" if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Err(bad("expected 64 hex digits (32 bytes)"));
+            }
             "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" if value.trim().is_empty() => {
                 return Err(bad("must not be empty"));
             }
@@ -365,6 +446,12 @@ impl EmberConf {
                 .unwrap_or(32 << 20),
             files_open_cost_bytes: self.get("ember.files.openCostInBytes").and_then(parse_size).unwrap_or(4 << 20),
             max_line_length: self.get("ember.input.maxLineLength").and_then(parse_size).unwrap_or(64 << 20),
+            driver_host: self
+                .get("ember.driver.host")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            driver_port: self.get("ember.driver.port").and_then(|v| v.parse().ok()).unwrap_or(0),
+            authenticate_secret: self.get("ember.authenticate.secret").map(str::to_ascii_lowercase),
         })
     }
 }
@@ -395,7 +482,27 @@ mod tests {
         assert_eq!(Master::parse("local").unwrap().slots(), 1);
         assert_eq!(Master::parse("local[3]").unwrap().slots(), 3);
         assert!(Master::parse("local[*]").unwrap().slots() >= 1);
-        for bad in ["", "local[0]", "local[x]", "yarn", "local[2", "spark://h:1"] {
+        assert_eq!(
+            Master::parse("local-cluster[2, 3, 512]").unwrap(),
+            Master::LocalCluster { executors: 2, cores: 3, memory_mib: 512 }
+        );
+        assert_eq!(Master::parse("local-cluster[2,3,512]").unwrap().slots(), 6);
+        assert_eq!(Master::parse("local-cluster[2,3,512]").unwrap().to_string(), "local-cluster[2,3,512]");
+        for bad in [
+            "",
+            "local[0]",
+            "local[x]",
+            "yarn",
+            "local[2",
+            "spark://h:1",
+            "local-cluster[0,1,1]",
+            "local-cluster[1,0,1]",
+            "local-cluster[1,1,0]",
+            "local-cluster[1,1]",
+            "local-cluster[1,1,1,1]",
+            "local-cluster[65,1,1]",
+            "local-cluster[-1,1,1]",
+        ] {
             let e = Master::parse(bad).unwrap_err();
             assert!(e.to_string().contains("invalid master URL"), "{e}");
         }

@@ -96,9 +96,13 @@ impl Context {
         std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(&local_dir, e))?;
         let tracker = Arc::new(MapOutputTracker::new());
         let env = Arc::new(Env::new(&settings, local_dir, tracker.clone())?);
-        let scheduler = Scheduler::start(&settings, env.clone(), tracker.clone())?;
-        tracing::info!("context `{}` started on local[{}]", settings.app_name, settings.master.slots());
         let app_id = new_app_id();
+        let cluster = match settings.master.is_cluster() {
+            true => Some((crate::runtime::cluster_manager(&settings.master)?, app_id.clone())),
+            false => None,
+        };
+        let scheduler = Scheduler::start(&settings, env.clone(), tracker.clone(), cluster)?;
+        tracing::info!("context `{}` ({app_id}) started on {}", settings.app_name, settings.master);
         let checkpoint_dir = match &settings.checkpoint_dir {
             Some(base) => Some(app_checkpoint_dir(base, &app_id)?),
             None => None,

@@ -20,7 +20,7 @@ pub enum Error {
         reason: String,
     },
     /// A master URL could not be parsed.
-    #[error("invalid master URL `{0}`: expected `local`, `local[N]` or `local[*]`")]
+    #[error("invalid master URL `{0}`: expected `local`, `local[N]`, `local[*]` or `local-cluster[W,C,M]` (W from 1 to 64, C from 1 to 4096, M from 1)")]
     InvalidMaster(String),
     /// An argument given to an API call is not valid.
     #[error("invalid argument: {0}")]
@@ -123,6 +123,15 @@ pub enum Error {
     /// A broken invariant: a bug in Ember, please report it.
     #[error("internal error (a bug, please report): {0}")]
     Internal(String),
+    /// The executor running a task was lost (its process died, its connection dropped, or it
+    /// stopped answering); the task runs again elsewhere.
+    #[error("executor {executor} was lost: {reason}")]
+    ExecutorLost {
+        /// The executor.
+        executor: String,
+        /// What happened to it.
+        reason: String,
+    },
 }
 
 /// Who is at fault for an error, and whether retrying can help.
@@ -156,9 +165,11 @@ impl Error {
             | Error::NoContext
             | Error::Stopped
             | Error::LocalCheckpointLost { .. } => ErrorClass::User,
-            Error::Io { .. } | Error::UserPanic(_) | Error::Serialization(_) | Error::JobAborted { .. } => {
-                ErrorClass::Execution
-            }
+            Error::Io { .. }
+            | Error::UserPanic(_)
+            | Error::Serialization(_)
+            | Error::JobAborted { .. }
+            | Error::ExecutorLost { .. } => ErrorClass::Execution,
             Error::FetchFailed { .. } => ErrorClass::FetchFailed,
             Error::Cancelled(_) => ErrorClass::Cancelled,
             Error::ResourcesExhausted(_) => ErrorClass::ResourcesExhausted,
@@ -213,6 +224,9 @@ impl Error {
             Error::Stopped => Error::Stopped,
             Error::LocalCheckpointLost { rdd, split } => Error::LocalCheckpointLost { rdd: *rdd, split: *split },
             Error::Internal(m) => Error::Internal(m.clone()),
+            Error::ExecutorLost { executor, reason } => {
+                Error::ExecutorLost { executor: executor.clone(), reason: reason.clone() }
+            }
         }
     }
 }
@@ -269,6 +283,8 @@ pub enum WireError {
     LocalCheckpointLost(u64, usize),
     /// [`Error::Internal`].
     Internal(String),
+    /// [`Error::ExecutorLost`]: executor, reason.
+    ExecutorLost(String, String),
 }
 
 impl From<&Error> for WireError {
@@ -296,6 +312,7 @@ impl From<&Error> for WireError {
             Error::LocalCheckpointLost { rdd, split } => WireError::LocalCheckpointLost(rdd, split),
             Error::LineTooLong { path, offset, limit } => WireError::LineTooLong(path, offset, limit),
             Error::Internal(m) => WireError::Internal(m),
+            Error::ExecutorLost { executor, reason } => WireError::ExecutorLost(executor, reason),
         }
     }
 }
@@ -331,6 +348,7 @@ impl From<WireError> for Error {
             WireError::LocalCheckpointLost(rdd, split) => Error::LocalCheckpointLost { rdd, split },
             WireError::LineTooLong(path, offset, limit) => Error::LineTooLong { path, offset, limit },
             WireError::Internal(m) => Error::Internal(m),
+            WireError::ExecutorLost(executor, reason) => Error::ExecutorLost { executor, reason },
         }
     }
 }

@@ -20,6 +20,8 @@ pub mod error;
 mod progress;
 /// RDDs: the typed handle, node traits, transformations and actions.
 pub mod rdd;
+/// The seam a cluster runtime plugs into (driver and executor sides).
+pub mod runtime;
 /// The DAG scheduler and the local task scheduler.
 pub mod scheduler;
 /// Task encoding: user functions and RDD nodes as entry offset, fingerprint and payload.

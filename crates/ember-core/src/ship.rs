@@ -420,6 +420,7 @@ impl<D: ?Sized + Send + Sync + 'static> Ship<D> {
     }
 
     /// Decodes a value this process encoded with its own key.
+    #[cfg(test)]
     pub(crate) fn decode_local(bytes: &[u8]) -> Result<Self> {
         ShipKey::local().decode(bytes)
     }

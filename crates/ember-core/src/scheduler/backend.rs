@@ -19,12 +19,12 @@ use serde::{Deserialize, Serialize};
 use crate::accumulator::{self, AccumUpdates};
 use crate::env::Env;
 use crate::error::{Error, Result, WireError};
-use crate::ship::Ship;
+use crate::ship::{Ship, ShipKey};
 use crate::shuffle::MapStatus;
 use crate::task::{panic_message, StageId, TaskBody, TaskContext, TaskMetrics, TaskOutput};
 
 /// A task's code: shared in memory, or encoded as for a remote executor.
-pub(crate) enum TaskPayload {
+pub enum TaskPayload {
     /// The body itself (local mode).
     Local(Ship<dyn TaskBody>),
     /// The encoded body, shared by all tasks of a stage attempt.
@@ -32,38 +32,51 @@ pub(crate) enum TaskPayload {
 }
 
 /// A task to run.
-pub(crate) struct TaskLaunch {
+pub struct TaskLaunch {
     /// Unique per attempt within the application; the task context's `task_attempt_id`.
-    pub(crate) task_id: u64,
-    pub(crate) stage: StageId,
-    pub(crate) stage_attempt: u32,
+    pub task_id: u64,
+    /// Its stage.
+    pub stage: StageId,
+    /// The stage's attempt.
+    pub stage_attempt: u32,
     /// Index of the task within its stage.
-    pub(crate) index: usize,
+    pub index: usize,
     /// The partition it computes.
-    pub(crate) partition: usize,
+    pub partition: usize,
     /// Attempt number of this task, from 0.
-    pub(crate) attempt: u32,
+    pub attempt: u32,
     /// The map output tracker's epoch when the task was launched.
-    pub(crate) epoch: u64,
-    pub(crate) body: TaskPayload,
+    pub epoch: u64,
+    /// Its code and data.
+    pub body: TaskPayload,
 }
 
 /// What became of a task.
-pub(crate) struct TaskStatus {
-    pub(crate) task_id: u64,
-    pub(crate) stage: StageId,
-    pub(crate) stage_attempt: u32,
-    pub(crate) index: usize,
-    pub(crate) attempt: u32,
-    pub(crate) epoch: u64,
-    pub(crate) result: Result<TaskOutput>,
-    pub(crate) metrics: TaskMetrics,
-    pub(crate) updates: AccumUpdates,
+pub struct TaskStatus {
+    /// The attempt, as launched.
+    pub task_id: u64,
+    /// Its stage.
+    pub stage: StageId,
+    /// The stage's attempt.
+    pub stage_attempt: u32,
+    /// Index of the task within its stage.
+    pub index: usize,
+    /// Attempt number of this task.
+    pub attempt: u32,
+    /// The tracker's epoch at launch.
+    pub epoch: u64,
+    /// Its output or its error.
+    pub result: Result<TaskOutput>,
+    /// What it did.
+    pub metrics: TaskMetrics,
+    /// Its accumulator updates, to merge on the driver if it succeeded.
+    pub updates: AccumUpdates,
 }
 
 /// Where tasks run. Implementations must report exactly one status per launched task, including
-/// tasks killed before they started (as `Error::Cancelled`).
-pub(crate) trait ExecutorBackend: Send + Sync {
+/// tasks killed before they started (as `Error::Cancelled`), and must report the tasks of an
+/// executor they lose as failed.
+pub trait ExecutorBackend: Send + Sync {
     /// Task slots in all.
     fn slots(&self) -> usize;
     /// Queues a task.
@@ -161,7 +174,27 @@ fn decode_status(bytes: &[u8]) -> Result<TaskStatus> {
 // ---- the local backend -----------------------------------------------------------------------
 
 /// Receives task statuses (the task scheduler's inbox).
-pub(crate) type StatusSink = Box<dyn Fn(TaskStatus) + Send + Sync>;
+pub type StatusSink = Box<dyn Fn(TaskStatus) + Send + Sync>;
+
+/// How a [`LocalBackend`] moves tasks and their results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Task bodies and results stay in memory (local mode).
+    InMemory,
+    /// Every launch and status goes through bytes, as it would to and from a remote executor
+    /// (`ember.local.serializeTasks=true`).
+    Rehearse,
+    /// The executor of a cluster: launches arrive encoded, results and accumulator updates
+    /// leave encoded; the runtime carries them.
+    Executor,
+}
+
+impl Mode {
+    /// Whether results and accumulator updates are encoded.
+    fn encodes(self) -> bool {
+        self != Mode::InMemory
+    }
+}
 
 enum Queued {
     Local(TaskLaunch),
@@ -172,7 +205,9 @@ enum Queued {
 
 struct Shared {
     env: Arc<Env>,
-    serialize: bool,
+    mode: Mode,
+    /// The key task bodies are decoded with: this process's own, or the application's.
+    key: ShipKey,
     sink: StatusSink,
     /// Kill flags of queued and running tasks.
     kills: Mutex<HashMap<u64, Arc<AtomicBool>>>,
@@ -190,9 +225,15 @@ pub(crate) struct LocalBackend {
 pub(crate) const TASK_STACK_BYTES: usize = 64 << 20;
 
 impl LocalBackend {
-    pub(crate) fn start(slots: usize, env: Arc<Env>, serialize: bool, sink: StatusSink) -> Result<LocalBackend> {
+    pub(crate) fn start(
+        slots: usize,
+        env: Arc<Env>,
+        mode: Mode,
+        key: ShipKey,
+        sink: StatusSink,
+    ) -> Result<LocalBackend> {
         let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
-        let shared = Arc::new(Shared { env, serialize, sink, kills: Mutex::new(HashMap::new()) });
+        let shared = Arc::new(Shared { env, mode, key, sink, kills: Mutex::new(HashMap::new()) });
         let mut workers = Vec::new();
         for i in 0..slots {
             let rx = rx.clone();
@@ -217,8 +258,8 @@ impl ExecutorBackend for LocalBackend {
 
     fn launch(&self, task: TaskLaunch) {
         self.shared.kills.lock().unwrap_or_else(|p| p.into_inner()).insert(task.task_id, Arc::default());
-        let queued = if self.shared.serialize {
-            match encode_launch(&task) {
+        let queued = if self.shared.mode == Mode::Rehearse {
+            match encode_launch(&task, &self.shared.key) {
                 Ok(b) => Queued::Bytes(b, TaskLaunch { body: TaskPayload::Encoded(Arc::default()), ..task }),
                 Err(e) => {
                     report(&self.shared, failed_status(&task, e));
@@ -269,12 +310,12 @@ impl Drop for LocalBackend {
     }
 }
 
-fn encode_launch(t: &TaskLaunch) -> Result<Vec<u8>> {
+fn encode_launch(t: &TaskLaunch, key: &ShipKey) -> Result<Vec<u8>> {
     let encoded;
     let body: &[u8] = match &t.body {
         TaskPayload::Encoded(b) => b,
         TaskPayload::Local(s) => {
-            encoded = s.encode()?;
+            encoded = key.encode(s)?;
             &encoded
         }
     };
@@ -361,7 +402,7 @@ fn failed_status(t: &TaskLaunch, e: Error) -> TaskStatus {
 
 /// Hands a status to the scheduler, through bytes when rehearsing a remote executor.
 fn report(shared: &Shared, status: TaskStatus) {
-    let status = if shared.serialize {
+    let status = if shared.mode == Mode::Rehearse {
         let attempt = Attempt::of_status(&status);
         encode_status(status).and_then(|b| decode_status(&b)).unwrap_or_else(|e| attempt.failed(e))
     } else {
@@ -389,14 +430,16 @@ fn slot_loop(rx: Receiver<Queued>, shared: Arc<Shared>) {
             // Killed while queued: it never starts.
             failed_status(&task, Error::Cancelled("the task was killed before it started".into()))
         } else {
-            run_task(task, &shared.env, shared.serialize, kill)
+            run_task(task, &shared, kill)
         };
         shared.kills.lock().unwrap_or_else(|p| p.into_inner()).remove(&status.task_id);
         report(&shared, status);
     }
 }
 
-fn run_task(task: TaskLaunch, env: &Arc<Env>, serialize: bool, kill: Arc<AtomicBool>) -> TaskStatus {
+fn run_task(task: TaskLaunch, shared: &Shared, kill: Arc<AtomicBool>) -> TaskStatus {
+    let env = &shared.env;
+    let serialize = shared.mode.encodes();
     let _executor = crate::env::enter(env);
     let tc = TaskContext::new(task.stage, task.partition, task.attempt, task.task_id, env.clone(), kill);
     let started = Instant::now();
@@ -404,7 +447,7 @@ fn run_task(task: TaskLaunch, env: &Arc<Env>, serialize: bool, kill: Arc<AtomicB
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<TaskOutput> {
         let body = match &task.body {
             TaskPayload::Local(b) => b.clone(),
-            TaskPayload::Encoded(bytes) => Ship::<dyn TaskBody>::decode_local(bytes)?,
+            TaskPayload::Encoded(bytes) => shared.key.decode::<Ship<dyn TaskBody>>(bytes)?,
         };
         let out = body.run(task.partition, &tc)?;
         if let Some(e) = tc.take_error() {

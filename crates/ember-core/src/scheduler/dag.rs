@@ -19,7 +19,7 @@ use crate::env::Env;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::rdd::{Dependency, RddBase};
-use crate::ship::Ship;
+use crate::ship::{Ship, ShipKey};
 use crate::shuffle::{ShuffleDepBase, ShuffleId};
 use crate::storage::{BlockManager, MemoryPeaks};
 use crate::task::{panic_message, JobId, StageId, TaskBody, TaskMetrics, TaskOutput};
@@ -116,6 +116,10 @@ pub(super) struct State {
     /// Where cached blocks are known (the driver's block manager in local mode).
     env: Arc<Env>,
     backend: Arc<dyn ExecutorBackend>,
+    /// The key stage bodies are encoded with, when tasks travel as bytes (this process's own
+    /// when rehearsing a remote executor, the application's on a cluster); `None` keeps them
+    /// in memory.
+    encode_with: Option<ShipKey>,
     tracker: Arc<MapOutputTracker>,
     next_stage: u64,
     stages: BTreeMap<StageId, Stage>,
@@ -129,7 +133,7 @@ impl State {
     pub(super) fn new(
         settings: Settings,
         env: Arc<Env>,
-        backend: Arc<dyn ExecutorBackend>,
+        (backend, encode_with): (Arc<dyn ExecutorBackend>, Option<ShipKey>),
         tracker: Arc<MapOutputTracker>,
         summaries: Arc<Mutex<VecDeque<JobSummary>>>,
     ) -> Self {
@@ -138,6 +142,7 @@ impl State {
             settings,
             env,
             backend,
+            encode_with,
             tracker,
             next_stage: 0,
             stages: BTreeMap::new(),
@@ -245,8 +250,10 @@ impl State {
     ) -> Result<StageId> {
         let id = StageId(self.next_stage);
         self.next_stage += 1;
-        let code =
-            if self.settings.serialize_tasks { Code::Encoded(Arc::new(body.encode()?)) } else { Code::Local(body) };
+        let code = match &self.encode_with {
+            Some(key) => Code::Encoded(Arc::new(key.encode(&body)?)),
+            None => Code::Local(body),
+        };
         self.stages.insert(
             id,
             Stage {

@@ -42,7 +42,8 @@ pub mod tracker;
 
 pub use tracker::MapOutputTracker;
 
-use backend::{ExecutorBackend, LocalBackend, TASK_STACK_BYTES};
+use crate::ship::ShipKey;
+use backend::{ExecutorBackend, LocalBackend, Mode, TASK_STACK_BYTES};
 use dag::{Event, State};
 
 /// Receives the results of one job's tasks.
@@ -162,20 +163,38 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    pub(crate) fn start(settings: &Settings, env: Arc<Env>, tracker: Arc<MapOutputTracker>) -> Result<Scheduler> {
+    /// Starts the event loop and the backend: local slot threads, or for a cluster master the
+    /// backend its cluster manager starts for the application `cluster.1`.
+    pub(crate) fn start(
+        settings: &Settings,
+        env: Arc<Env>,
+        tracker: Arc<MapOutputTracker>,
+        cluster: Option<(Arc<dyn crate::runtime::ClusterManager>, String)>,
+    ) -> Result<Scheduler> {
         install_panic_hook();
         let (events_tx, events_rx) = crossbeam_channel::unbounded::<Event>();
         let sink_tx = events_tx.clone();
-        let backend: Arc<dyn ExecutorBackend> = Arc::new(LocalBackend::start(
-            settings.master.slots(),
-            env.clone(),
-            settings.serialize_tasks,
-            Box::new(move |status| {
-                let _ = sink_tx.send(Event::TaskEnd(Box::new(status)));
-            }),
-        )?);
+        let sink: backend::StatusSink = Box::new(move |status| {
+            let _ = sink_tx.send(Event::TaskEnd(Box::new(status)));
+        });
+        let (backend, encode_with): (Arc<dyn ExecutorBackend>, Option<ShipKey>) = match cluster {
+            Some((manager, app_id)) => {
+                let start = crate::runtime::ClusterStart { app_id, settings: settings.clone(), statuses: sink };
+                let c = manager.start(start)?;
+                (c.backend, Some(c.key))
+            }
+            None => {
+                let (mode, key) = match settings.serialize_tasks {
+                    true => (Mode::Rehearse, Some(ShipKey::local().clone())),
+                    false => (Mode::InMemory, None),
+                };
+                let local =
+                    LocalBackend::start(settings.master.slots(), env.clone(), mode, ShipKey::local().clone(), sink)?;
+                (Arc::new(local), key)
+            }
+        };
         let summaries = Arc::new(Mutex::new(VecDeque::new()));
-        let mut state = State::new(settings.clone(), env, backend.clone(), tracker, summaries.clone());
+        let mut state = State::new(settings.clone(), env, (backend.clone(), encode_with), tracker, summaries.clone());
         let loop_thread = std::thread::Builder::new()
             .name(dag::THREAD_NAME.into())
             // Encoding a task walks its lineage recursively.

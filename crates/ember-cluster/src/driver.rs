@@ -1,0 +1,391 @@
+//! The driver's side: the control service executors connect to, and the executor backend the
+//! scheduler hands tasks to.
+//!
+//! The backend keeps the tasks the scheduler launched in a queue and hands them to executors
+//! with free slots, many per message; an executor's statuses free its slots again. When an
+//! executor's session ends, its running tasks fail with [`Error::ExecutorLost`] and the scheduler
+//! runs them again (on the executors left).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ember_core::runtime::{ExecutorBackend, StatusSink, TaskLaunch, TaskStatus};
+use ember_core::shuffle::MapStatus;
+use ember_core::Error;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::error::{ClusterError, Result};
+use crate::proto::{self, driver_message::Kind as Out, executor_message::Kind as In};
+use crate::wire;
+
+/// An executor's session, as the driver holds it.
+struct Session {
+    tx: mpsc::UnboundedSender<std::result::Result<proto::DriverMessage, Status>>,
+    slots: usize,
+    /// Tasks launched on it and not yet reported.
+    running: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Registered executors, by id.
+    sessions: BTreeMap<String, Session>,
+    /// Executors started for the application and not registered yet.
+    expected: HashSet<String>,
+    /// Why executors could not join (refused, lost while starting).
+    refusals: Vec<String>,
+    /// Tasks waiting for a slot.
+    queue: VecDeque<TaskLaunch>,
+    /// Where each running task runs, and its launch (to report it failed if its executor goes).
+    running: HashMap<u64, (String, TaskLaunch)>,
+    stopped: bool,
+}
+
+/// The driver's view of its executors; the control service and the backend share it.
+pub(crate) struct Cluster {
+    state: Mutex<State>,
+    changed: Condvar,
+    statuses: StatusSink,
+    app_id: String,
+    /// The driver's executable hash: executors must have the same.
+    binary: [u8; 32],
+    /// The driver's settings, sent to executors when they register.
+    settings: Vec<u8>,
+}
+
+impl Cluster {
+    pub(crate) fn new(
+        app_id: String,
+        binary: [u8; 32],
+        settings: &ember_core::conf::Settings,
+        statuses: StatusSink,
+    ) -> Result<Arc<Cluster>> {
+        let settings = postcard::to_allocvec(settings)
+            .map_err(|e| ClusterError::Protocol(format!("the settings do not encode: {e}")))?;
+        Ok(Arc::new(Cluster {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            statuses,
+            app_id,
+            binary,
+            settings,
+        }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Expects an executor the driver started.
+    pub(crate) fn expect(&self, id: &str) {
+        self.state().expected.insert(id.to_string());
+    }
+
+    /// Waits until `n` executors are registered, `deadline` passes, or `alive()` says a started
+    /// executor is gone (its message is the error).
+    pub(crate) fn wait_for(
+        &self,
+        n: usize,
+        deadline: Instant,
+        mut alive: impl FnMut() -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let mut state = self.state();
+        loop {
+            if let Some(r) = state.refusals.first() {
+                return Err(ClusterError::Startup(r.clone()));
+            }
+            if state.sessions.len() >= n {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClusterError::Startup(format!(
+                    "{} of {n} executors registered before the timeout",
+                    state.sessions.len()
+                )));
+            }
+            drop(state);
+            alive().map_err(ClusterError::Startup)?;
+            state = self.state();
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            state = self.changed.wait_timeout(state, wait).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Hands queued tasks to executors with free slots, most free first; one message each.
+    fn dispatch(state: &mut State) {
+        while !state.queue.is_empty() {
+            let Some((id, free)) = state
+                .sessions
+                .iter()
+                .map(|(id, s)| (id, s.slots.saturating_sub(s.running.len())))
+                .max_by_key(|&(_, free)| free)
+                .filter(|&(_, free)| free > 0)
+                .map(|(id, free)| (id.clone(), free))
+            else {
+                return;
+            };
+            let n = free.min(state.queue.len());
+            let tasks: Vec<TaskLaunch> = state.queue.drain(..n).collect();
+            let message = match wire::launch_message(&tasks) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("cannot send tasks to executor {id}: {e}");
+                    return;
+                }
+            };
+            let Some(session) = state.sessions.get_mut(&id) else { return };
+            let sent = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
+            for t in tasks {
+                session.running.insert(t.task_id);
+                state.running.insert(t.task_id, (id.clone(), t));
+            }
+            if sent.is_err() {
+                // The session is ending; its end fails these tasks over.
+                return;
+            }
+        }
+    }
+
+    /// A status from executor `from`: its slot is free again.
+    fn task_ended(&self, from: &str, status: TaskStatus) {
+        {
+            let mut state = self.state();
+            match state.running.get(&status.task_id) {
+                Some((on, _)) if on == from => {
+                    state.running.remove(&status.task_id);
+                }
+                // Not launched there (or already failed over): not this executor's to report.
+                _ => {
+                    tracing::warn!("executor {from} reported task {}, which it does not run", status.task_id);
+                    return;
+                }
+            }
+            if let Some(s) = state.sessions.get_mut(from) {
+                s.running.remove(&status.task_id);
+            }
+            Self::dispatch(&mut state);
+        }
+        (self.statuses)(status);
+    }
+
+    /// Executor `id` is gone: its running tasks fail (to run again elsewhere).
+    fn lost(&self, id: &str, reason: &str) {
+        let failed: Vec<TaskLaunch> = {
+            let mut state = self.state();
+            let Some(session) = state.sessions.remove(id) else { return };
+            if !state.stopped {
+                tracing::warn!("executor {id} lost: {reason}");
+            }
+            let failed = session.running.iter().filter_map(|t| state.running.remove(t)).map(|(_, t)| t).collect();
+            Self::dispatch(&mut state);
+            self.changed.notify_all();
+            failed
+        };
+        for t in failed {
+            let e = Error::ExecutorLost { executor: id.to_string(), reason: reason.to_string() };
+            (self.statuses)(wire::failed(&t, e));
+        }
+    }
+
+    /// Handles a session's first message; `Err` is the refusal to send back.
+    fn register(
+        &self,
+        r: &proto::Register,
+        tx: &mpsc::UnboundedSender<std::result::Result<proto::DriverMessage, Status>>,
+    ) -> std::result::Result<(), String> {
+        let mut state = self.state();
+        let refuse = |state: &mut State, reason: String| {
+            state.refusals.push(format!("executor {}: {reason}", r.executor_id));
+            self.changed.notify_all();
+            Err(reason)
+        };
+        if r.binary_sha256 != self.binary {
+            let reason = format!(
+                "its executable (SHA-256 {}) differs from the driver's ({}): executors must run the driver's own binary",
+                auth::hex(&r.binary_sha256),
+                auth::hex(&self.binary)
+            );
+            return refuse(&mut state, reason);
+        }
+        if !state.expected.remove(&r.executor_id) {
+            let reason =
+                format!("the driver did not start an executor named `{}`, or it already registered", r.executor_id);
+            return refuse(&mut state, reason);
+        }
+        let slots = usize::try_from(r.slots).unwrap_or(0);
+        if slots == 0 {
+            return refuse(&mut state, "it has no task slots".into());
+        }
+        let registered = proto::Registered { app_id: self.app_id.clone(), settings: self.settings.clone() };
+        let _ = tx.send(Ok(proto::DriverMessage { kind: Some(Out::Registered(registered)) }));
+        tracing::info!("executor {} registered from {} (pid {}, {slots} slots)", r.executor_id, r.host, r.pid);
+        state.sessions.insert(r.executor_id.clone(), Session { tx: tx.clone(), slots, running: HashSet::new() });
+        Self::dispatch(&mut state);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Sends `message` to every executor.
+    fn broadcast(&self, message: Out) {
+        for s in self.state().sessions.values() {
+            let _ = s.tx.send(Ok(proto::DriverMessage { kind: Some(message.clone()) }));
+        }
+    }
+
+    /// Ends every session (executors exit) and fails whatever is still queued.
+    pub(crate) fn shut_down(&self, reason: &str) {
+        let queued: Vec<TaskLaunch> = {
+            let mut state = self.state();
+            state.stopped = true;
+            state.queue.drain(..).collect()
+        };
+        self.broadcast(Out::Shutdown(proto::Shutdown { reason: reason.to_string() }));
+        for t in queued {
+            (self.statuses)(wire::failed(&t, Error::Cancelled("the context stopped".into())));
+        }
+    }
+}
+
+/// The executor backend of a cluster application.
+pub(crate) struct RemoteBackend {
+    pub(crate) cluster: Arc<Cluster>,
+    /// Stops what runs the executors (processes, the service) once.
+    pub(crate) on_stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl ExecutorBackend for RemoteBackend {
+    fn slots(&self) -> usize {
+        self.cluster.state().sessions.values().map(|s| s.slots).sum::<usize>().max(1)
+    }
+
+    fn launch(&self, task: TaskLaunch) {
+        let mut state = self.cluster.state();
+        if state.stopped {
+            drop(state);
+            (self.cluster.statuses)(wire::failed(&task, Error::Cancelled("the context stopped".into())));
+            return;
+        }
+        state.queue.push_back(task);
+        Cluster::dispatch(&mut state);
+    }
+
+    fn kill(&self, task_ids: &[u64]) {
+        let (queued, by_executor) = {
+            let mut state = self.cluster.state();
+            let wanted: HashSet<u64> = task_ids.iter().copied().collect();
+            let (queued, kept): (VecDeque<TaskLaunch>, VecDeque<TaskLaunch>) =
+                std::mem::take(&mut state.queue).into_iter().partition(|t| wanted.contains(&t.task_id));
+            state.queue = kept;
+            let mut by_executor: HashMap<String, Vec<u64>> = HashMap::new();
+            for id in task_ids {
+                if let Some((on, _)) = state.running.get(id) {
+                    by_executor.entry(on.clone()).or_default().push(*id);
+                }
+            }
+            for (on, ids) in &by_executor {
+                if let Some(s) = state.sessions.get(on) {
+                    let kill = proto::KillTasks { task_ids: ids.clone() };
+                    let _ = s.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Kill(kill)) }));
+                }
+            }
+            (queued, by_executor)
+        };
+        drop(by_executor);
+        for t in queued {
+            (self.cluster.statuses)(wire::failed(&t, Error::Cancelled("the task was killed before it started".into())));
+        }
+    }
+
+    fn discard_map_output(&self, status: &MapStatus) {
+        let Ok(bytes) = postcard::to_allocvec(status) else { return };
+        let state = self.cluster.state();
+        if let Some(s) = state.sessions.get(&*status.location) {
+            let discard = proto::DiscardOutputs { map_statuses: vec![bytes] };
+            let _ = s.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Discard(discard)) }));
+        }
+    }
+
+    fn stop(&self) {
+        self.cluster.shut_down("the driver stopped its context");
+        let stop = self.on_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = stop {
+            stop();
+        }
+    }
+}
+
+impl Drop for RemoteBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The control service.
+pub(crate) struct DriverService {
+    pub(crate) cluster: Arc<Cluster>,
+}
+
+type OutStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::DriverMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::driver_server::Driver for DriverService {
+    type SessionStream = OutStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::ExecutorMessage>>,
+    ) -> std::result::Result<Response<Self::SessionStream>, Status> {
+        let peer = request.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?;
+        let Some(proto::ExecutorMessage { kind: Some(In::Register(register)) }) = first else {
+            tracing::warn!("refused a session from {peer}: it did not start by registering");
+            return Err(Status::invalid_argument("a session starts with Register"));
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Err(reason) = self.cluster.register(&register, &tx) {
+            tracing::warn!("refused executor {} from {peer}: {reason}", register.executor_id);
+            let _ = tx.send(Ok(proto::DriverMessage { kind: Some(Out::Refused(proto::Refused { reason })) }));
+            drop(tx);
+            return Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))));
+        }
+        let cluster = self.cluster.clone();
+        let id = register.executor_id;
+        tokio::spawn(async move {
+            let reason = loop {
+                match inbound.message().await {
+                    Ok(Some(proto::ExecutorMessage { kind: Some(In::Statuses(batch)) })) => {
+                        for s in batch.statuses {
+                            cluster.task_ended(&id, wire::status(s));
+                        }
+                    }
+                    Ok(Some(proto::ExecutorMessage { kind: Some(In::Heartbeat(_)) })) => {}
+                    Ok(Some(other)) => break format!("it sent an unexpected message: {other:?}"),
+                    Ok(None) => break "its session ended".to_string(),
+                    Err(e) => break format!("its connection failed: {}", e.message()),
+                }
+            };
+            cluster.lost(&id, &reason);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
+    }
+}
+
+/// Checks every call's token.
+pub(crate) fn authenticator(token: String) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let presented = request.metadata().get(auth::AUTH_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if auth::token_matches(&token, presented) {
+            Ok(request)
+        } else {
+            let peer = request.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+            tracing::warn!("refused a connection from {peer}: missing or wrong authentication token");
+            Err(Status::unauthenticated("missing or wrong authentication token"))
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! An executor process: registers with its driver, runs the tasks it is sent on slot threads,
+//! reports their statuses, and exits when its session ends.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ember_core::runtime::{Executor, ExecutorSpec};
+use ember_core::shuffle::{MapLocations, MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
+use ember_core::Error;
+use tokio::sync::mpsc;
+
+use crate::auth::{self, Secret};
+use crate::error::{ClusterError, Result};
+use crate::proto::{self, driver_message::Kind as In, executor_message::Kind as Out};
+use crate::{vars, wire};
+
+/// How often an executor tells its driver it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// What the starting process told the executor.
+struct Config {
+    driver: String,
+    id: String,
+    cores: usize,
+    memory_mib: u64,
+    secret: Secret,
+}
+
+impl Config {
+    fn from_env() -> Result<Config> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| ClusterError::Environment(format!("`{name}` is not set or not UTF-8")))
+        };
+        let number = |name: &str| -> Result<u64> {
+            let v = var(name)?;
+            v.trim().parse().map_err(|_| ClusterError::Environment(format!("`{name}` = `{v}` is not a number")))
+        };
+        let cores = usize::try_from(number(vars::CORES)?).unwrap_or(0);
+        let memory_mib = number(vars::MEMORY_MIB)?;
+        if cores == 0 || memory_mib == 0 {
+            return Err(ClusterError::Environment("an executor needs at least one core and one MiB".into()));
+        }
+        Ok(Config {
+            driver: var(vars::DRIVER)?,
+            id: var(vars::ID)?,
+            cores,
+            memory_mib,
+            secret: Secret::from_hex(&var(vars::SECRET)?)?,
+        })
+    }
+}
+
+/// Runs the executor this process was started as; returns the process's exit status.
+pub(crate) fn run_from_env() -> i32 {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ember executor: {e}");
+            return 2;
+        }
+    };
+    let id = config.id.clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ember-executor-io")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ember executor {id}: cannot start its runtime: {e}");
+            return 2;
+        }
+    };
+    let (executor, outcome) = runtime.block_on(serve(config));
+    // Slot threads are joined outside the runtime (stopping blocks).
+    if let Some(executor) = executor {
+        executor.stop();
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(()) => 0,
+        Err(ClusterError::Refused(reason)) => {
+            tracing::error!("executor {id} was refused by its driver: {reason}");
+            eprintln!("ember executor {id}: refused by the driver: {reason}");
+            3
+        }
+        Err(e) => {
+            tracing::error!("executor {id} ends: {e}");
+            eprintln!("ember executor {id}: {e}");
+            1
+        }
+    }
+}
+
+/// Registers and serves tasks until the session ends. Returns the executor (if it started) so
+/// that the caller stops it outside the runtime.
+async fn serve(config: Config) -> (Option<Executor>, Result<()>) {
+    let mut executor = None;
+    let outcome = session(config, &mut executor).await;
+    (executor, outcome)
+}
+
+async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> {
+    let binary = *auth::binary_sha256()?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.driver))
+        .map_err(|e| ClusterError::Environment(format!("driver address `{}`: {e}", config.driver)))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        config.secret.token().parse().map_err(|_| ClusterError::Protocol("token is not ASCII".into()))?;
+    let mut client = proto::driver_client::DriverClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(auth::AUTH_HEADER, token.clone());
+        Ok(r)
+    });
+    let (tx, rx) = mpsc::unbounded_channel::<proto::ExecutorMessage>();
+    let register = proto::Register {
+        executor_id: config.id.clone(),
+        host: "127.0.0.1".into(),
+        slots: u32::try_from(config.cores).unwrap_or(u32::MAX),
+        memory_bytes: config.memory_mib << 20,
+        binary_sha256: binary.to_vec(),
+        pid: std::process::id(),
+    };
+    let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Register(register)) });
+    let mut inbound = client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await?.into_inner();
+    let settings = match inbound.message().await? {
+        Some(proto::DriverMessage { kind: Some(In::Registered(r)) }) => {
+            postcard::from_bytes::<ember_core::conf::Settings>(&r.settings)
+                .map_err(|e| ClusterError::Protocol(format!("the driver's settings do not decode: {e}")))?
+        }
+        Some(proto::DriverMessage { kind: Some(In::Refused(r)) }) => return Err(ClusterError::Refused(r.reason)),
+        Some(other) => return Err(ClusterError::Protocol(format!("expected Registered, got {other:?}"))),
+        None => return Err(ClusterError::Refused("the driver ended the session without an answer".into())),
+    };
+    let root = settings.local_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spec = ExecutorSpec {
+        executor_id: config.id.clone(),
+        slots: config.cores,
+        memory_bytes: config.memory_mib << 20,
+        local_dir: root.join(format!("ember-executor-{}-{}", config.id, std::process::id())),
+        settings,
+    };
+    let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let statuses = {
+        let (tx, running) = (tx.clone(), running.clone());
+        Box::new(move |status: ember_core::runtime::TaskStatus| {
+            running.lock().unwrap_or_else(|p| p.into_inner()).remove(&status.task_id);
+            let batch = proto::StatusBatch { statuses: vec![wire::status_message(status)] };
+            let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Statuses(batch)) });
+        })
+    };
+    let key = config.secret.ship_key(&binary);
+    let started = Executor::start(spec, key, Arc::new(NoRemoteShuffle), statuses)?;
+    let executor = executor.insert(started);
+    let heartbeat = {
+        let (tx, running) = (tx.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                let running: Vec<u64> = running.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+                if tx.send(proto::ExecutorMessage { kind: Some(Out::Heartbeat(proto::Heartbeat { running })) }).is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    let outcome = loop {
+        match inbound.message().await {
+            Ok(Some(proto::DriverMessage { kind: Some(In::Launch(l)) })) => match wire::launches(l) {
+                Ok(tasks) => {
+                    let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
+                    r.extend(tasks.iter().map(|t| t.task_id));
+                    drop(r);
+                    for t in tasks {
+                        executor.launch(t);
+                    }
+                }
+                Err(e) => break Err(e),
+            },
+            Ok(Some(proto::DriverMessage { kind: Some(In::Kill(k)) })) => executor.kill(&k.task_ids),
+            Ok(Some(proto::DriverMessage { kind: Some(In::Discard(d)) })) => {
+                for bytes in d.map_statuses {
+                    match postcard::from_bytes::<MapStatus>(&bytes) {
+                        Ok(s) => executor.env().shuffle.delete_output(&s),
+                        Err(e) => tracing::warn!("a map status to discard does not decode: {e}"),
+                    }
+                }
+            }
+            Ok(Some(proto::DriverMessage { kind: Some(In::Shutdown(s)) })) => {
+                tracing::info!("executor {} shuts down: {}", config.id, s.reason);
+                break Ok(());
+            }
+            Ok(Some(other)) => {
+                break Err(ClusterError::Protocol(format!("unexpected message from the driver: {other:?}")))
+            }
+            Ok(None) => break Err(ClusterError::Transport("the driver ended the session".into())),
+            Err(e) => break Err(ClusterError::Transport(format!("the driver's session failed: {}", e.message()))),
+        }
+    };
+    heartbeat.abort();
+    outcome
+}
+
+/// Where map outputs are, as an executor of this runtime knows it: not yet across processes.
+/// Reduce tasks on a cluster executor fail with an error that says so, rather than reading
+/// anything wrong.
+struct NoRemoteShuffle;
+
+fn no_remote_shuffle(shuffle: ShuffleId) -> Error {
+    Error::InvalidArgument(format!(
+        "shuffle {}: reading map outputs from executor processes is not supported by this version of the cluster runtime",
+        shuffle.0
+    ))
+}
+
+impl MapOutputLocations for NoRemoteShuffle {
+    fn reduce_blocks_into(
+        &self,
+        shuffle: ShuffleId,
+        _: usize,
+        _: usize,
+        _: &mut Vec<ReduceBlock>,
+    ) -> ember_core::Result<()> {
+        Err(no_remote_shuffle(shuffle))
+    }
+
+    fn map_locations(&self, shuffle: ShuffleId, _: usize, _: usize) -> ember_core::Result<Arc<MapLocations>> {
+        Err(no_remote_shuffle(shuffle))
+    }
+
+    fn executor(&self, _: u32) -> Option<Arc<str>> {
+        None
+    }
+
+    fn remove_shuffle(&self, _: ShuffleId) {}
+}

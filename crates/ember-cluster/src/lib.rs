@@ -1,0 +1,72 @@
+//! Ember's cluster runtime: executors in their own processes, reached over a gRPC control
+//! plane.
+//!
+//! An executor is the driver's own executable started in executor mode: the driver (for
+//! `local-cluster[W,C,M]`) starts W copies of itself with the address of its control service in
+//! the environment. The first line of the program's `main` must be [`entry`] (re-exported as
+//! `ember::executor_entry`): in an executor process it serves tasks and exits without ever
+//! returning, so none of the driver's code runs there; in the driver it installs this runtime
+//! and returns at once.
+//!
+//! Each executor opens one session stream to its driver (see `proto/ember/cluster/v1/
+//! control.proto`), authenticated by a token derived from the application's secret. It
+//! registers with the SHA-256 of its executable, which must equal the driver's: task bodies are
+//! sealed with a key derived from the secret and that hash, so only the driver's very binary can
+//! decode them. When the session ends, from either side, the executor is gone: the driver fails
+//! its running tasks over to the others, and the executor exits. Executors also die with their
+//! driver's process, however it ends.
+
+mod auth;
+mod driver;
+mod error;
+mod executor;
+mod local_cluster;
+mod wire;
+
+/// The generated protocol types and services.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("ember.cluster.v1");
+}
+
+pub use error::{ClusterError, Result};
+pub use local_cluster::LocalClusterManager;
+
+/// Environment variables a driver sets for the executors it starts.
+pub(crate) mod vars {
+    /// The driver's control service, `host:port`. Its presence means executor mode.
+    pub const DRIVER: &str = "EMBER_EXECUTOR_DRIVER";
+    /// The executor's id.
+    pub const ID: &str = "EMBER_EXECUTOR_ID";
+    /// Task slots.
+    pub const CORES: &str = "EMBER_EXECUTOR_CORES";
+    /// Memory budget in MiB.
+    pub const MEMORY_MIB: &str = "EMBER_EXECUTOR_MEMORY_MIB";
+    /// The application's secret, hex.
+    pub const SECRET: &str = "EMBER_AUTH_SECRET";
+}
+
+/// Whether this process was started as an executor.
+pub fn is_executor() -> bool {
+    std::env::var_os(vars::DRIVER).is_some()
+}
+
+/// The program's entry into the cluster runtime: call it as the first line of `main`.
+///
+/// In a process started as an executor it runs the executor until its driver lets it go and then
+/// exits the process (status 0, or non-zero when the driver was lost or refused it); it never
+/// returns. In any other process it installs the cluster runtime, so that a context on a cluster
+/// master (`local-cluster[W,C,M]`) can start its executors, and returns.
+pub fn entry() {
+    if is_executor() {
+        let code = executor::run_from_env();
+        std::process::exit(code);
+    }
+    install();
+}
+
+/// Installs the cluster runtime for contexts created from now on (what [`entry`] does in a
+/// driver).
+pub fn install() {
+    ember_core::runtime::install_cluster_manager(std::sync::Arc::new(LocalClusterManager));
+}

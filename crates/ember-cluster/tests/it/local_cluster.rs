@@ -1,0 +1,270 @@
+//! `local-cluster[W,C,M]`: jobs run in executor processes, which are authenticated, checked,
+//! failed over and stopped.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_core::{Context, EmberConf, Error};
+
+/// Environment variable naming the file the driver-code test appends to.
+pub const MARKER: &str = "EMBER_IT_MARKER";
+/// Environment variable that makes this binary a driver that waits to be killed.
+pub const SLEEPING_DRIVER: &str = "EMBER_IT_SLEEPING_DRIVER";
+
+fn context(master: &str) -> Context {
+    Context::new(EmberConf::new().master(master).unwrap().set("ember.ui.showConsoleProgress", "false").unwrap())
+        .unwrap()
+}
+
+/// The process ids of the executors that ran a job of `n` tasks.
+fn executor_pids(ctx: &Context, n: usize) -> HashSet<u32> {
+    ctx.parallelize((0..n as u32).collect(), n).map(|_| std::process::id()).collect().unwrap().into_iter().collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited; only its parent's bookkeeping is left.
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn narrow_jobs_run_in_executor_processes() {
+    let ctx = context("local-cluster[2,1,256]");
+    let data: Vec<u64> = (0..10_000).collect();
+    let doubled = ctx.parallelize(data.clone(), 8).map(|x| x * 2).collect().unwrap();
+    assert_eq!(doubled, data.iter().map(|x| x * 2).collect::<Vec<_>>());
+    let evens = ctx.parallelize(data.clone(), 5).filter(|x| x % 2 == 0).count().unwrap();
+    assert_eq!(evens, 5_000);
+    let words = ctx
+        .parallelize(vec!["a b".to_string(), "c".into(), "d e f".into()], 3)
+        .flat_map(|l: String| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect()
+        .unwrap();
+    assert_eq!(words, ["a", "b", "c", "d", "e", "f"]);
+    let offset = 7u64;
+    let shifted = ctx.parallelize(data.clone(), 4).map_with(offset, |o, x| x + o).reduce(|a, b| a + b).unwrap();
+    assert_eq!(shifted, Some(data.iter().map(|x| x + 7).sum()));
+    let pids = executor_pids(&ctx, 16);
+    assert_eq!(pids.len(), 2, "two executor processes ran the tasks: {pids:?}");
+    assert!(!pids.contains(&std::process::id()), "no task ran in the driver");
+}
+
+/// Appends this process's id to `path`: what the program does before it creates its context.
+pub fn mark(path: &std::path::Path) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    writeln!(f, "{}", std::process::id()).unwrap();
+}
+
+pub fn driver_code_before_the_context_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    // `main` marks the file named by this variable right after the executor entry; executors
+    // inherit the driver's environment, so an executor that ran the program's code would mark it.
+    std::env::set_var(MARKER, &marker);
+    mark(&marker);
+    let ctx = context("local-cluster[2,1,256]");
+    assert_eq!(ctx.parallelize((0..100u32).collect(), 4).count().unwrap(), 100);
+    drop(ctx);
+    std::env::remove_var(MARKER);
+    let lines = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(lines.lines().collect::<Vec<_>>(), [std::process::id().to_string()], "program code ran in an executor");
+}
+
+pub fn task_errors_keep_their_class_across_processes() {
+    let ctx = context("local-cluster[2,1,256]");
+    let err = ctx
+        .parallelize((0..4u32).collect(), 4)
+        .map(|x| if x == 2 { panic!("boom at {x}") } else { x })
+        .collect()
+        .unwrap_err();
+    assert!(err.to_string().contains("boom at 2"), "{err}");
+    let failed = ctx.last_job_summary().unwrap();
+    assert_eq!(failed.stages[0].failed_attempts, 4, "a panic is retried up to the attempt limit");
+    // Invalid UTF-8 is the input's fault: not retried, on whichever executor it fails.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.txt");
+    std::fs::write(&file, b"ok\n\xff\xfe\n").unwrap();
+    let err = ctx.text_file(file.to_str().unwrap(), 1).unwrap().count().unwrap_err();
+    assert!(err.to_string().contains("invalid UTF-8"), "{err}");
+    let summary = ctx.last_job_summary().unwrap();
+    assert_eq!(summary.stages[0].launched, 1, "an input error crossed as a retryable one: {summary:?}");
+    // The context is still usable.
+    assert_eq!(ctx.parallelize((0..10u32).collect(), 2).count().unwrap(), 10);
+}
+
+pub fn accumulators_count_once_across_processes() {
+    let ctx = context("local-cluster[2,1,256]");
+    let seen = ctx.long_accumulator();
+    let n = ctx
+        .parallelize((0..1_000i64).collect(), 8)
+        .map_with(seen.clone(), |acc, x| {
+            acc.add(1);
+            x
+        })
+        .count()
+        .unwrap();
+    assert_eq!(n, 1_000);
+    assert_eq!(seen.value().unwrap(), 1_000);
+}
+
+/// Starts this binary as an executor of the driver at `port`, as the driver would but with
+/// `secret`, and returns its exit status and standard error.
+fn run_executor(exe: &std::path::Path, port: u16, id: &str, secret: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(exe)
+        .env("EMBER_EXECUTOR_DRIVER", format!("127.0.0.1:{port}"))
+        .env("EMBER_EXECUTOR_ID", id)
+        .env("EMBER_EXECUTOR_CORES", "1")
+        .env("EMBER_EXECUTOR_MEMORY_MIB", "64")
+        .env("EMBER_AUTH_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the executor neither registered nor exited");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn an_executor_with_a_wrong_secret_is_refused() {
+    let port = free_port();
+    let ctx = Context::new(
+        EmberConf::new().master("local-cluster[1,1,256]").unwrap().set("ember.driver.port", port.to_string()).unwrap(),
+    )
+    .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let (code, err) = run_executor(&exe, port, "executor-9", &"ab".repeat(32));
+    assert_eq!(code, Some(3), "refused executors exit with status 3: {err}");
+    assert!(err.contains("authentication"), "the refusal says why: {err}");
+    // No such executor joined, and the application goes on.
+    assert_eq!(executor_pids(&ctx, 4).len(), 1);
+}
+
+pub fn an_executor_of_another_binary_is_refused() {
+    let secret = "0123456789abcdef".repeat(4);
+    let port = free_port();
+    let ctx = Context::new(
+        EmberConf::new()
+            .master("local-cluster[1,1,256]")
+            .unwrap()
+            .set("ember.driver.port", port.to_string())
+            .unwrap()
+            .set("ember.authenticate.secret", &secret)
+            .unwrap(),
+    )
+    .unwrap();
+    // The same code with one byte more: another executable as far as its hash goes.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-build");
+    let mut bytes = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, &bytes).unwrap();
+    drop(bytes);
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (code, err) = (0..20)
+        .find_map(|_| {
+            let r = run_executor(&other, port, "executor-0", &secret);
+            // A copy just written may still be open in a process forked meanwhile.
+            (!r.1.contains("Text file busy")).then_some(r).or_else(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            })
+        })
+        .unwrap();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("differs from the driver's"), "the refusal says why: {err}");
+    assert_eq!(executor_pids(&ctx, 4).len(), 1);
+}
+
+pub fn a_killed_executor_fails_its_tasks_over() {
+    let ctx = context("local-cluster[2,1,256]");
+    let pids: Vec<u32> = executor_pids(&ctx, 8).into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    let victim = pids[0];
+    let job = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            ctx.parallelize((0..12u64).collect(), 12)
+                .map(|x| {
+                    std::thread::sleep(Duration::from_millis(150));
+                    (x, std::process::id())
+                })
+                .collect()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
+    let out = job.join().unwrap().unwrap();
+    assert_eq!(out.iter().map(|(x, _)| *x).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
+    let summary = ctx.last_job_summary().unwrap();
+    assert!(summary.stages[0].failed_attempts >= 1, "the lost executor's task was run again: {summary:?}");
+    // Later jobs run on the executor left.
+    assert_eq!(executor_pids(&ctx, 4), HashSet::from([pids[1]]));
+    let err: Option<Error> = None;
+    assert!(err.is_none());
+}
+
+pub fn executors_exit_when_the_context_stops() {
+    let ctx = context("local-cluster[2,1,256]");
+    let pids = executor_pids(&ctx, 8);
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|&p| alive(p)));
+    drop(ctx);
+    wait_until("the executors exited", Duration::from_secs(10), || pids.iter().all(|&p| !alive(p)));
+}
+
+/// A driver that starts `local-cluster[1,1,128]`, writes its executor's pid to `path`, and
+/// waits to be killed.
+pub fn sleeping_driver(path: &std::path::Path) -> ! {
+    let ctx = context("local-cluster[1,1,128]");
+    let pids = executor_pids(&ctx, 2);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{}", pids.iter().next().unwrap())).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub fn executors_die_with_a_killed_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("executor.pid");
+    let mut driver = Command::new(std::env::current_exe().unwrap())
+        .env(SLEEPING_DRIVER, &file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the driver started its executor", Duration::from_secs(60), || file.exists());
+    let executor: u32 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+    assert!(alive(executor));
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    wait_until("the executor died with its driver", Duration::from_secs(10), || !alive(executor));
+}

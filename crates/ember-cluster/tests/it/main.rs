@@ -1,0 +1,47 @@
+//! The cluster runtime's integration tests. Executors are this very test binary started again
+//! in executor mode, so `main` calls the executor entry first and then runs the tests itself
+//! (the standard harness would run every test in each executor instead).
+
+mod harness;
+mod local_cluster;
+
+fn main() {
+    ember_cluster::entry();
+    // The program's own code, which an executor must never reach (see
+    // `driver_code_before_the_context_runs_once`).
+    if let Some(path) = std::env::var_os(local_cluster::MARKER) {
+        local_cluster::mark(std::path::Path::new(&path));
+    }
+    if let Some(path) = std::env::var_os(local_cluster::SLEEPING_DRIVER) {
+        local_cluster::sleeping_driver(std::path::Path::new(&path));
+    }
+    harness::run(&[
+        ("local_cluster::narrow_jobs_run_in_executor_processes", local_cluster::narrow_jobs_run_in_executor_processes),
+        (
+            "local_cluster::driver_code_before_the_context_runs_once",
+            local_cluster::driver_code_before_the_context_runs_once,
+        ),
+        (
+            "local_cluster::task_errors_keep_their_class_across_processes",
+            local_cluster::task_errors_keep_their_class_across_processes,
+        ),
+        (
+            "local_cluster::accumulators_count_once_across_processes",
+            local_cluster::accumulators_count_once_across_processes,
+        ),
+        (
+            "local_cluster::an_executor_with_a_wrong_secret_is_refused",
+            local_cluster::an_executor_with_a_wrong_secret_is_refused,
+        ),
+        (
+            "local_cluster::an_executor_of_another_binary_is_refused",
+            local_cluster::an_executor_of_another_binary_is_refused,
+        ),
+        (
+            "local_cluster::a_killed_executor_fails_its_tasks_over",
+            local_cluster::a_killed_executor_fails_its_tasks_over,
+        ),
+        ("local_cluster::executors_exit_when_the_context_stops", local_cluster::executors_exit_when_the_context_stops),
+        ("local_cluster::executors_die_with_a_killed_driver", local_cluster::executors_die_with_a_killed_driver),
+    ]);
+}

@@ -12,7 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ember_core::runtime::{ExecutorBackend, StatusSink, TaskLaunch, TaskStatus};
-use ember_core::shuffle::MapStatus;
+use ember_core::scheduler::MapOutputTracker;
+use ember_core::shuffle::{MapStatus, ShuffleId};
 use ember_core::Error;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -55,6 +56,12 @@ pub(crate) struct Cluster {
     binary: [u8; 32],
     /// The driver's settings, sent to executors when they register.
     settings: Vec<u8>,
+    /// Where map outputs are.
+    tracker: Arc<MapOutputTracker>,
+    /// Data-plane addresses of every executor that registered, kept after it is lost (a
+    /// reducer asking for a lost executor's outputs gets an address that fails, and so a fetch
+    /// failure).
+    addresses: Mutex<HashMap<String, String>>,
 }
 
 impl Cluster {
@@ -62,7 +69,7 @@ impl Cluster {
         app_id: String,
         binary: [u8; 32],
         settings: &ember_core::conf::Settings,
-        statuses: StatusSink,
+        (statuses, tracker): (StatusSink, Arc<MapOutputTracker>),
     ) -> Result<Arc<Cluster>> {
         let settings = postcard::to_allocvec(settings)
             .map_err(|e| ClusterError::Protocol(format!("the settings do not encode: {e}")))?;
@@ -73,6 +80,8 @@ impl Cluster {
             app_id,
             binary,
             settings,
+            tracker,
+            addresses: Mutex::default(),
         }))
     }
 
@@ -180,6 +189,11 @@ impl Cluster {
             let Some(session) = state.sessions.remove(id) else { return };
             if !state.stopped {
                 tracing::warn!("executor {id} lost: {reason}");
+                // Its map outputs are gone with it: stages that need them run their tasks again.
+                let gone = self.tracker.executor_lost(id);
+                if !gone.is_empty() {
+                    tracing::info!("{} map outputs were lost with executor {id}", gone.len());
+                }
             }
             let failed = session.running.iter().filter_map(|t| state.running.remove(t)).map(|(_, t)| t).collect();
             Self::dispatch(&mut state);
@@ -224,6 +238,8 @@ impl Cluster {
         let registered = proto::Registered { app_id: self.app_id.clone(), settings: self.settings.clone() };
         let _ = tx.send(Ok(proto::DriverMessage { kind: Some(Out::Registered(registered)) }));
         tracing::info!("executor {} registered from {} (pid {}, {slots} slots)", r.executor_id, r.host, r.pid);
+        let data = format!("{}:{}", r.host, r.data_port);
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner()).insert(r.executor_id.clone(), data);
         state.sessions.insert(r.executor_id.clone(), Session { tx: tx.clone(), slots, running: HashSet::new() });
         Self::dispatch(&mut state);
         self.changed.notify_all();
@@ -335,6 +351,32 @@ type OutStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<pro
 #[tonic::async_trait]
 impl proto::driver_server::Driver for DriverService {
     type SessionStream = OutStream;
+
+    async fn map_outputs(
+        &self,
+        request: Request<proto::MapOutputsRequest>,
+    ) -> std::result::Result<Response<proto::MapOutputsReply>, Status> {
+        let shuffle = ShuffleId(request.into_inner().shuffle);
+        let cluster = &self.cluster;
+        // The epoch first: statuses registered after it are newer, never older, than it says.
+        let epoch = cluster.tracker.epoch();
+        let statuses = cluster.tracker.statuses(shuffle);
+        let addresses = cluster.addresses.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut executors = HashMap::new();
+        let mut encoded = Vec::with_capacity(statuses.len());
+        for s in statuses {
+            match s {
+                Some(s) => {
+                    if let Some(a) = addresses.get(&*s.location) {
+                        executors.insert(s.location.to_string(), a.clone());
+                    }
+                    encoded.push(postcard::to_allocvec(&s).map_err(|e| Status::internal(e.to_string()))?);
+                }
+                None => encoded.push(Vec::new()),
+            }
+        }
+        Ok(Response::new(proto::MapOutputsReply { epoch, statuses: encoded, executors }))
+    }
 
     async fn session(
         &self,

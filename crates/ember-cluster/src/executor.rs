@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_core::runtime::{Executor, ExecutorSpec};
-use ember_core::shuffle::{MapLocations, MapOutputLocations, MapStatus, ReduceBlock, ShuffleId};
-use ember_core::Error;
+use ember_core::shuffle::MapStatus;
 use tokio::sync::mpsc;
+
+use crate::data::{Addresses, Auth, BlockService, Fetcher, Mirror};
 
 use crate::auth::{self, Secret};
 use crate::error::{ClusterError, Result};
@@ -111,9 +112,25 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         .await?;
     let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         config.secret.token().parse().map_err(|_| ClusterError::Protocol("token is not ASCII".into()))?;
-    let mut client = proto::driver_client::DriverClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert(auth::AUTH_HEADER, token.clone());
-        Ok(r)
+    let auth_out = Auth(token);
+    let mut client = proto::driver_client::DriverClient::with_interceptor(channel, auth_out.clone());
+    // The data plane listens before the executor registers, so that its address goes with it;
+    // it answers once the executor has started.
+    let env_cell = Arc::new(std::sync::OnceLock::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| ClusterError::Io { path: "127.0.0.1 (the executor's data plane)".into(), source })?;
+    let data_port =
+        listener.local_addr().map_err(|source| ClusterError::Io { path: "the data plane".into(), source })?.port();
+    let blocks = proto::block_transfer_server::BlockTransferServer::with_interceptor(
+        BlockService { env: env_cell.clone() },
+        crate::driver::authenticator(config.secret.token()),
+    );
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = tonic::transport::Server::builder().add_service(blocks).serve_with_incoming(incoming).await {
+            tracing::error!("the executor's data plane failed: {e}");
+        }
     });
     let (tx, rx) = mpsc::unbounded_channel::<proto::ExecutorMessage>();
     let register = proto::Register {
@@ -123,6 +140,7 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         memory_bytes: config.memory_mib << 20,
         binary_sha256: binary.to_vec(),
         pid: std::process::id(),
+        data_port: u32::from(data_port),
     };
     let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Register(register)) });
     let mut inbound = client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await?.into_inner();
@@ -153,7 +171,12 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         })
     };
     let key = config.secret.ship_key(&binary);
-    let started = Executor::start(spec, key, Arc::new(NoRemoteShuffle), statuses)?;
+    let handle = tokio::runtime::Handle::current();
+    let addresses: Addresses = Arc::default();
+    let mirror = Arc::new(Mirror::new(client.clone(), handle.clone(), addresses.clone()));
+    let fetcher = Arc::new(Fetcher::new(handle, auth_out, addresses));
+    let started = Executor::start(spec, key, (mirror.clone(), fetcher), statuses)?;
+    let _ = env_cell.set(started.env().clone());
     let executor = executor.insert(started);
     let heartbeat = {
         let (tx, running) = (tx.clone(), running.clone());
@@ -173,6 +196,9 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         match inbound.message().await {
             Ok(Some(proto::DriverMessage { kind: Some(In::Launch(l)) })) => match wire::launches(l) {
                 Ok(tasks) => {
+                    for t in &tasks {
+                        mirror.observe_epoch(t.epoch);
+                    }
                     let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
                     r.extend(tasks.iter().map(|t| t.task_id));
                     drop(r);
@@ -204,38 +230,4 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     };
     heartbeat.abort();
     outcome
-}
-
-/// Where map outputs are, as an executor of this runtime knows it: not yet across processes.
-/// Reduce tasks on a cluster executor fail with an error that says so, rather than reading
-/// anything wrong.
-struct NoRemoteShuffle;
-
-fn no_remote_shuffle(shuffle: ShuffleId) -> Error {
-    Error::InvalidArgument(format!(
-        "shuffle {}: reading map outputs from executor processes is not supported by this version of the cluster runtime",
-        shuffle.0
-    ))
-}
-
-impl MapOutputLocations for NoRemoteShuffle {
-    fn reduce_blocks_into(
-        &self,
-        shuffle: ShuffleId,
-        _: usize,
-        _: usize,
-        _: &mut Vec<ReduceBlock>,
-    ) -> ember_core::Result<()> {
-        Err(no_remote_shuffle(shuffle))
-    }
-
-    fn map_locations(&self, shuffle: ShuffleId, _: usize, _: usize) -> ember_core::Result<Arc<MapLocations>> {
-        Err(no_remote_shuffle(shuffle))
-    }
-
-    fn executor(&self, _: u32) -> Option<Arc<str>> {
-        None
-    }
-
-    fn remove_shuffle(&self, _: ShuffleId) {}
 }

@@ -17,6 +17,7 @@
 //! driver's process, however it ends.
 
 mod auth;
+mod data;
 mod driver;
 mod error;
 mod executor;

@@ -28,6 +28,9 @@ pub struct Env {
     pub rehearse_remote: bool,
     /// Where reduce tasks learn the blocks they read: the driver's map output tracker.
     pub map_outputs: Arc<dyn MapOutputLocations>,
+    /// How reduce tasks fetch segments other executors hold (a cluster's data plane); `None`
+    /// when every output is this executor's own.
+    pub remote: Option<Arc<dyn crate::shuffle::RemoteSegments>>,
     file_ids: AtomicU64,
 }
 
@@ -54,6 +57,7 @@ impl Env {
         Ok(Env {
             executor_id: Arc::from("driver"),
             map_outputs,
+            remote: None,
             broadcasts: Default::default(),
             rehearse_remote: settings.serialize_tasks,
             codec: settings.codec,

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 pub use crate::scheduler::backend::{ExecutorBackend, StatusSink, TaskLaunch, TaskPayload, TaskStatus};
 use crate::scheduler::backend::{LocalBackend, Mode};
 use crate::ship::ShipKey;
-use crate::shuffle::MapOutputLocations;
+use crate::shuffle::{MapOutputLocations, RemoteSegments};
 pub use crate::task::TaskOutput;
 
 /// What a cluster manager gets to start an application's executors.
@@ -30,6 +30,8 @@ pub struct ClusterStart {
     pub settings: Settings,
     /// Where the backend reports every task's status.
     pub statuses: StatusSink,
+    /// The driver's map output tracker: executors' reducers ask it where map outputs are.
+    pub tracker: Arc<crate::scheduler::MapOutputTracker>,
 }
 
 /// The executors of a cluster application, as the scheduler sees them.
@@ -90,12 +92,12 @@ pub struct ExecutorSpec {
 
 impl Executor {
     /// Starts the slot threads. Tasks' bodies are decoded with `key`; `map_outputs` tells
-    /// reducers where map outputs are; every task's status goes to `statuses`, with its result
-    /// and accumulator updates encoded.
+    /// reducers where map outputs are and `remote` fetches those other executors hold; every
+    /// task's status goes to `statuses`, with its result and accumulator updates encoded.
     pub fn start(
         spec: ExecutorSpec,
         key: ShipKey,
-        map_outputs: Arc<dyn MapOutputLocations>,
+        (map_outputs, remote): (Arc<dyn MapOutputLocations>, Arc<dyn RemoteSegments>),
         statuses: StatusSink,
     ) -> Result<Executor> {
         if spec.slots == 0 || spec.slots > crate::conf::MAX_LOCAL_SLOTS {
@@ -112,6 +114,7 @@ impl Executor {
         let mut env = Env::new(&settings, spec.local_dir, map_outputs)?;
         env.executor_id = Arc::from(spec.executor_id);
         env.rehearse_remote = true;
+        env.remote = Some(remote);
         let env = Arc::new(env);
         let backend = LocalBackend::start(spec.slots, env.clone(), Mode::Executor, key, statuses)?;
         Ok(Executor { backend, env })

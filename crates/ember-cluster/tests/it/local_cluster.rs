@@ -268,3 +268,104 @@ pub fn executors_die_with_a_killed_driver() {
     driver.wait().unwrap();
     wait_until("the executor died with its driver", Duration::from_secs(10), || !alive(executor));
 }
+
+fn context_with(master: &str, settings: &[(&str, &str)]) -> Context {
+    let mut conf = EmberConf::new().master(master).unwrap().set("ember.ui.showConsoleProgress", "false").unwrap();
+    for (k, v) in settings {
+        conf = conf.set(k, *v).unwrap();
+    }
+    Context::new(conf).unwrap()
+}
+
+pub fn shuffles_run_across_executor_processes() {
+    // Map outputs kept in executor memory (the default) and written to files (threshold 0):
+    // both are served to reducers on the other executor.
+    for threshold in ["1m", "0"] {
+        let ctx = context_with("local-cluster[2,1,256]", &[("ember.shuffle.inMemoryThreshold", threshold)]);
+        let lines: Vec<String> = (0..2_000).map(|i| format!("w{} w{} x", i % 37, i % 11)).collect();
+        let counts: std::collections::BTreeMap<String, u64> = ctx
+            .parallelize(lines.clone(), 6)
+            .flat_map(|l: String| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .map(|w| (w, 1u64))
+            .reduce_by_key(|a, b| a + b, Some(5))
+            .collect()
+            .unwrap()
+            .into_iter()
+            .collect();
+        let mut want = std::collections::BTreeMap::new();
+        for w in lines.iter().flat_map(|l| l.split(' ')) {
+            *want.entry(w.to_string()).or_insert(0u64) += 1;
+        }
+        assert_eq!(counts, want, "word count, threshold {threshold}");
+        let mut seed = 99u64;
+        let keys: Vec<u64> = (0..50_000)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed >> 20
+            })
+            .collect();
+        let sorted = ctx.parallelize(keys.iter().map(|&k| (k, ())).collect(), 7).sort_by_key(true, Some(4)).unwrap();
+        let got: Vec<u64> = sorted.keys().collect().unwrap();
+        let mut want = keys.clone();
+        want.sort_unstable();
+        assert_eq!(got, want, "sort, threshold {threshold}");
+        let left = ctx.parallelize((0..300u32).map(|i| (i % 50, i)).collect(), 4);
+        let right = ctx.parallelize((0..100u32).map(|i| (i % 25, i * 10)).collect(), 3);
+        let mut joined = left.join(&right, Some(3)).collect().unwrap();
+        joined.sort_unstable();
+        let mut want: Vec<(u32, (u32, u32))> = Vec::new();
+        for i in 0..300u32 {
+            for j in 0..100u32 {
+                if i % 50 == j % 25 {
+                    want.push((i % 50, (i, j * 10)));
+                }
+            }
+        }
+        want.sort_unstable();
+        assert_eq!(joined, want, "join, threshold {threshold}");
+        let groups =
+            ctx.parallelize((0..1_000u32).collect(), 4).map(|i| (i % 10, i)).group_by_key(Some(3)).count().unwrap();
+        assert_eq!(groups, 10);
+        let summary = ctx.last_job_summary().unwrap();
+        assert!(summary.metrics().shuffle_records_read > 0, "{summary:?}");
+    }
+}
+
+pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
+    let ctx = context_with("local-cluster[3,1,512]", &[("ember.shuffle.inMemoryThreshold", "0")]);
+    let pids: Vec<u32> = executor_pids(&ctx, 12).into_iter().collect();
+    assert_eq!(pids.len(), 3);
+    let victim = pids[0];
+    let maps = 12usize;
+    let job = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            ctx.parallelize((0..1_000_000u64).collect(), maps)
+                .map(|x| (x % 1_000, x))
+                .reduce_by_key(|a, b| a + b, Some(9))
+                .map_partitions(|it| {
+                    // Slow reducers: the executor dies while they run.
+                    std::thread::sleep(Duration::from_millis(300));
+                    it
+                })
+                .collect()
+        })
+    };
+    // Wait until the map stage is done and the reduce stage has started, then kill one executor.
+    std::thread::sleep(Duration::from_millis(1_500));
+    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
+    let mut out = job.join().unwrap().unwrap();
+    out.sort_unstable();
+    let want: Vec<(u64, u64)> = (0..1_000u64).map(|k| (k, (0..1_000u64).map(|i| i * 1_000 + k).sum())).collect();
+    assert_eq!(out, want);
+    let summary = ctx.last_job_summary().unwrap();
+    let map_launched: usize = summary
+        .stages
+        .iter()
+        .filter(|s| s.name.contains("reduce_by_key") || s.name.contains("shuffle"))
+        .map(|s| s.launched)
+        .sum();
+    assert!(map_launched > maps, "the lost outputs were recomputed: {summary:?}");
+    assert!(map_launched < 2 * maps, "only the lost outputs were recomputed, not every map: {summary:?}");
+}

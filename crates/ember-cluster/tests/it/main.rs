@@ -43,5 +43,13 @@ fn main() {
         ),
         ("local_cluster::executors_exit_when_the_context_stops", local_cluster::executors_exit_when_the_context_stops),
         ("local_cluster::executors_die_with_a_killed_driver", local_cluster::executors_die_with_a_killed_driver),
+        (
+            "local_cluster::shuffles_run_across_executor_processes",
+            local_cluster::shuffles_run_across_executor_processes,
+        ),
+        (
+            "local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs",
+            local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs,
+        ),
     ]);
 }

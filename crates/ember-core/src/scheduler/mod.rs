@@ -179,7 +179,12 @@ impl Scheduler {
         });
         let (backend, encode_with): (Arc<dyn ExecutorBackend>, Option<ShipKey>) = match cluster {
             Some((manager, app_id)) => {
-                let start = crate::runtime::ClusterStart { app_id, settings: settings.clone(), statuses: sink };
+                let start = crate::runtime::ClusterStart {
+                    app_id,
+                    settings: settings.clone(),
+                    statuses: sink,
+                    tracker: tracker.clone(),
+                };
                 let c = manager.start(start)?;
                 (c.backend, Some(c.key))
             }

@@ -86,7 +86,8 @@ impl MapOutputTracker {
     /// Registers the output of a map task launched at `launched_epoch`. Returns the output it
     /// replaced (an earlier attempt's, to delete), or why it was refused (the caller deletes the
     /// refused output).
-    pub(crate) fn register(
+    #[allow(clippy::result_large_err)]
+    pub fn register(
         &self,
         mut status: MapStatus,
         maps: usize,

@@ -26,9 +26,9 @@ mod writer;
 pub use aggregator::Aggregator;
 pub(crate) use aggregator::*;
 pub use dependency::{ShuffleDepBase, ShuffleDependency};
-pub(crate) use outputs::MemorySegment;
 pub use outputs::{
-    MapLocation, MapLocations, MapOutputLocations, MapStatus, ReduceBlock, SegmentOffsets, ShuffleManager,
+    MapLocation, MapLocations, MapOutputLocations, MapStatus, MemorySegment, ReduceBlock, RemoteSegments,
+    SegmentOffsets, ShuffleManager,
 };
 pub use partitioner::{HashPartitioner, IndexPartitioner, Partitioner, RangePartitioner};
 use reader::ShuffleReader;

@@ -384,15 +384,31 @@ impl MemoryOutput {
     }
 }
 
-/// Where a reducer's copy of one in-memory segment lies, and how to read it.
+/// Where a reducer's copy of one segment lies (copied from this executor's memory or fetched
+/// from another executor), and how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct MemorySegment {
+pub struct MemorySegment {
     /// Offset of the segment in the copy.
-    pub(crate) at: usize,
+    pub at: usize,
     /// Its length.
-    pub(crate) len: usize,
+    pub len: usize,
     /// Whether it is a record stream (else the records' bytes back to back).
-    pub(crate) framed: bool,
+    pub framed: bool,
+}
+
+/// Fetches segments of map outputs held by other executors (a cluster runtime's data plane).
+pub trait RemoteSegments: Send + Sync {
+    /// Appends segment `reduce` of each output `(map, attempt)` of `shuffle` that executor
+    /// `executor` holds to `out`, in order, and returns where each went. An error names the
+    /// index in `maps` of the first output that could not be fetched, and why.
+    fn fetch(
+        &self,
+        executor: &str,
+        shuffle: ShuffleId,
+        reduce: usize,
+        maps: &[(usize, u64)],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<Vec<MemorySegment>, (usize, String)>;
 }
 
 /// The map outputs one executor holds: files, and small outputs kept in memory. Outputs kept
@@ -661,6 +677,60 @@ impl ShuffleManager {
         let memory = self.memory().remove(&id);
         let bytes: u64 = memory.iter().flat_map(ShuffleMemory::outputs).map(MemoryOutput::held).sum();
         self.release(bytes);
+    }
+
+    /// Appends segment `reduce` of this executor's output of `(shuffle, map, attempt)` to `out`
+    /// (for another executor's reducer) and says whether it is a record stream; an error when
+    /// this executor holds no such output or its file cannot be read.
+    pub fn read_segment(
+        &self,
+        shuffle: ShuffleId,
+        map: usize,
+        attempt: u64,
+        reduce: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let missing = |why: String| crate::error::Error::FetchFailed { shuffle: shuffle.0, map, reduce, message: why };
+        {
+            let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(o) = memory.get(&shuffle).and_then(|m| m.get(map, attempt)) {
+                let (offset, len) =
+                    o.segments.segment(reduce).ok_or_else(|| missing(format!("no segment {reduce}")))?;
+                let mut range = None;
+                o.copy_segment(offset, len, out, &mut range);
+                return match range {
+                    Some(r) => Ok(r.framed),
+                    None => Err(missing("segment out of its output's bounds".into())),
+                };
+            }
+        }
+        let data = self
+            .written()
+            .by_shuffle
+            .get(&shuffle)
+            .and_then(|v| v.iter().find(|w| w.map == map && w.attempt == attempt).and_then(|w| w.data.clone()))
+            .ok_or_else(|| missing("this executor holds no such map output".into()))?;
+        let index_path = data.with_extension("index");
+        let index = std::fs::read(&index_path).map_err(|e| missing(format!("{}: {e}", index_path.display())))?;
+        let at = |i: usize| -> Option<u64> {
+            let b = index.get(i * 8..i * 8 + 8)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        let (start, end) = match (at(reduce), reduce.checked_add(1).and_then(at)) {
+            (Some(s), Some(e)) if s <= e => (s, e),
+            _ => return Err(missing(format!("{} has no segment {reduce}", index_path.display()))),
+        };
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&data).map_err(|e| missing(format!("{}: {e}", data.display())))?;
+        f.seek(SeekFrom::Start(start)).map_err(|e| missing(format!("{}: {e}", data.display())))?;
+        let len = usize::try_from(end - start).map_err(|_| missing("segment too large".into()))?;
+        let from = out.len();
+        out.resize(from + len, 0);
+        if let Err(e) = f.read_exact(&mut out[from..]) {
+            out.truncate(from);
+            return Err(missing(format!("{}: {e}", data.display())));
+        }
+        Ok(true)
     }
 
     pub(crate) fn data_path(&self, id: ShuffleId, map: usize, attempt: u64) -> PathBuf {

@@ -9,6 +9,12 @@ use crate::error::{Error, Result};
 use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
 
+/// Most bytes of remote segments a reducer fetches at once (more only for one larger segment).
+const FETCH_WINDOW_BYTES: u64 = 8 << 20;
+
+/// Most blocks a reducer fetches at once.
+const FETCH_WINDOW_BLOCKS: usize = 4096;
+
 /// Where a framed block's bytes come from: no allocation or dynamic call per block.
 enum BlockSource {
     Memory(SharedSlice),
@@ -58,8 +64,18 @@ pub(crate) struct ShuffleReader<'a, R> {
     ranges: Vec<Option<MemorySegment>>,
     next_map: usize,
     current: Option<ChunkDecoder<BlockSource, R>>,
-    /// The in-memory segment being read: its records' bytes, unframed, as `memory[pos..end]`.
+    /// The in-memory segment being read: its records' bytes, unframed, as `memory[pos..end]`
+    /// (or `window[pos..end]` when `raw_remote`).
     raw: Option<(usize, usize)>,
+    raw_remote: bool,
+    /// Which blocks other executors hold (empty when none does).
+    remote: Vec<bool>,
+    /// Segments fetched from other executors for blocks `window_start..window_end`, and where
+    /// each lies in `window`.
+    window: Arc<Vec<u8>>,
+    window_start: usize,
+    window_end: usize,
+    window_ranges: Vec<Option<MemorySegment>>,
     /// A finished decoder, kept for its buffers.
     spare: Option<ChunkDecoder<BlockSource, R>>,
     reduce: usize,
@@ -74,13 +90,28 @@ impl<'a, R> ShuffleReader<'a, R> {
     pub(crate) fn new(shuffle: ShuffleId, maps: usize, reduce: usize, tc: &'a TaskContext) -> Result<Self> {
         let ReadScratch { mut blocks, mut memory, mut ranges } = ReadScratch::take();
         let env = tc.env();
+        let mut remote = Vec::new();
         let located = env.map_outputs.map_locations(shuffle, maps, reduce).and_then(|locations| {
-            if locations.all_in_memory {
+            // On a cluster, outputs other executors hold are fetched; the rest are read here.
+            let elsewhere =
+                |executor: u32| env.map_outputs.executor(executor).is_none_or(|name| *name != *env.executor_id);
+            let any_remote = env.remote.is_some() && locations.maps.iter().any(|l| elsewhere(l.executor));
+            if locations.all_in_memory && !any_remote {
                 env.shuffle.copy_memory_column(shuffle, &locations, reduce, &mut memory, &mut ranges);
                 Ok(locations.maps.len())
             } else {
                 env.map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks)?;
+                if any_remote {
+                    remote = blocks.iter().map(|b| elsewhere(b.executor)).collect();
+                    for (b, _) in blocks.iter_mut().zip(&remote).filter(|(_, r)| **r) {
+                        // Another executor's file: not this one's to open.
+                        b.data = None;
+                    }
+                }
                 env.shuffle.copy_memory_segments(shuffle, &blocks, &mut memory, &mut ranges);
+                for (r, _) in ranges.iter_mut().zip(&remote).filter(|(_, r)| **r) {
+                    *r = None;
+                }
                 Ok(blocks.len())
             }
         });
@@ -100,6 +131,12 @@ impl<'a, R> ShuffleReader<'a, R> {
             next_map: 0,
             current: None,
             raw: None,
+            raw_remote: false,
+            remote,
+            window: Arc::default(),
+            window_start: 0,
+            window_end: 0,
+            window_ranges: Vec::new(),
             spare: None,
             reduce,
             tc,
@@ -135,6 +172,27 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
             }
             None => (0, self.ranges.get(i).copied().flatten().map_or(0, |s| s.len as u64), None),
         };
+        if self.remote.get(i).copied().unwrap_or(false) {
+            if !(self.window_start..self.window_end).contains(&i) {
+                self.fetch_window(i)?;
+            }
+            let seg = self
+                .window_ranges
+                .get(i - self.window_start)
+                .copied()
+                .flatten()
+                .ok_or_else(|| fetch_failed("the executor holding it sent no segment".into()))?;
+            let end = seg.at + seg.len;
+            if seg.framed {
+                let src = BlockSource::Memory(SharedSlice { bytes: self.window.clone(), pos: seg.at, end });
+                let origin = Origin::ShuffleMemory { shuffle, map };
+                self.current = Some(self.decoder(src, origin, seg.len as u64));
+            } else {
+                self.raw = Some((seg.at, end));
+                self.raw_remote = true;
+            }
+            return Ok(());
+        }
         let Some(path) = data else {
             // The copy holds the whole segment, or nothing when the output is gone or short.
             let seg = self
@@ -150,6 +208,7 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
                 self.current = Some(self.decoder(src, origin, len));
             } else {
                 self.raw = Some((seg.at, end));
+                self.raw_remote = false;
             }
             return Ok(());
         };
@@ -161,6 +220,67 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         Ok(())
     }
 
+    /// Fetches the segments of the remote blocks from `first` on, up to [`FETCH_WINDOW_BYTES`]
+    /// (at least `first`'s) or [`FETCH_WINDOW_BLOCKS`] blocks, one request per executor holding
+    /// some: the bytes a reducer holds at once stay bounded whatever the shuffle's size.
+    fn fetch_window(&mut self, first: usize) -> Result<()> {
+        let (shuffle, reduce) = (self.shuffle, self.reduce);
+        let env = self.tc.env();
+        let remote = env.remote.clone().ok_or_else(|| Error::Internal("remote blocks without a data plane".into()))?;
+        let mut end = first;
+        let mut bytes = 0u64;
+        while end < self.maps && end - first < FETCH_WINDOW_BLOCKS {
+            let len = self.blocks.get(end).map_or(0, |b| b.len);
+            if self.remote.get(end).copied().unwrap_or(false) {
+                if end > first && bytes + len > FETCH_WINDOW_BYTES {
+                    break;
+                }
+                bytes += len;
+            }
+            end += 1;
+        }
+        // By executor, in map order within each.
+        let mut by_executor: Vec<(u32, Vec<usize>)> = Vec::new();
+        for i in first..end {
+            let Some(b) = self.blocks.get(i).filter(|b| self.remote[i] && b.len > 0) else { continue };
+            match by_executor.iter_mut().find(|(e, _)| *e == b.executor) {
+                Some((_, v)) => v.push(i),
+                None => by_executor.push((b.executor, vec![i])),
+            }
+        }
+        let mut buf = Arc::try_unwrap(std::mem::take(&mut self.window)).unwrap_or_default();
+        buf.clear();
+        self.window_ranges.clear();
+        self.window_ranges.resize(end - first, None);
+        for (executor, blocks) in by_executor {
+            let failed = |i: usize, message: String| Error::FetchFailed { shuffle: shuffle.0, map: i, reduce, message };
+            let name = env
+                .map_outputs
+                .executor(executor)
+                .ok_or_else(|| failed(blocks[0], format!("executor number {executor} is unknown")))?;
+            let maps: Vec<(usize, u64)> = blocks.iter().map(|&i| (i, self.blocks[i].attempt)).collect();
+            let got = remote.fetch(&name, shuffle, reduce, &maps, &mut buf).map_err(|(k, why)| {
+                failed(blocks.get(k).copied().unwrap_or(blocks[0]), format!("from executor {name}: {why}"))
+            })?;
+            if got.len() != blocks.len() {
+                return Err(failed(
+                    blocks[got.len().min(blocks.len() - 1)],
+                    format!("executor {name} sent too few segments"),
+                ));
+            }
+            for (&i, seg) in blocks.iter().zip(got) {
+                if seg.at.checked_add(seg.len).is_none_or(|e| e > buf.len()) || seg.len as u64 != self.blocks[i].len {
+                    return Err(failed(i, format!("executor {name} sent a segment of the wrong size")));
+                }
+                self.window_ranges[i - first] = Some(seg);
+            }
+        }
+        self.window = Arc::new(buf);
+        self.window_start = first;
+        self.window_end = end;
+        Ok(())
+    }
+
     /// The next record of the in-memory segment being read, if it has one more.
     fn next_raw(&mut self) -> Option<Result<R>> {
         let (pos, end) = self.raw?;
@@ -168,7 +288,8 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
             self.raw = None;
             return None;
         }
-        Some(match postcard::take_from_bytes::<R>(&self.memory[pos..end]) {
+        let bytes = if self.raw_remote { &self.window[pos..end] } else { &self.memory[pos..end] };
+        Some(match postcard::take_from_bytes::<R>(bytes) {
             // A record of no bytes never reaches this path (such outputs are framed): one that
             // consumed nothing means the bytes are not records of this type.
             Ok((_, rest)) if rest.len() == end - pos => {

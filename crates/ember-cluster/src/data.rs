@@ -1,0 +1,290 @@
+//! The data plane on an executor: serving the segments of its map outputs, fetching other
+//! executors' segments, and the mirror of the driver's map output tracker that tells reducers
+//! where outputs are.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use ember_core::env::Env;
+use ember_core::scheduler::MapOutputTracker;
+use ember_core::shuffle::{
+    MapLocations, MapOutputLocations, MapStatus, MemorySegment, ReduceBlock, RemoteSegments, ShuffleId,
+};
+use ember_core::Error;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::auth;
+use crate::proto;
+
+/// Largest piece of a segment in one message.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// Data-plane addresses of executors, by id (learned from the driver).
+pub(crate) type Addresses = Arc<RwLock<HashMap<String, String>>>;
+
+/// Adds the application's token to every call.
+#[derive(Clone)]
+pub(crate) struct Auth(pub(crate) MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
+        request.metadata_mut().insert(auth::AUTH_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+/// Serves this executor's segments.
+pub(crate) struct BlockService {
+    /// Set once the executor has started (requests before that are refused as unavailable).
+    pub(crate) env: Arc<OnceLock<Arc<Env>>>,
+}
+
+type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::SegmentChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::block_transfer_server::BlockTransfer for BlockService {
+    type FetchSegmentsStream = ChunkStream;
+
+    async fn fetch_segments(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> std::result::Result<Response<Self::FetchSegmentsStream>, Status> {
+        let env = self.env.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
+        let r = request.into_inner();
+        let reduce =
+            usize::try_from(r.reduce).map_err(|_| Status::invalid_argument("reduce partition out of range"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Segments are read from memory or disk on a blocking thread, a chunk at a time, so a
+        // slow reader holds at most a few chunks here.
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = proto::SegmentChunk::default();
+            let mut size = 0usize;
+            let mut segment = Vec::new();
+            for (index, m) in r.maps.iter().enumerate() {
+                segment.clear();
+                let read = usize::try_from(m.map)
+                    .map_err(|_| Error::InvalidArgument("map partition out of range".into()))
+                    .and_then(|map| {
+                        env.shuffle.read_segment(ShuffleId(r.shuffle), map, m.attempt, reduce, &mut segment)
+                    });
+                let framed = match read {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if !chunk.pieces.is_empty() {
+                            let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
+                        }
+                        let _ = tx.blocking_send(Err(Status::not_found(e.to_string())));
+                        return;
+                    }
+                };
+                let pieces = segment.chunks(PIECE_BYTES).collect::<Vec<_>>();
+                let count = pieces.len().max(1);
+                for k in 0..count {
+                    let data = pieces.get(k).map(|p| p.to_vec()).unwrap_or_default();
+                    size += data.len() + 16;
+                    chunk.pieces.push(proto::SegmentPiece { index: index as u32, data, framed, last: k + 1 == count });
+                    if size >= PIECE_BYTES {
+                        if tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                            return;
+                        }
+                        size = 0;
+                    }
+                }
+            }
+            if !chunk.pieces.is_empty() {
+                let _ = tx.blocking_send(Ok(chunk));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Fetches segments from other executors' data planes.
+pub(crate) struct Fetcher {
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) auth: Auth,
+    pub(crate) addresses: Addresses,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Fetcher {
+    pub(crate) fn new(handle: tokio::runtime::Handle, auth: Auth, addresses: Addresses) -> Fetcher {
+        Fetcher { handle, auth, addresses, channels: Mutex::default() }
+    }
+
+    fn client(
+        &self,
+        executor: &str,
+    ) -> std::result::Result<proto::block_transfer_client::BlockTransferClient<AuthChannel>, String> {
+        let address = self
+            .addresses
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(executor)
+            .cloned()
+            .ok_or_else(|| format!("the address of executor {executor} is unknown"))?;
+        let channel = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            match channels.get(&address) {
+                Some(c) => c.clone(),
+                None => {
+                    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                        .map_err(|e| format!("address {address}: {e}"))?
+                        .connect_timeout(std::time::Duration::from_secs(10));
+                    let c = {
+                        let _guard = self.handle.enter();
+                        endpoint.connect_lazy()
+                    };
+                    channels.insert(address, c.clone());
+                    c
+                }
+            }
+        };
+        Ok(proto::block_transfer_client::BlockTransferClient::with_interceptor(channel, self.auth.clone()))
+    }
+}
+
+impl RemoteSegments for Fetcher {
+    fn fetch(
+        &self,
+        executor: &str,
+        shuffle: ShuffleId,
+        reduce: usize,
+        maps: &[(usize, u64)],
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<Vec<MemorySegment>, (usize, String)> {
+        let mut client = self.client(executor).map_err(|e| (0, e))?;
+        let request = proto::FetchRequest {
+            shuffle: shuffle.0,
+            reduce: reduce as u64,
+            maps: maps.iter().map(|&(map, attempt)| proto::MapAttempt { map: map as u64, attempt }).collect(),
+        };
+        self.handle.block_on(async {
+            let mut stream =
+                client.fetch_segments(request).await.map_err(|e| (0, e.message().to_string()))?.into_inner();
+            let mut segments = Vec::with_capacity(maps.len());
+            let mut start = out.len();
+            loop {
+                let chunk = match stream.message().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(e) => return Err((segments.len(), e.message().to_string())),
+                };
+                for piece in chunk.pieces {
+                    if piece.index as usize != segments.len() {
+                        return Err((segments.len(), "segments arrived out of order".into()));
+                    }
+                    out.extend_from_slice(&piece.data);
+                    if piece.last {
+                        segments.push(MemorySegment { at: start, len: out.len() - start, framed: piece.framed });
+                        start = out.len();
+                    }
+                }
+            }
+            if segments.len() != maps.len() {
+                return Err((segments.len(), "the stream ended early".into()));
+            }
+            Ok(segments)
+        })
+    }
+}
+
+/// The driver's map output tracker as an executor sees it: the statuses of each shuffle its
+/// reducers read, fetched once and again whenever a task arrives from a newer epoch (outputs
+/// were lost and recomputed since).
+pub(crate) struct Mirror {
+    tracker: MapOutputTracker,
+    /// The driver's epoch when each shuffle was fetched.
+    fetched: Mutex<HashMap<ShuffleId, u64>>,
+    /// The newest epoch of a task this executor was sent.
+    epoch_seen: AtomicU64,
+    driver: proto::driver_client::DriverClient<AuthChannel>,
+    handle: tokio::runtime::Handle,
+    addresses: Addresses,
+}
+
+impl Mirror {
+    pub(crate) fn new(
+        driver: proto::driver_client::DriverClient<AuthChannel>,
+        handle: tokio::runtime::Handle,
+        addresses: Addresses,
+    ) -> Mirror {
+        Mirror {
+            tracker: MapOutputTracker::new(),
+            fetched: Mutex::default(),
+            epoch_seen: AtomicU64::new(0),
+            driver,
+            handle,
+            addresses,
+        }
+    }
+
+    /// A task of `epoch` arrived.
+    pub(crate) fn observe_epoch(&self, epoch: u64) {
+        self.epoch_seen.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// Makes sure the statuses of `shuffle` are at least as new as the newest task seen.
+    fn ensure(&self, shuffle: ShuffleId, reduce: usize) -> ember_core::Result<()> {
+        let failed = |message: String| Error::FetchFailed { shuffle: shuffle.0, map: 0, reduce, message };
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = self.epoch_seen.load(Ordering::Relaxed);
+        if fetched.get(&shuffle).is_some_and(|&e| e >= seen) {
+            return Ok(());
+        }
+        let mut driver = self.driver.clone();
+        let reply = self
+            .handle
+            .block_on(driver.map_outputs(proto::MapOutputsRequest { shuffle: shuffle.0 }))
+            .map_err(|e| failed(format!("the driver did not say where the map outputs are: {}", e.message())))?
+            .into_inner();
+        MapOutputLocations::remove_shuffle(&self.tracker, shuffle);
+        let maps = reply.statuses.len();
+        for bytes in reply.statuses.iter().filter(|b| !b.is_empty()) {
+            let status: MapStatus = postcard::from_bytes(bytes)
+                .map_err(|e| failed(format!("a map status from the driver does not decode: {e}")))?;
+            if let Err((s, why)) = self.tracker.register(status, maps, u64::MAX) {
+                return Err(failed(format!(
+                    "the driver sent a status this executor refuses for map {}: {why:?}",
+                    s.map
+                )));
+            }
+        }
+        self.addresses.write().unwrap_or_else(|p| p.into_inner()).extend(reply.executors);
+        fetched.insert(shuffle, reply.epoch.max(seen));
+        Ok(())
+    }
+}
+
+impl MapOutputLocations for Mirror {
+    fn reduce_blocks_into(
+        &self,
+        shuffle: ShuffleId,
+        maps: usize,
+        reduce: usize,
+        column: &mut Vec<ReduceBlock>,
+    ) -> ember_core::Result<()> {
+        self.ensure(shuffle, reduce)?;
+        self.tracker.reduce_blocks_into(shuffle, maps, reduce, column)
+    }
+
+    fn map_locations(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> ember_core::Result<Arc<MapLocations>> {
+        self.ensure(shuffle, reduce)?;
+        self.tracker.map_locations(shuffle, maps, reduce)
+    }
+
+    fn executor(&self, index: u32) -> Option<Arc<str>> {
+        self.tracker.executor(index)
+    }
+
+    fn remove_shuffle(&self, shuffle: ShuffleId) {
+        self.fetched.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+        MapOutputLocations::remove_shuffle(&self.tracker, shuffle);
+    }
+}

@@ -66,6 +66,34 @@ pub fn entry() {
     install();
 }
 
+/// [`entry`] for a process whose `main` the program does not write, such as a test binary of
+/// the standard harness: expands to a static constructor that runs before `main`. In an executor
+/// process it serves tasks and exits before `main` starts; in any other process it installs the
+/// cluster runtime. Use it once per binary, at module level. (Linux: ELF `.init_array`.)
+#[macro_export]
+macro_rules! executor_entry_before_main {
+    () => {
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[link_section = ".init_array"]
+        static EMBER_EXECUTOR_ENTRY: extern "C" fn() = {
+            extern "C" fn ember_executor_entry() {
+                $crate::entry_before_main();
+            }
+            ember_executor_entry
+        };
+    };
+}
+
+/// What [`executor_entry_before_main!`] runs: [`entry`], with a panic turned into an exit
+/// status (unwinding out of a static constructor would abort).
+#[doc(hidden)]
+pub fn entry_before_main() {
+    if std::panic::catch_unwind(entry).is_err() {
+        std::process::exit(101);
+    }
+}
+
 /// Installs the cluster runtime for contexts created from now on (what [`entry`] does in a
 /// driver).
 pub fn install() {

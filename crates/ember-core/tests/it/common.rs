@@ -21,6 +21,15 @@ pub fn ctx_with_memory(memory: Option<&str>, serialize: bool) -> Context {
     Context::new(conf).expect("context starts")
 }
 
+/// A context on two executor processes of one slot each (`local-cluster[2,1,256]`).
+pub fn cluster_ctx() -> Context {
+    let conf = EmberConf::new()
+        .master("local-cluster[2,1,256]")
+        .and_then(|c| c.set("ember.ui.showConsoleProgress", "false"))
+        .expect("valid conf");
+    Context::new(conf).expect("context starts")
+}
+
 /// A plain `local[2]` context.
 pub fn ctx() -> Context {
     ctx_with(false)

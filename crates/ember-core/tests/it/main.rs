@@ -1,5 +1,9 @@
 //! Integration tests of the core engine, one binary with a module per area.
 
+// Executors of the battery's local-cluster context are this binary started again: such a
+// process becomes an executor before the test harness starts.
+ember_cluster::executor_entry_before_main!();
+
 mod api;
 mod broadcast;
 mod checkpoint;

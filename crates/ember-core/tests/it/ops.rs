@@ -2,7 +2,8 @@
 //!
 //! Inputs include empty RDDs, empty partitions, fewer records than partitions, skewed keys (most
 //! records share one key) and many distinct keys; every property runs on both contexts of
-//! [`both`], so task encoding is exercised too. Contexts are made once per test function (they
+//! [`both`], so task encoding is exercised too, and on `local-cluster[2,1,256]`, whose tasks run
+//! in two executor processes and whose shuffles cross between them. Contexts are made once per test function (they
 //! start threads) and shared by its cases, which is why the properties use proptest's
 //! closure-style `proptest!(config, |..| ..)` rather than one `fn` per case.
 
@@ -19,7 +20,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 
-use super::common::both;
+use super::common::{both, cluster_ctx};
 use super::model::{self, sorted};
 
 // ---- configuration and generators -----------------------------------------------------------
@@ -31,7 +32,9 @@ fn config() -> ProptestConfig {
 
 /// The in-memory context and the one that encodes every task, labelled for failure messages.
 fn contexts() -> Vec<(&'static str, Context)> {
-    ["in-memory tasks", "encoded tasks"].into_iter().zip(both()).collect()
+    let mut c: Vec<_> = ["in-memory tasks", "encoded tasks"].into_iter().zip(both()).collect();
+    c.push(("executor processes", cluster_ctx()));
+    c
 }
 
 /// The most records a generated input holds.
@@ -1086,6 +1089,11 @@ fn foreach_and_foreach_with_see_every_record_once() {
             let acc = ctx.long_accumulator();
             rdd.foreach_with(acc.clone(), |acc, x| acc.add(i64::from(x)))?;
             prop_assert_eq!(acc.value()?, sum_i64(&data), "{}", mode);
+            // Tasks in executor processes change those processes' statics, not the driver's:
+            // the statics show effects only where tasks run in this process.
+            if ctx.settings().master.is_cluster() {
+                continue;
+            }
             SEEN.store(0, Ordering::SeqCst);
             CALLS.store(0, Ordering::SeqCst);
             rdd.foreach(|x| {
@@ -1106,6 +1114,16 @@ fn foreach_partition_sees_every_partition_once() {
     proptest!(config(), |(data in ints(MAX), parts in PARTS)| {
         for (mode, ctx) in &ctxs {
             let rdd = ctx.parallelize(data.clone(), parts);
+            let acc = ctx.long_accumulator();
+            rdd.foreach_partition_with(acc.clone(), |acc, it| acc.add(it.map(i64::from).sum()))?;
+            prop_assert_eq!(acc.value()?, sum_i64(&data), "{}", mode);
+            let calls = ctx.long_accumulator();
+            rdd.foreach_partition_with(calls.clone(), |calls, _| calls.add(1))?;
+            prop_assert_eq!(calls.value()?, parts as i64, "{}: partitions seen", mode);
+            // Tasks in executor processes change those processes' statics, not the driver's.
+            if ctx.settings().master.is_cluster() {
+                continue;
+            }
             PARTITIONS.store(0, Ordering::SeqCst);
             RECORDS.store(0, Ordering::SeqCst);
             rdd.foreach_partition(|it| {
@@ -1114,9 +1132,6 @@ fn foreach_partition_sees_every_partition_once() {
             })?;
             prop_assert_eq!(PARTITIONS.load(Ordering::SeqCst), parts as u64, "{}", mode);
             prop_assert_eq!(RECORDS.load(Ordering::SeqCst), data.len() as u64, "{}", mode);
-            let acc = ctx.long_accumulator();
-            rdd.foreach_partition_with(acc.clone(), |acc, it| acc.add(it.map(i64::from).sum()))?;
-            prop_assert_eq!(acc.value()?, sum_i64(&data), "{}", mode);
         }
     });
 }

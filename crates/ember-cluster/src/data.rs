@@ -288,3 +288,28 @@ impl MapOutputLocations for Mirror {
         MapOutputLocations::remove_shuffle(&self.tracker, shuffle);
     }
 }
+
+/// Fetches broadcast values from the driver.
+pub(crate) struct Broadcasts {
+    pub(crate) driver: proto::driver_client::DriverClient<AuthChannel>,
+    pub(crate) handle: tokio::runtime::Handle,
+}
+
+impl ember_core::broadcast::RemoteBroadcasts for Broadcasts {
+    fn fetch(&self, id: u64) -> ember_core::Result<Vec<u8>> {
+        let failed = |why: String| Error::io(format!("broadcast {id}"), std::io::Error::other(why));
+        let mut driver = self.driver.clone();
+        self.handle.block_on(async {
+            let mut stream = driver
+                .broadcast(proto::BroadcastRequest { id })
+                .await
+                .map_err(|e| failed(format!("the driver did not send it: {}", e.message())))?
+                .into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await.map_err(|e| failed(e.message().to_string()))? {
+                bytes.extend_from_slice(&chunk.data);
+            }
+            Ok(bytes)
+        })
+    }
+}

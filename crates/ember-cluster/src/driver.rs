@@ -58,6 +58,8 @@ pub(crate) struct Cluster {
     settings: Vec<u8>,
     /// Where map outputs are.
     tracker: Arc<MapOutputTracker>,
+    /// The driver's services (broadcast values are published there).
+    driver_env: Arc<ember_core::env::Env>,
     /// Data-plane addresses of every executor that registered, kept after it is lost (a
     /// reducer asking for a lost executor's outputs gets an address that fails, and so a fetch
     /// failure).
@@ -69,11 +71,11 @@ impl Cluster {
         app_id: String,
         binary: [u8; 32],
         settings: &ember_core::conf::Settings,
-        (statuses, tracker): (StatusSink, Arc<MapOutputTracker>),
+        (statuses, tracker, driver_env): (StatusSink, Arc<MapOutputTracker>, Arc<ember_core::env::Env>),
     ) -> Result<Arc<Cluster>> {
         let settings = postcard::to_allocvec(settings)
             .map_err(|e| ClusterError::Protocol(format!("the settings do not encode: {e}")))?;
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             statuses,
@@ -81,8 +83,17 @@ impl Cluster {
             binary,
             settings,
             tracker,
+            driver_env,
             addresses: Mutex::default(),
-        }))
+        });
+        // Executors drop their copies of a broadcast value the driver releases.
+        let weak = Arc::downgrade(&cluster);
+        cluster.driver_env.broadcasts.on_release(Arc::new(move |id| {
+            if let Some(c) = weak.upgrade() {
+                c.broadcast(Out::ReleaseBroadcast(proto::ReleaseBroadcast { id }));
+            }
+        }));
+        Ok(cluster)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -348,9 +359,28 @@ pub(crate) struct DriverService {
 
 type OutStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::DriverMessage, Status>> + Send>>;
 
+type BroadcastStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::BroadcastChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl proto::driver_server::Driver for DriverService {
     type SessionStream = OutStream;
+    type BroadcastStream = BroadcastStream;
+
+    async fn broadcast(
+        &self,
+        request: Request<proto::BroadcastRequest>,
+    ) -> std::result::Result<Response<Self::BroadcastStream>, Status> {
+        let id = request.into_inner().id;
+        let bytes =
+            self.cluster.driver_env.broadcasts.published_bytes(id).map_err(|e| Status::not_found(e.to_string()))?;
+        let chunks: Vec<std::result::Result<proto::BroadcastChunk, Status>> = if bytes.is_empty() {
+            vec![Ok(proto::BroadcastChunk { data: Vec::new() })]
+        } else {
+            bytes.chunks(1 << 20).map(|c| Ok(proto::BroadcastChunk { data: c.to_vec() })).collect()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 
     async fn map_outputs(
         &self,

@@ -9,7 +9,7 @@ use ember_core::runtime::{Executor, ExecutorSpec};
 use ember_core::shuffle::MapStatus;
 use tokio::sync::mpsc;
 
-use crate::data::{Addresses, Auth, BlockService, Fetcher, Mirror};
+use crate::data::{Addresses, Auth, BlockService, Broadcasts, Fetcher, Mirror};
 
 use crate::auth::{self, Secret};
 use crate::error::{ClusterError, Result};
@@ -174,8 +174,9 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     let handle = tokio::runtime::Handle::current();
     let addresses: Addresses = Arc::default();
     let mirror = Arc::new(Mirror::new(client.clone(), handle.clone(), addresses.clone()));
-    let fetcher = Arc::new(Fetcher::new(handle, auth_out, addresses));
-    let started = Executor::start(spec, key, (mirror.clone(), fetcher), statuses)?;
+    let fetcher = Arc::new(Fetcher::new(handle.clone(), auth_out, addresses));
+    let broadcasts = Arc::new(Broadcasts { driver: client.clone(), handle });
+    let started = Executor::start(spec, key, (mirror.clone(), fetcher), broadcasts, statuses)?;
     let _ = env_cell.set(started.env().clone());
     let executor = executor.insert(started);
     let heartbeat = {
@@ -216,6 +217,9 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
                         Err(e) => tracing::warn!("a map status to discard does not decode: {e}"),
                     }
                 }
+            }
+            Ok(Some(proto::DriverMessage { kind: Some(In::ReleaseBroadcast(b)) })) => {
+                executor.env().broadcasts.forget(b.id);
             }
             Ok(Some(proto::DriverMessage { kind: Some(In::Shutdown(s)) })) => {
                 tracing::info!("executor {} shuts down: {}", config.id, s.reason);

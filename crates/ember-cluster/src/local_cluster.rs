@@ -40,7 +40,8 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     };
     let binary = *auth::binary_sha256()?;
     let exe = std::env::current_exe().map_err(|source| ClusterError::Io { path: "the executable".into(), source })?;
-    let cluster = Cluster::new(start.app_id.clone(), binary, &start.settings, (start.statuses, start.tracker))?;
+    let cluster =
+        Cluster::new(start.app_id.clone(), binary, &start.settings, (start.statuses, start.tracker, start.driver_env))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ember-driver-io")

@@ -29,12 +29,27 @@ struct Published {
     bytes: Option<std::result::Result<Arc<Vec<u8>>, String>>,
 }
 
+/// Where an executor in another process than its driver fetches broadcast values (a cluster
+/// runtime's).
+pub trait RemoteBroadcasts: Send + Sync {
+    /// The encoded value of broadcast `id`, from the driver.
+    fn fetch(&self, id: u64) -> Result<Vec<u8>>;
+}
+
+/// Called with the id of each broadcast the driver releases.
+pub type OnRelease = Arc<dyn Fn(u64) + Send + Sync>;
+
 /// The broadcast values one executor can reach: those the driver published (in local mode, the
-/// same process) and the copies this executor decoded.
+/// same process), the copies this executor decoded, and on a cluster executor, those it fetches
+/// from its driver (once each).
 #[derive(Default)]
 pub struct BroadcastStore {
     published: Mutex<HashMap<u64, Published>>,
     decoded: Mutex<HashMap<u64, Shared>>,
+    remote: std::sync::RwLock<Option<Arc<dyn RemoteBroadcasts>>>,
+    on_release: std::sync::RwLock<Option<OnRelease>>,
+    /// Held while a value is fetched from the driver, so that concurrent tasks fetch it once.
+    fetching: Mutex<()>,
 }
 
 fn lock<K, V>(m: &Mutex<HashMap<K, V>>) -> MutexGuard<'_, HashMap<K, V>> {
@@ -48,6 +63,37 @@ impl BroadcastStore {
 
     fn remove(&self, id: u64) {
         lock(&self.published).remove(&id);
+        lock(&self.decoded).remove(&id);
+        let hook = self.on_release.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(id);
+        }
+    }
+
+    /// Makes this store fetch values it was not given from `remote` (an executor in another
+    /// process than its driver).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteBroadcasts>) {
+        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = Some(remote);
+    }
+
+    /// Calls `hook` with the id of each broadcast the driver releases (so that a cluster runtime
+    /// tells its executors to drop their copies).
+    pub fn on_release(&self, hook: OnRelease) {
+        *self.on_release.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    /// The encoded value of a published broadcast (what the driver serves to executors).
+    pub fn published_bytes(&self, id: u64) -> Result<Arc<Vec<u8>>> {
+        match lock(&self.published).get(&id).map(|p| p.bytes.clone()) {
+            Some(Some(Ok(b))) => Ok(b),
+            Some(Some(Err(e))) => Err(Error::Serialization(format!("broadcast {id} could not be encoded: {e}"))),
+            Some(None) => Err(Error::Internal(format!("broadcast {id} was published without its encoding"))),
+            None => Err(Error::InvalidArgument(format!("broadcast {id} is not available (released?)"))),
+        }
+    }
+
+    /// Drops this executor's copy of broadcast `id` (its driver released it).
+    pub fn forget(&self, id: u64) {
         lock(&self.decoded).remove(&id);
     }
 
@@ -63,10 +109,18 @@ impl BroadcastStore {
         if let Some(v) = lock(&self.decoded).get(&id).cloned() {
             return v.downcast::<T>().map_err(|_| wrong());
         }
-        let bytes = match lock(&self.published).get(&id).map(|p| p.bytes.clone()) {
-            Some(Some(Ok(b))) => b,
-            Some(Some(Err(e))) => {
+        let remote = self.remote.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let bytes = match (lock(&self.published).get(&id).map(|p| p.bytes.clone()), remote) {
+            (Some(Some(Ok(b))), _) => b,
+            (Some(Some(Err(e))), _) => {
                 return Err(Error::Serialization(format!("broadcast {id} could not be encoded: {e}")))
+            }
+            (_, Some(remote)) => {
+                let _one_at_a_time = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(v) = lock(&self.decoded).get(&id).cloned() {
+                    return v.downcast::<T>().map_err(|_| wrong());
+                }
+                Arc::new(remote.fetch(id)?)
             }
             _ => return Err(Error::Internal(format!("broadcast {id} is not available"))),
         };

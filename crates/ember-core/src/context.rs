@@ -95,7 +95,10 @@ impl Context {
         ));
         std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(&local_dir, e))?;
         let tracker = Arc::new(MapOutputTracker::new());
-        let env = Arc::new(Env::new(&settings, local_dir, tracker.clone())?);
+        let mut env = Env::new(&settings, local_dir, tracker.clone())?;
+        // Executors in other processes decode their own copies of broadcast values.
+        env.rehearse_remote |= settings.master.is_cluster();
+        let env = Arc::new(env);
         let app_id = new_app_id();
         let cluster = match settings.master.is_cluster() {
             true => Some((crate::runtime::cluster_manager(&settings.master)?, app_id.clone())),

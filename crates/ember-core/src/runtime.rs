@@ -32,6 +32,8 @@ pub struct ClusterStart {
     pub statuses: StatusSink,
     /// The driver's map output tracker: executors' reducers ask it where map outputs are.
     pub tracker: Arc<crate::scheduler::MapOutputTracker>,
+    /// The driver's services: broadcast values are published in its store.
+    pub driver_env: Arc<Env>,
 }
 
 /// The executors of a cluster application, as the scheduler sees them.
@@ -98,6 +100,7 @@ impl Executor {
         spec: ExecutorSpec,
         key: ShipKey,
         (map_outputs, remote): (Arc<dyn MapOutputLocations>, Arc<dyn RemoteSegments>),
+        broadcasts: Arc<dyn crate::broadcast::RemoteBroadcasts>,
         statuses: StatusSink,
     ) -> Result<Executor> {
         if spec.slots == 0 || spec.slots > crate::conf::MAX_LOCAL_SLOTS {
@@ -115,6 +118,7 @@ impl Executor {
         env.executor_id = Arc::from(spec.executor_id);
         env.rehearse_remote = true;
         env.remote = Some(remote);
+        env.broadcasts.set_remote(broadcasts);
         let env = Arc::new(env);
         let backend = LocalBackend::start(spec.slots, env.clone(), Mode::Executor, key, statuses)?;
         Ok(Executor { backend, env })

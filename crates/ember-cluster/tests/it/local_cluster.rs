@@ -369,3 +369,28 @@ pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
     assert!(map_launched > maps, "the lost outputs were recomputed: {summary:?}");
     assert!(map_launched < 2 * maps, "only the lost outputs were recomputed, not every map: {summary:?}");
 }
+
+pub fn broadcasts_reach_executor_processes() {
+    let ctx = context("local-cluster[2,1,256]");
+    // Several chunks of the driver's stream.
+    let table: Vec<u64> = (0..400_000).map(|i| i * 3).collect();
+    let bc = ctx.broadcast(table.clone());
+    let out = ctx
+        .parallelize((0..1_000u64).collect(), 8)
+        .map_with(bc.clone(), |b, i| (b.value()[i as usize * 400], b.value().len(), std::process::id()))
+        .collect()
+        .unwrap();
+    assert_eq!(out.iter().map(|r| r.0).collect::<Vec<_>>(), (0..1_000).map(|i| table[i * 400]).collect::<Vec<_>>());
+    assert!(out.iter().all(|r| r.1 == table.len()));
+    assert_eq!(out.iter().map(|r| r.2).collect::<HashSet<_>>().len(), 2, "both executors read it");
+    // A second job reuses each executor's copy; a released value is gone from the driver.
+    let sum = ctx
+        .parallelize((0..10u64).collect(), 4)
+        .map_with(bc.clone(), |b, i| b.value()[i as usize])
+        .reduce(|a, b| a + b);
+    assert_eq!(sum.unwrap(), Some((0..10).map(|i| i * 3).sum()));
+    let id = bc.id();
+    drop(bc);
+    assert_eq!(ctx.env().broadcasts.len(), 0);
+    assert!(ctx.env().broadcasts.published_bytes(id).is_err());
+}

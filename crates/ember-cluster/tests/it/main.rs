@@ -5,6 +5,13 @@
 mod harness;
 mod local_cluster;
 
+/// The named test functions, as `(name, fn)` pairs.
+macro_rules! tests {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        &[$((concat!(stringify!($module), "::", stringify!($test)), $module::$test as fn())),*]
+    };
+}
+
 fn main() {
     ember_cluster::entry();
     // The program's own code, which an executor must never reach (see
@@ -15,41 +22,18 @@ fn main() {
     if let Some(path) = std::env::var_os(local_cluster::SLEEPING_DRIVER) {
         local_cluster::sleeping_driver(std::path::Path::new(&path));
     }
-    harness::run(&[
-        ("local_cluster::narrow_jobs_run_in_executor_processes", local_cluster::narrow_jobs_run_in_executor_processes),
-        (
-            "local_cluster::driver_code_before_the_context_runs_once",
-            local_cluster::driver_code_before_the_context_runs_once,
-        ),
-        (
-            "local_cluster::task_errors_keep_their_class_across_processes",
-            local_cluster::task_errors_keep_their_class_across_processes,
-        ),
-        (
-            "local_cluster::accumulators_count_once_across_processes",
-            local_cluster::accumulators_count_once_across_processes,
-        ),
-        (
-            "local_cluster::an_executor_with_a_wrong_secret_is_refused",
-            local_cluster::an_executor_with_a_wrong_secret_is_refused,
-        ),
-        (
-            "local_cluster::an_executor_of_another_binary_is_refused",
-            local_cluster::an_executor_of_another_binary_is_refused,
-        ),
-        (
-            "local_cluster::a_killed_executor_fails_its_tasks_over",
-            local_cluster::a_killed_executor_fails_its_tasks_over,
-        ),
-        ("local_cluster::executors_exit_when_the_context_stops", local_cluster::executors_exit_when_the_context_stops),
-        ("local_cluster::executors_die_with_a_killed_driver", local_cluster::executors_die_with_a_killed_driver),
-        (
-            "local_cluster::shuffles_run_across_executor_processes",
-            local_cluster::shuffles_run_across_executor_processes,
-        ),
-        (
-            "local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs",
-            local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs,
-        ),
+    harness::run(tests![
+        local_cluster::narrow_jobs_run_in_executor_processes,
+        local_cluster::driver_code_before_the_context_runs_once,
+        local_cluster::task_errors_keep_their_class_across_processes,
+        local_cluster::accumulators_count_once_across_processes,
+        local_cluster::an_executor_with_a_wrong_secret_is_refused,
+        local_cluster::an_executor_of_another_binary_is_refused,
+        local_cluster::a_killed_executor_fails_its_tasks_over,
+        local_cluster::executors_exit_when_the_context_stops,
+        local_cluster::executors_die_with_a_killed_driver,
+        local_cluster::shuffles_run_across_executor_processes,
+        local_cluster::broadcasts_reach_executor_processes,
+        local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs,
     ]);
 }

@@ -184,6 +184,7 @@ impl Scheduler {
                     settings: settings.clone(),
                     statuses: sink,
                     tracker: tracker.clone(),
+                    driver_env: env.clone(),
                 };
                 let c = manager.start(start)?;
                 (c.backend, Some(c.key))

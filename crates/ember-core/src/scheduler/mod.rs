@@ -7,7 +7,8 @@
 //!                     task sets (taskset.rs): attempts, retries, kills
 //!                          │  TaskLaunch (plain data)          ▲ TaskStatus (plain data)
 //!                          ▼                                   │
-//!                     executor backend (backend.rs): local slot threads, later remote executors
+//!                     executor backend (backend.rs): local slot threads, or a cluster runtime's
+//!                     executors (runtime.rs is the seam)
 //! ```
 //!
 //! One event loop thread owns all scheduling state; slot threads only run tasks. A group of

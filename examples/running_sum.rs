@@ -23,6 +23,8 @@ use ember::IndexPartitioner;
 const PER_TASK: u64 = 1000;
 
 fn main() {
+    // Executors of a cluster master are this program started again: they stop here.
+    ember::executor_entry();
     ember::init_logging();
     let usage = "running_sum ITERS TASKS [GROUP] [--trials N] [--master M]";
     let args = common::Args::parse(usage);

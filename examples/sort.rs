@@ -18,6 +18,8 @@ use common::sort_lines::{sort_lines, SortMode};
 const USAGE: &str = "sort INPUT OUTPUT_DIR [--by-key] [--master M] [--memory SIZE]";
 
 fn main() {
+    // Executors of a cluster master are this program started again: they stop here.
+    ember::executor_entry();
     ember::init_logging();
     let args = common::Args::parse(USAGE);
     let [input, output] = args.positional.as_slice() else {

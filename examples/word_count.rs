@@ -16,6 +16,8 @@ use std::time::Instant;
 use ember::prelude::*;
 
 fn main() {
+    // Executors of a cluster master are this program started again: they stop here.
+    ember::executor_entry();
     ember::init_logging();
     let args = common::Args::parse("word_count INPUT OUTPUT_DIR [--master M] [--memory SIZE] | word_count --sample");
     if let Err(e) = run(&args) {

@@ -69,12 +69,15 @@ impl Secret {
         let digest = h.finalize();
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
-        // SAFETY: the key derives from the application's secret and this executable's hash.
-        // The secret goes only to processes the driver starts itself (through their
-        // environment), and a process derives this very key only if its executable has the same
-        // SHA-256 as this one: executors of another binary derive another key (and the driver
-        // refuses them when they register), so every code reference sealed with this key names a
-        // function of this binary.
+        // SAFETY: every holder of the application's secret is trusted: the driver, and the
+        // executors it started itself (which get the secret through their environment and
+        // remove it from there at once). Within that domain, the key also binds the
+        // executable's hash, so an executor of another build derives another key and cannot
+        // decode the driver's tasks (the driver also refuses it when it registers). Sealed bytes
+        // flow one way only: the driver seals task bodies and an executor decodes them from its
+        // own authenticated session with its driver; the driver never decodes sealed bytes from
+        // executors (statuses and results are plain data). So every code reference decoded with
+        // this key was sealed by the driver, running this very binary.
         unsafe { ember_core::ship::ShipKey::for_verified_peers(key) }
     }
 }
@@ -88,14 +91,17 @@ pub(crate) fn token_matches(expected: &str, presented: &[u8]) -> bool {
     expected.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// SHA-256 of this process's executable (computed once).
+/// The executable this process runs: the image itself (`/proc/self/exe`), not a path that may
+/// name another file by now.
+pub(crate) const SELF_EXE: &str = "/proc/self/exe";
+
+/// SHA-256 of this process's executable (computed once, from the running image).
 pub(crate) fn binary_sha256() -> Result<&'static [u8; 32]> {
     static HASH: OnceLock<std::result::Result<[u8; 32], String>> = OnceLock::new();
     HASH.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-        let mut file = std::fs::File::open(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+        let mut file = std::fs::File::open(SELF_EXE).map_err(|e| format!("{SELF_EXE}: {e}"))?;
         let mut h = Sha256::new();
-        std::io::copy(&mut file, &mut h).map_err(|e| format!("{}: {e}", exe.display()))?;
+        std::io::copy(&mut file, &mut h).map_err(|e| format!("{SELF_EXE}: {e}"))?;
         Ok(h.finalize().into())
     })
     .as_ref()

@@ -136,7 +136,8 @@ impl Fetcher {
                 None => {
                     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
                         .map_err(|e| format!("address {address}: {e}"))?
-                        .connect_timeout(std::time::Duration::from_secs(10));
+                        .connect_timeout(std::time::Duration::from_secs(10))
+                        .tcp_nodelay(true);
                     let c = {
                         let _guard = self.handle.enter();
                         endpoint.connect_lazy()
@@ -146,7 +147,9 @@ impl Fetcher {
                 }
             }
         };
-        Ok(proto::block_transfer_client::BlockTransferClient::with_interceptor(channel, self.auth.clone()))
+        Ok(proto::block_transfer_client::BlockTransferClient::with_interceptor(channel, self.auth.clone())
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES))
     }
 }
 
@@ -230,9 +233,12 @@ impl Mirror {
         self.epoch_seen.fetch_max(epoch, Ordering::Relaxed);
     }
 
-    /// Makes sure the statuses of `shuffle` are at least as new as the newest task seen.
-    fn ensure(&self, shuffle: ShuffleId, reduce: usize) -> ember_core::Result<()> {
-        let failed = |message: String| Error::FetchFailed { shuffle: shuffle.0, map: 0, reduce, message };
+    /// Makes sure the statuses of `shuffle` are at least as new as the newest task seen. The
+    /// table is replaced at once, so concurrent readers see the old one or the new one. A
+    /// failure to reach the driver is an I/O error (the task is retried), not a fetch failure:
+    /// no output is known to be missing.
+    fn ensure(&self, shuffle: ShuffleId) -> ember_core::Result<()> {
+        let failed = |why: String| Error::io("the driver's map output tracker", std::io::Error::other(why));
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
         let seen = self.epoch_seen.load(Ordering::Relaxed);
         if fetched.get(&shuffle).is_some_and(|&e| e >= seen) {
@@ -242,22 +248,27 @@ impl Mirror {
         let reply = self
             .handle
             .block_on(driver.map_outputs(proto::MapOutputsRequest { shuffle: shuffle.0 }))
-            .map_err(|e| failed(format!("the driver did not say where the map outputs are: {}", e.message())))?
+            .map_err(|e| failed(format!("it did not say where the map outputs are: {}", e.message())))?
             .into_inner();
-        MapOutputLocations::remove_shuffle(&self.tracker, shuffle);
         let maps = reply.statuses.len();
+        let complete = reply.statuses.iter().all(|b| !b.is_empty());
+        let mut statuses = Vec::with_capacity(maps);
         for bytes in reply.statuses.iter().filter(|b| !b.is_empty()) {
-            let status: MapStatus = postcard::from_bytes(bytes)
-                .map_err(|e| failed(format!("a map status from the driver does not decode: {e}")))?;
-            if let Err((s, why)) = self.tracker.register(status, maps, u64::MAX) {
-                return Err(failed(format!(
-                    "the driver sent a status this executor refuses for map {}: {why:?}",
-                    s.map
-                )));
-            }
+            statuses.push(
+                postcard::from_bytes::<MapStatus>(bytes)
+                    .map_err(|e| failed(format!("a map status it sent does not decode: {e}")))?,
+            );
+        }
+        if let Some((s, why)) = self.tracker.replace_shuffle(shuffle, maps, statuses).into_iter().next() {
+            return Err(failed(format!("it sent a status this executor refuses for map {}: {why:?}", s.map)));
         }
         self.addresses.write().unwrap_or_else(|p| p.into_inner()).extend(reply.executors);
-        fetched.insert(shuffle, reply.epoch.max(seen));
+        // A table with outputs missing is asked for again by the next reducer.
+        if complete {
+            fetched.insert(shuffle, reply.epoch.max(seen));
+        } else {
+            fetched.remove(&shuffle);
+        }
         Ok(())
     }
 }
@@ -270,12 +281,12 @@ impl MapOutputLocations for Mirror {
         reduce: usize,
         column: &mut Vec<ReduceBlock>,
     ) -> ember_core::Result<()> {
-        self.ensure(shuffle, reduce)?;
+        self.ensure(shuffle)?;
         self.tracker.reduce_blocks_into(shuffle, maps, reduce, column)
     }
 
     fn map_locations(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> ember_core::Result<Arc<MapLocations>> {
-        self.ensure(shuffle, reduce)?;
+        self.ensure(shuffle)?;
         self.tracker.map_locations(shuffle, maps, reduce)
     }
 

@@ -29,6 +29,8 @@ struct Session {
     slots: usize,
     /// Tasks launched on it and not yet reported.
     running: HashSet<u64>,
+    /// When it last sent anything (a status or a heartbeat).
+    last_heard: Instant,
 }
 
 #[derive(Default)]
@@ -86,6 +88,13 @@ impl Cluster {
             driver_env,
             addresses: Mutex::default(),
         });
+        // Executors delete the outputs of a shuffle the driver removed.
+        let weak = Arc::downgrade(&cluster);
+        cluster.driver_env.shuffle.on_remove_shuffle(Arc::new(move |id| {
+            if let Some(c) = weak.upgrade() {
+                c.broadcast(Out::RemoveShuffle(proto::RemoveShuffle { shuffle: id.0 }));
+            }
+        }));
         // Executors drop their copies of a broadcast value the driver releases.
         let weak = Arc::downgrade(&cluster);
         cluster.driver_env.broadcasts.on_release(Arc::new(move |id| {
@@ -137,7 +146,17 @@ impl Cluster {
     }
 
     /// Hands queued tasks to executors with free slots, most free first; one message each.
-    fn dispatch(state: &mut State) {
+    /// Returns tasks that cannot run (no executor is left, or their launch does not encode),
+    /// for the caller to report failed once the lock is released.
+    #[must_use]
+    fn dispatch(state: &mut State) -> Vec<(TaskLaunch, Error)> {
+        let mut failed = Vec::new();
+        if state.sessions.is_empty() && state.expected.is_empty() && !state.queue.is_empty() {
+            let e =
+                || Error::ExecutorLost { executor: "all".into(), reason: "no executor is left to run tasks".into() };
+            failed.extend(state.queue.drain(..).map(|t| (t, e())));
+            return failed;
+        }
         while !state.queue.is_empty() {
             let Some((id, free)) = state
                 .sessions
@@ -147,7 +166,7 @@ impl Cluster {
                 .filter(|&(_, free)| free > 0)
                 .map(|(id, free)| (id.clone(), free))
             else {
-                return;
+                break;
             };
             let n = free.min(state.queue.len());
             let tasks: Vec<TaskLaunch> = state.queue.drain(..n).collect();
@@ -155,10 +174,12 @@ impl Cluster {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!("cannot send tasks to executor {id}: {e}");
-                    return;
+                    let reason = e.to_string();
+                    failed.extend(tasks.into_iter().map(|t| (t, Error::Internal(reason.clone()))));
+                    continue;
                 }
             };
-            let Some(session) = state.sessions.get_mut(&id) else { return };
+            let Some(session) = state.sessions.get_mut(&id) else { break };
             let sent = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
             for t in tasks {
                 session.running.insert(t.task_id);
@@ -166,36 +187,56 @@ impl Cluster {
             }
             if sent.is_err() {
                 // The session is ending; its end fails these tasks over.
-                return;
+                break;
             }
+        }
+        failed
+    }
+
+    /// Reports tasks that could not run.
+    fn fail(&self, failed: Vec<(TaskLaunch, Error)>) {
+        for (t, e) in failed {
+            (self.statuses)(wire::failed(&t, e));
         }
     }
 
-    /// A status from executor `from`: its slot is free again.
-    fn task_ended(&self, from: &str, status: TaskStatus) {
-        {
+    /// A status from executor `from`: its slot is free again. What identifies the attempt
+    /// comes from the driver's own record of the launch, not from the executor.
+    fn task_ended(&self, from: &str, mut status: TaskStatus) {
+        let failed = {
             let mut state = self.state();
             match state.running.get(&status.task_id) {
-                Some((on, _)) if on == from => {
-                    state.running.remove(&status.task_id);
-                }
+                Some((on, _)) if on == from => {}
                 // Not launched there (or already failed over): not this executor's to report.
                 _ => {
                     tracing::warn!("executor {from} reported task {}, which it does not run", status.task_id);
                     return;
                 }
             }
+            let Some((_, launch)) = state.running.remove(&status.task_id) else { return };
+            status.stage = launch.stage;
+            status.stage_attempt = launch.stage_attempt;
+            status.index = launch.index;
+            status.attempt = launch.attempt;
+            status.epoch = launch.epoch;
+            if let Ok(ember_core::runtime::TaskOutput::Map(m)) = &status.result {
+                if &*m.location != from {
+                    let e = format!("executor {from} reported a map output held by `{}`", m.location);
+                    status.result = Err(Error::Serialization(e));
+                }
+            }
             if let Some(s) = state.sessions.get_mut(from) {
                 s.running.remove(&status.task_id);
             }
-            Self::dispatch(&mut state);
-        }
+            Self::dispatch(&mut state)
+        };
         (self.statuses)(status);
+        self.fail(failed);
     }
 
     /// Executor `id` is gone: its running tasks fail (to run again elsewhere).
     fn lost(&self, id: &str, reason: &str) {
-        let failed: Vec<TaskLaunch> = {
+        let failed: Vec<(TaskLaunch, Error)> = {
             let mut state = self.state();
             let Some(session) = state.sessions.remove(id) else { return };
             if !state.stopped {
@@ -206,15 +247,14 @@ impl Cluster {
                     tracing::info!("{} map outputs were lost with executor {id}", gone.len());
                 }
             }
-            let failed = session.running.iter().filter_map(|t| state.running.remove(t)).map(|(_, t)| t).collect();
-            Self::dispatch(&mut state);
+            let e = || Error::ExecutorLost { executor: id.to_string(), reason: reason.to_string() };
+            let mut failed: Vec<(TaskLaunch, Error)> =
+                session.running.iter().filter_map(|t| state.running.remove(t)).map(|(_, t)| (t, e())).collect();
+            failed.extend(Self::dispatch(&mut state));
             self.changed.notify_all();
             failed
         };
-        for t in failed {
-            let e = Error::ExecutorLost { executor: id.to_string(), reason: reason.to_string() };
-            (self.statuses)(wire::failed(&t, e));
-        }
+        self.fail(failed);
     }
 
     /// Handles a session's first message; `Err` is the refusal to send back.
@@ -251,10 +291,34 @@ impl Cluster {
         tracing::info!("executor {} registered from {} (pid {}, {slots} slots)", r.executor_id, r.host, r.pid);
         let data = format!("{}:{}", r.host, r.data_port);
         self.addresses.lock().unwrap_or_else(|p| p.into_inner()).insert(r.executor_id.clone(), data);
-        state.sessions.insert(r.executor_id.clone(), Session { tx: tx.clone(), slots, running: HashSet::new() });
-        Self::dispatch(&mut state);
+        state.sessions.insert(
+            r.executor_id.clone(),
+            Session { tx: tx.clone(), slots, running: HashSet::new(), last_heard: Instant::now() },
+        );
+        let failed = Self::dispatch(&mut state);
         self.changed.notify_all();
+        drop(state);
+        self.fail(failed);
         Ok(())
+    }
+
+    /// Executor `id` was heard from.
+    fn heard(&self, id: &str) {
+        if let Some(s) = self.state().sessions.get_mut(id) {
+            s.last_heard = Instant::now();
+        }
+    }
+
+    /// Declares lost every executor silent for longer than `timeout` (its session stays open
+    /// but it sends neither statuses nor heartbeats: hung, or cut off without a reset).
+    pub(crate) fn expire_silent(&self, timeout: Duration) {
+        let silent: Vec<String> = {
+            let state = self.state();
+            state.sessions.iter().filter(|(_, s)| s.last_heard.elapsed() > timeout).map(|(id, _)| id.clone()).collect()
+        };
+        for id in silent {
+            self.lost(&id, &format!("it sent nothing for {} ms (ember.network.timeout)", timeout.as_millis()));
+        }
     }
 
     /// Sends `message` to every executor.
@@ -298,7 +362,9 @@ impl ExecutorBackend for RemoteBackend {
             return;
         }
         state.queue.push_back(task);
-        Cluster::dispatch(&mut state);
+        let failed = Cluster::dispatch(&mut state);
+        drop(state);
+        self.cluster.fail(failed);
     }
 
     fn kill(&self, task_ids: &[u64]) {
@@ -432,11 +498,12 @@ impl proto::driver_server::Driver for DriverService {
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(proto::ExecutorMessage { kind: Some(In::Statuses(batch)) })) => {
+                        cluster.heard(&id);
                         for s in batch.statuses {
                             cluster.task_ended(&id, wire::status(s));
                         }
                     }
-                    Ok(Some(proto::ExecutorMessage { kind: Some(In::Heartbeat(_)) })) => {}
+                    Ok(Some(proto::ExecutorMessage { kind: Some(In::Heartbeat(_)) })) => cluster.heard(&id),
                     Ok(Some(other)) => break format!("it sent an unexpected message: {other:?}"),
                     Ok(None) => break "its session ended".to_string(),
                     Err(e) => break format!("its connection failed: {}", e.message()),

@@ -16,7 +16,8 @@ use crate::error::{ClusterError, Result};
 use crate::proto::{self, driver_message::Kind as In, executor_message::Kind as Out};
 use crate::{vars, wire};
 
-/// How often an executor tells its driver it is alive.
+/// How often an executor tells its driver it is alive, at most (a quarter of the driver's
+/// `ember.network.timeout` when that is shorter).
 const HEARTBEAT: Duration = Duration::from_secs(3);
 
 /// What the starting process told the executor.
@@ -29,7 +30,18 @@ struct Config {
 }
 
 impl Config {
+    /// Reads the executor's settings from its environment and removes them from it, so that
+    /// the processes its tasks start (`pipe`) neither see the secret nor become executors.
     fn from_env() -> Result<Config> {
+        let config = Self::read_env();
+        for name in [vars::DRIVER, vars::ID, vars::CORES, vars::MEMORY_MIB, vars::SECRET] {
+            // The process is still single-threaded: this runs first thing in `main`, or before it.
+            std::env::remove_var(name);
+        }
+        config
+    }
+
+    fn read_env() -> Result<Config> {
         let var = |name: &str| {
             std::env::var(name).map_err(|_| ClusterError::Environment(format!("`{name}` is not set or not UTF-8")))
         };
@@ -108,12 +120,15 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.driver))
         .map_err(|e| ClusterError::Environment(format!("driver address `{}`: {e}", config.driver)))?
         .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
         .connect()
         .await?;
     let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
         config.secret.token().parse().map_err(|_| ClusterError::Protocol("token is not ASCII".into()))?;
     let auth_out = Auth(token);
-    let mut client = proto::driver_client::DriverClient::with_interceptor(channel, auth_out.clone());
+    let mut client = proto::driver_client::DriverClient::with_interceptor(channel, auth_out.clone())
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
     // The data plane listens before the executor registers, so that its address goes with it;
     // it answers once the executor has started.
     let env_cell = Arc::new(std::sync::OnceLock::new());
@@ -122,12 +137,14 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         .map_err(|source| ClusterError::Io { path: "127.0.0.1 (the executor's data plane)".into(), source })?;
     let data_port =
         listener.local_addr().map_err(|source| ClusterError::Io { path: "the data plane".into(), source })?.port();
-    let blocks = proto::block_transfer_server::BlockTransferServer::with_interceptor(
-        BlockService { env: env_cell.clone() },
+    let blocks = tonic::service::interceptor::InterceptedService::new(
+        proto::block_transfer_server::BlockTransferServer::new(BlockService { env: env_cell.clone() })
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
         crate::driver::authenticator(config.secret.token()),
     );
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = crate::incoming(listener);
         if let Err(e) = tonic::transport::Server::builder().add_service(blocks).serve_with_incoming(incoming).await {
             tracing::error!("the executor's data plane failed: {e}");
         }
@@ -154,6 +171,7 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         None => return Err(ClusterError::Refused("the driver ended the session without an answer".into())),
     };
     let root = settings.local_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let heartbeat = HEARTBEAT.min(Duration::from_millis(settings.network_timeout_ms / 4).max(Duration::from_millis(5)));
     let spec = ExecutorSpec {
         executor_id: config.id.clone(),
         slots: config.cores,
@@ -182,7 +200,7 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     let heartbeat = {
         let (tx, running) = (tx.clone(), running.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut tick = tokio::time::interval(heartbeat);
             loop {
                 tick.tick().await;
                 let running: Vec<u64> = running.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
@@ -217,6 +235,11 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
                         Err(e) => tracing::warn!("a map status to discard does not decode: {e}"),
                     }
                 }
+            }
+            Ok(Some(proto::DriverMessage { kind: Some(In::RemoveShuffle(r)) })) => {
+                let shuffle = ember_core::shuffle::ShuffleId(r.shuffle);
+                executor.env().shuffle.remove_shuffle(shuffle);
+                ember_core::shuffle::MapOutputLocations::remove_shuffle(&*mirror, shuffle);
             }
             Ok(Some(proto::DriverMessage { kind: Some(In::ReleaseBroadcast(b)) })) => {
                 executor.env().broadcasts.forget(b.id);

@@ -33,6 +33,23 @@ pub mod proto {
 pub use error::{ClusterError, Result};
 pub use local_cluster::LocalClusterManager;
 
+/// The largest message either side of a connection accepts: task bodies carry their input
+/// (a `parallelize`d collection), results a whole partition.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// The connections a listener accepts, with Nagle's algorithm off: control messages and small
+/// segments go out at once instead of waiting for the peer's delayed acknowledgement.
+pub(crate) fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}
+
 /// Environment variables a driver sets for the executors it starts.
 pub(crate) mod vars {
     /// The driver's control service, `host:port`. Its presence means executor mode.
@@ -89,6 +106,14 @@ macro_rules! executor_entry_before_main {
 /// status (unwinding out of a static constructor would abort).
 #[doc(hidden)]
 pub fn entry_before_main() {
+    if is_executor() {
+        // The standard library ignores SIGPIPE before `main`; this runs before it does, and a
+        // write to a peer that died must be an error, not the executor's death.
+        // SAFETY: setting a signal's disposition to "ignore" has no memory-safety preconditions.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
     if std::panic::catch_unwind(entry).is_err() {
         std::process::exit(101);
     }

@@ -35,11 +35,12 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
         return Err(ClusterError::Startup(format!("`{}` is not a local-cluster master", start.settings.master)));
     };
     let secret = match &start.settings.authenticate_secret {
-        Some(hex) => Secret::from_hex(hex)?,
+        Some(hex) => Secret::from_hex(&hex.0)?,
         None => Secret::generate()?,
     };
     let binary = *auth::binary_sha256()?;
-    let exe = std::env::current_exe().map_err(|source| ClusterError::Io { path: "the executable".into(), source })?;
+    // The running image, not its path (which may name another build by now).
+    let exe = std::path::PathBuf::from(auth::SELF_EXE);
     let cluster =
         Cluster::new(start.app_id.clone(), binary, &start.settings, (start.statuses, start.tracker, start.driver_env))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,12 +56,14 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     let address =
         listener.local_addr().map_err(|source| ClusterError::Io { path: "the control service".into(), source })?;
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = proto::driver_server::DriverServer::with_interceptor(
-        DriverService { cluster: cluster.clone() },
+    let service = tonic::service::interceptor::InterceptedService::new(
+        proto::driver_server::DriverServer::new(DriverService { cluster: cluster.clone() })
+            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
         authenticator(secret.token()),
     );
     runtime.spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = crate::incoming(listener);
         let served = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async {
@@ -72,6 +75,18 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
         }
     });
     tracing::info!("driver control service on {address}; starting {executors} executors");
+    // Executors that stop answering are lost after `ember.network.timeout`.
+    let timeout = Duration::from_millis(start.settings.network_timeout_ms);
+    let watched = Arc::downgrade(&cluster);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval((timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            let Some(cluster) = watched.upgrade() else { break };
+            // Declaring a loss reports statuses to the scheduler: not on a runtime thread's time.
+            let _ = tokio::task::spawn_blocking(move || cluster.expire_silent(timeout)).await;
+        }
+    });
 
     let children: Children = Arc::default();
     let ids: Vec<String> = (0..executors).map(|i| format!("executor-{i}")).collect();
@@ -103,11 +118,12 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
             })
             .map_err(|source| ClusterError::Io { path: "the executor launcher thread".into(), source })?
     };
+    let executor_root = start.settings.local_dir.clone().unwrap_or_else(std::env::temp_dir);
     let stop = {
         let children = children.clone();
         move || {
             let _ = shutdown_tx.send(());
-            reap(&children);
+            reap(&children, &executor_root);
             drop(release_tx);
             let _ = launcher.join();
             runtime.shutdown_background();
@@ -149,16 +165,16 @@ fn spawn_executor(
         .stdin(Stdio::null());
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before `exec` and calls only `prctl` and
-    // `getppid`, which are async-signal-safe, and allocates nothing.
+    // `getppid`, which are async-signal-safe; it allocates nothing (its errors are OS codes).
     unsafe {
         command.pre_exec(move || {
             // Dies with the driver, however the driver ends (SIGKILL included).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The driver may have died before the signal was armed.
+            // The driver may have died before the signal was armed (no allocation here).
             if libc::getppid() != parent {
-                return Err(std::io::Error::other("the driver exited"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -177,9 +193,12 @@ fn exited_while_starting(children: &Children) -> std::result::Result<(), String>
     Ok(())
 }
 
-/// Waits for stopped executors to exit, killing those that take too long.
-fn reap(children: &Children) {
+/// Waits for stopped executors to exit, killing those that take too long, and removes their
+/// local directories under `root` (an executor killed never removes its own).
+fn reap(children: &Children, root: &std::path::Path) {
     let mut children = std::mem::take(&mut *children.lock().unwrap_or_else(|p| p.into_inner()));
+    let dirs: Vec<std::path::PathBuf> =
+        children.iter().map(|(id, c)| root.join(format!("ember-executor-{id}-{}", c.id()))).collect();
     let deadline = Instant::now() + EXIT_GRACE;
     while !children.is_empty() && Instant::now() < deadline {
         children.retain_mut(|(_, c)| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
@@ -189,5 +208,8 @@ fn reap(children: &Children) {
         tracing::warn!("executor {id} did not exit after its shutdown; killing it");
         let _ = child.kill();
         let _ = child.wait();
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -173,6 +173,12 @@ pub const KEYS: &[ConfKey] = &[
         doc: "Port of the driver's control service (cluster masters); 0 picks a free one.",
     },
     ConfKey {
+        key: "ember.network.timeout",
+        default: "120s",
+        doc: "How long a cluster executor may stay silent (no status, no heartbeat) before the driver \
+              declares it lost: `120s`, `500ms` or seconds.",
+    },
+    ConfKey {
         key: "ember.authenticate.secret",
         default: "(generated)",
         doc: "The secret every connection of a cluster application is authenticated with: 64 hex digits. \
@@ -207,9 +213,16 @@ pub const KEYS: &[ConfKey] = &[
 ];
 
 /// Settings for a [`crate::Context`]. Keys are validated when set; unknown keys are rejected.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct EmberConf {
     values: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for EmberConf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.values.iter().map(|(k, v)| (k, if k.contains("secret") { "(not shown)" } else { v.as_str() }));
+        f.debug_map().entries(shown).finish()
+    }
 }
 
 /// Settings parsed from an [`EmberConf`].
@@ -252,9 +265,32 @@ pub struct Settings {
     pub driver_host: std::net::IpAddr,
     /// Port of the driver's control service; 0 picks a free one.
     pub driver_port: u16,
-    /// The application's secret (64 hex digits), when configured. Never sent to executors.
+    /// How long a cluster executor may stay silent before it is declared lost, in milliseconds.
+    pub network_timeout_ms: u64,
+    /// The application's secret (64 hex digits), when configured. Never sent to executors,
+    /// never printed.
     #[serde(skip)]
-    pub authenticate_secret: Option<String>,
+    pub authenticate_secret: Option<SecretText>,
+}
+
+/// Parses a duration such as `120s`, `500ms` or `30` (seconds) into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms.trim().parse().ok();
+    }
+    let secs: u64 = t.strip_suffix('s').unwrap_or(&t).trim().parse().ok()?;
+    secs.checked_mul(1000)
+}
+
+/// A secret setting's text: `Debug` does not show it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(not shown)")
+    }
 }
 
 /// Parses a size such as `512m`, `1g`, `64k` or `1048576` into bytes.
@@ -294,7 +330,9 @@ impl EmberConf {
         if !KEYS.iter().any(|k| k.key == key) {
             return Err(Error::Config {
                 key: key.into(),
-                value,
+                // The key is what is wrong; its value is not repeated (it may be a misspelt
+                // secret's).
+                value: "(not shown)".into(),
                 reason: format!(
                     "unknown key; known keys are: {}",
                     KEYS.iter().map(|k| k.key).collect::<Vec<_>>().join(", ")
@@ -346,7 +384,8 @@ impl EmberConf {
     }
 
     fn validate(key: &str, value: &str) -> Result<()> {
-        let bad = |reason: &str| Error::Config { key: key.into(), value: value.into(), reason: reason.into() };
+        let shown = if key == "ember.authenticate.secret" { "(not shown)" } else { value };
+        let bad = |reason: &str| Error::Config { key: key.into(), value: shown.into(), reason: reason.into() };
         match key {
             "ember.master" => {
                 Master::parse(value)?;
@@ -395,6 +434,12 @@ impl EmberConf {
             }
             "ember.files.openCostInBytes" => {
                 parse_size(value).ok_or_else(|| bad("expected a size like 4m or 0"))?;
+            }
+            "ember.network.timeout" => {
+                let ms = parse_duration_ms(value).ok_or_else(|| bad("expected a duration such as 120s or 500ms"))?;
+                if ms == 0 || ms > 86_400_000 {
+                    return Err(bad("expected a duration from 1ms to 24h"));
+                }
             }
             "ember.driver.port" => {
                 value.parse::<u16>().map_err(|_| bad("expected a port number from 0 to 65535"))?;
@@ -451,7 +496,8 @@ impl EmberConf {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
             driver_port: self.get("ember.driver.port").and_then(|v| v.parse().ok()).unwrap_or(0),
-            authenticate_secret: self.get("ember.authenticate.secret").map(str::to_ascii_lowercase),
+            network_timeout_ms: self.get("ember.network.timeout").and_then(parse_duration_ms).unwrap_or(120_000),
+            authenticate_secret: self.get("ember.authenticate.secret").map(|s| SecretText(s.to_ascii_lowercase())),
         })
     }
 }
@@ -475,6 +521,33 @@ mod tests {
         assert!(
             EmberConf::new().set("ember.task.maxFailures", "7").unwrap().settings().unwrap().max_task_failures == 7
         );
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_and_the_secret_is_never_shown() {
+        let secret = "0123456789abcdef".repeat(4);
+        let conf = EmberConf::new()
+            .set("ember.authenticate.secret", &secret)
+            .unwrap()
+            .set("ember.network.timeout", "500ms")
+            .unwrap()
+            .set("ember.driver.port", "7077")
+            .unwrap();
+        let s = conf.settings().unwrap();
+        assert_eq!((s.network_timeout_ms, s.driver_port), (500, 7077));
+        assert_eq!(s.authenticate_secret.as_ref().map(|t| t.0.as_str()), Some(secret.as_str()));
+        assert!(!format!("{conf:?}{s:?}").contains(&secret), "Debug shows the secret");
+        let bad = EmberConf::new().set("ember.authenticate.secret", "zz-not-hex").unwrap_err();
+        assert!(!bad.to_string().contains("zz-not-hex"), "{bad}");
+        let misspelt = EmberConf::new().set("ember.authenticate.secrt", &secret).unwrap_err();
+        assert!(!misspelt.to_string().contains(&secret), "{misspelt}");
+        assert_eq!(parse_duration_ms("2"), Some(2000));
+        assert_eq!(parse_duration_ms("2s"), Some(2000));
+        for bad in ["0", "x", "-1s", "99999999999999999999s"] {
+            assert!(EmberConf::new().set("ember.network.timeout", bad).is_err(), "{bad}");
+        }
+        assert!(EmberConf::new().set("ember.driver.port", "70000").is_err());
+        assert!(EmberConf::new().set("ember.driver.host", "localhost:1").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember_core::{Context, EmberConf, Error};
+use ember_core::{Context, EmberConf};
 
 /// Environment variable naming the file the driver-code test appends to.
 pub const MARKER: &str = "EMBER_IT_MARKER";
@@ -59,6 +59,11 @@ pub fn narrow_jobs_run_in_executor_processes() {
     let offset = 7u64;
     let shifted = ctx.parallelize(data.clone(), 4).map_with(offset, |o, x| x + o).reduce(|a, b| a + b).unwrap();
     assert_eq!(shifted, Some(data.iter().map(|x| x + 7).sum()));
+    // Task bodies and results far over gRPC's default 4 MiB message limit.
+    let big: Vec<u64> = (0..1_500_000).collect();
+    let back = ctx.parallelize(big.clone(), 2).map(|x| x + 1).collect().unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back.iter().zip(&big).all(|(b, x)| *b == x + 1));
     let pids = executor_pids(&ctx, 16);
     assert_eq!(pids.len(), 2, "two executor processes ran the tasks: {pids:?}");
     assert!(!pids.contains(&std::process::id()), "no task ran in the driver");
@@ -226,8 +231,6 @@ pub fn a_killed_executor_fails_its_tasks_over() {
     assert!(summary.stages[0].failed_attempts >= 1, "the lost executor's task was run again: {summary:?}");
     // Later jobs run on the executor left.
     assert_eq!(executor_pids(&ctx, 4), HashSet::from([pids[1]]));
-    let err: Option<Error> = None;
-    assert!(err.is_none());
 }
 
 pub fn executors_exit_when_the_context_stops() {
@@ -235,8 +238,11 @@ pub fn executors_exit_when_the_context_stops() {
     let pids = executor_pids(&ctx, 8);
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|&p| alive(p)));
+    let stopped = Instant::now();
     drop(ctx);
-    wait_until("the executors exited", Duration::from_secs(10), || pids.iter().all(|&p| !alive(p)));
+    // Sooner than the driver's grace period before it kills them: they exit on their own.
+    wait_until("the executors exited", Duration::from_secs(3), || pids.iter().all(|&p| !alive(p)));
+    assert!(stopped.elapsed() < Duration::from_secs(3));
 }
 
 /// A driver that starts `local-cluster[1,1,128]`, writes its executor's pid to `path`, and
@@ -280,8 +286,10 @@ fn context_with(master: &str, settings: &[(&str, &str)]) -> Context {
 pub fn shuffles_run_across_executor_processes() {
     // Map outputs kept in executor memory (the default) and written to files (threshold 0):
     // both are served to reducers on the other executor.
-    for threshold in ["1m", "0"] {
-        let ctx = context_with("local-cluster[2,1,256]", &[("ember.shuffle.inMemoryThreshold", threshold)]);
+    for (master, threshold) in
+        [("local-cluster[2,1,256]", "1m"), ("local-cluster[2,1,256]", "0"), ("local-cluster[2,2,256]", "1m")]
+    {
+        let ctx = context_with(master, &[("ember.shuffle.inMemoryThreshold", threshold)]);
         let lines: Vec<String> = (0..2_000).map(|i| format!("w{} w{} x", i % 37, i % 11)).collect();
         let counts: std::collections::BTreeMap<String, u64> = ctx
             .parallelize(lines.clone(), 6)
@@ -331,8 +339,16 @@ pub fn shuffles_run_across_executor_processes() {
     }
 }
 
+/// Environment variable naming a directory where reducers of the mid-shuffle test announce
+/// themselves.
+const REDUCERS_STARTED: &str = "EMBER_IT_REDUCERS_STARTED";
+
 pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Executors inherit it: set before they start.
+    std::env::set_var(REDUCERS_STARTED, dir.path());
     let ctx = context_with("local-cluster[3,1,512]", &[("ember.shuffle.inMemoryThreshold", "0")]);
+    std::env::remove_var(REDUCERS_STARTED);
     let pids: Vec<u32> = executor_pids(&ctx, 12).into_iter().collect();
     assert_eq!(pids.len(), 3);
     let victim = pids[0];
@@ -344,15 +360,20 @@ pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
                 .map(|x| (x % 1_000, x))
                 .reduce_by_key(|a, b| a + b, Some(9))
                 .map_partitions(|it| {
-                    // Slow reducers: the executor dies while they run.
+                    // Slow reducers, which say they started: the executor dies while they run.
+                    if let Some(d) = std::env::var_os(REDUCERS_STARTED) {
+                        let _ = std::fs::write(std::path::Path::new(&d).join(std::process::id().to_string()), b"");
+                    }
                     std::thread::sleep(Duration::from_millis(300));
                     it
                 })
                 .collect()
         })
     };
-    // Wait until the map stage is done and the reduce stage has started, then kill one executor.
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Every map output is registered once a reducer runs: kill one executor then.
+    wait_until("a reducer started", Duration::from_secs(60), || {
+        std::fs::read_dir(dir.path()).unwrap().next().is_some()
+    });
     // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
     let mut out = job.join().unwrap().unwrap();
@@ -360,14 +381,62 @@ pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
     let want: Vec<(u64, u64)> = (0..1_000u64).map(|k| (k, (0..1_000u64).map(|i| i * 1_000 + k).sum())).collect();
     assert_eq!(out, want);
     let summary = ctx.last_job_summary().unwrap();
-    let map_launched: usize = summary
-        .stages
-        .iter()
-        .filter(|s| s.name.contains("reduce_by_key") || s.name.contains("shuffle"))
-        .map(|s| s.launched)
-        .sum();
+    let map_launched: usize = summary.stages.iter().filter(|s| s.name.contains("shuffle")).map(|s| s.launched).sum();
     assert!(map_launched > maps, "the lost outputs were recomputed: {summary:?}");
-    assert!(map_launched < 2 * maps, "only the lost outputs were recomputed, not every map: {summary:?}");
+    assert!(map_launched <= maps + maps / 3 + 1, "only the lost outputs were recomputed, not every map: {summary:?}");
+}
+
+pub fn a_job_fails_when_no_executor_is_left() {
+    let ctx = context("local-cluster[1,1,128]");
+    let pid = *executor_pids(&ctx, 1).iter().next().unwrap();
+    let job = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            ctx.parallelize((0..8u32).collect(), 8)
+                .map(|x| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    x
+                })
+                .collect()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !job.is_finished() {
+        assert!(Instant::now() < deadline, "the job waits forever for executors");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = job.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("no executor is left"), "{err}");
+}
+
+pub fn a_silent_executor_is_lost_after_the_network_timeout() {
+    let ctx = context_with("local-cluster[2,1,128]", &[("ember.network.timeout", "1s")]);
+    let pids: Vec<u32> = executor_pids(&ctx, 8).into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    let frozen = pids[0];
+    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(frozen as libc::pid_t, libc::SIGSTOP) }, 0);
+    // The frozen executor keeps its connection open but answers nothing: its tasks run again on
+    // the other once the timeout has passed.
+    let job = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || ctx.parallelize((0..8u32).collect(), 8).map(|x| (x, std::process::id())).collect())
+    };
+    let started = Instant::now();
+    while !job.is_finished() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the frozen executor's tasks never ran again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = job.join().unwrap().unwrap();
+    assert_eq!(out.iter().map(|r| r.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    assert!(out.iter().all(|r| r.1 == pids[1]), "{out:?}");
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(frozen as libc::pid_t, libc::SIGKILL);
+    }
 }
 
 pub fn broadcasts_reach_executor_processes() {

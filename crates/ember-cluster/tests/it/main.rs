@@ -35,5 +35,7 @@ fn main() {
         local_cluster::shuffles_run_across_executor_processes,
         local_cluster::broadcasts_reach_executor_processes,
         local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs,
+        local_cluster::a_job_fails_when_no_executor_is_left,
+        local_cluster::a_silent_executor_is_lost_after_the_network_timeout,
     ]);
 }

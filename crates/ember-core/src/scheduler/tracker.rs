@@ -126,6 +126,51 @@ impl MapOutputTracker {
         Ok(replaced)
     }
 
+    /// Replaces everything known of `shuffle` (of `maps` map tasks) with `statuses`, at once:
+    /// a reader sees the old table or the new one, never a mix (an executor's copy of the
+    /// driver's table is refreshed this way). Returns the statuses refused, with why.
+    #[allow(clippy::type_complexity)]
+    pub fn replace_shuffle(
+        &self,
+        shuffle: ShuffleId,
+        maps: usize,
+        statuses: Vec<MapStatus>,
+    ) -> Vec<(MapStatus, Refused)> {
+        let staging = MapOutputTracker::new();
+        // Executor numbers stay this tracker's: the staging table is read back by name.
+        let mut refused = Vec::new();
+        for s in statuses {
+            if s.shuffle != shuffle {
+                refused.push((s, Refused::UnknownMap));
+                continue;
+            }
+            if let Err(r) = staging.register(s, maps, u64::MAX) {
+                refused.push(r);
+            }
+        }
+        let staged = staging.statuses(shuffle);
+        let mut st = self.lock();
+        let mut slots: Vec<Option<Registered>> = (0..maps).map(|_| None).collect();
+        for (slot, status) in slots.iter_mut().zip(staged) {
+            let Some(mut status) = status else { continue };
+            let offsets = std::mem::take(&mut status.segments);
+            let data = status.data.as_deref().map(Arc::from);
+            let executor = match st.executor_index.get(&status.location) {
+                Some(&i) => i,
+                None => {
+                    let i = u32::try_from(st.executors.len()).unwrap_or(u32::MAX);
+                    st.executors.push(status.location.clone());
+                    st.executor_index.insert(status.location.clone(), i);
+                    i
+                }
+            };
+            *slot = Some(Registered { attempt: status.attempt, status: Box::new(status), offsets, executor, data });
+        }
+        st.shuffles.insert(shuffle, slots);
+        st.locations.remove(&shuffle);
+        refused
+    }
+
     /// Forgets a map output (it was lost or found corrupt); the map task must run again. Returns
     /// the status that was registered.
     pub fn unregister(&self, shuffle: ShuffleId, map: usize) -> Option<MapStatus> {

@@ -429,6 +429,8 @@ pub struct ShuffleManager {
     pub(crate) memory_output_limit: usize,
     /// Fault injection: map statuses this executor still reports with backwards boundaries.
     malformed_statuses: AtomicU64,
+    /// Called with each shuffle removed here (a cluster runtime tells its executors).
+    on_remove: RwLock<Option<Arc<dyn Fn(ShuffleId) + Send + Sync>>>,
 }
 
 impl ShuffleManager {
@@ -444,6 +446,7 @@ impl ShuffleManager {
             memory_cap,
             memory_output_limit,
             malformed_statuses: AtomicU64::new(0),
+            on_remove: RwLock::new(None),
         }
     }
 
@@ -535,21 +538,24 @@ impl ShuffleManager {
         &self,
         shuffle: ShuffleId,
         blocks: &[ReduceBlock],
+        remote: &[bool],
         out: &mut Vec<u8>,
         ranges: &mut Vec<Option<MemorySegment>>,
     ) {
         out.clear();
         ranges.clear();
         ranges.resize(blocks.len(), None);
-        if blocks.iter().all(|b| b.data.is_some()) {
+        // Blocks other executors hold are fetched, not copied from here.
+        let here = |i: usize, b: &ReduceBlock| b.data.is_none() && !remote.get(i).copied().unwrap_or(false);
+        if !blocks.iter().enumerate().any(|(i, b)| here(i, b)) {
             return;
         }
-        let total: u64 = blocks.iter().filter(|b| b.data.is_none()).map(|b| b.len).sum();
+        let total: u64 = blocks.iter().enumerate().filter(|&(i, b)| here(i, b)).map(|(_, b)| b.len).sum();
         out.reserve(usize::try_from(total).unwrap_or(0));
         let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
         let Some(mine) = memory.get(&shuffle) else { return };
-        for (b, range) in blocks.iter().zip(ranges.iter_mut()) {
-            if b.data.is_some() {
+        for (i, (b, range)) in blocks.iter().zip(ranges.iter_mut()).enumerate() {
+            if !here(i, b) {
                 continue;
             }
             if let Some(output) = mine.get(b.map as usize, b.attempt) {
@@ -664,7 +670,12 @@ impl ShuffleManager {
     }
 
     /// Deletes every output of a shuffle.
-    pub(crate) fn remove_shuffle(&self, id: ShuffleId) {
+    /// Deletes every output of a shuffle this executor holds (its dependency is gone).
+    pub fn remove_shuffle(&self, id: ShuffleId) {
+        let hook = self.on_remove.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(id);
+        }
         let removed = {
             let mut written = self.written();
             written.remember_removed(id);
@@ -677,6 +688,12 @@ impl ShuffleManager {
         let memory = self.memory().remove(&id);
         let bytes: u64 = memory.iter().flat_map(ShuffleMemory::outputs).map(MemoryOutput::held).sum();
         self.release(bytes);
+    }
+
+    /// Calls `hook` with each shuffle removed from now on (the driver's, so that a cluster
+    /// runtime removes the shuffle on its executors too).
+    pub fn on_remove_shuffle(&self, hook: Arc<dyn Fn(ShuffleId) + Send + Sync>) {
+        *self.on_remove.write().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     /// Appends segment `reduce` of this executor's output of `(shuffle, map, attempt)` to `out`
@@ -711,22 +728,24 @@ impl ShuffleManager {
             .and_then(|v| v.iter().find(|w| w.map == map && w.attempt == attempt).and_then(|w| w.data.clone()))
             .ok_or_else(|| missing("this executor holds no such map output".into()))?;
         let index_path = data.with_extension("index");
-        let index = std::fs::read(&index_path).map_err(|e| missing(format!("{}: {e}", index_path.display())))?;
-        let at = |i: usize| -> Option<u64> {
-            let b = index.get(i * 8..i * 8 + 8)?;
-            Some(u64::from_le_bytes(b.try_into().ok()?))
-        };
-        let (start, end) = match (at(reduce), reduce.checked_add(1).and_then(at)) {
-            (Some(s), Some(e)) if s <= e => (s, e),
-            _ => return Err(missing(format!("{} has no segment {reduce}", index_path.display()))),
-        };
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(&data).map_err(|e| missing(format!("{}: {e}", data.display())))?;
-        f.seek(SeekFrom::Start(start)).map_err(|e| missing(format!("{}: {e}", data.display())))?;
+        use std::os::unix::fs::FileExt;
+        let index = std::fs::File::open(&index_path).map_err(|e| missing(format!("{}: {e}", index_path.display())))?;
+        let mut pair = [0u8; 16];
+        let at = reduce.checked_mul(8).map(|a| a as u64).ok_or_else(|| missing(format!("no segment {reduce}")))?;
+        index
+            .read_exact_at(&mut pair, at)
+            .map_err(|e| missing(format!("{} has no segment {reduce}: {e}", index_path.display())))?;
+        let start = u64::from_le_bytes(pair[..8].try_into().unwrap_or_default());
+        let end = u64::from_le_bytes(pair[8..].try_into().unwrap_or_default());
+        let file = std::fs::File::open(&data).map_err(|e| missing(format!("{}: {e}", data.display())))?;
+        let size = file.metadata().map_err(|e| missing(format!("{}: {e}", data.display())))?.len();
+        if start > end || end > size {
+            return Err(missing(format!("{}: segment {reduce} lies outside the file", index_path.display())));
+        }
         let len = usize::try_from(end - start).map_err(|_| missing("segment too large".into()))?;
         let from = out.len();
         out.resize(from + len, 0);
-        if let Err(e) = f.read_exact(&mut out[from..]) {
+        if let Err(e) = file.read_exact_at(&mut out[from..], start) {
             out.truncate(from);
             return Err(missing(format!("{}: {e}", data.display())));
         }
@@ -829,7 +848,7 @@ mod tests {
                     .collect();
                 let (mut a, mut ra, mut b, mut rb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 m.copy_memory_column(shuffle, &locations, reduce, &mut a, &mut ra);
-                m.copy_memory_segments(shuffle, &blocks, &mut b, &mut rb);
+                m.copy_memory_segments(shuffle, &blocks, &[], &mut b, &mut rb);
                 assert_eq!((&a, &ra), (&b, &rb), "{maps} maps, reducer {reduce}");
                 assert_eq!(ra.len(), maps);
                 let copied = ra.iter().flatten().count();

@@ -95,23 +95,25 @@ impl<'a, R> ShuffleReader<'a, R> {
             // On a cluster, outputs other executors hold are fetched; the rest are read here.
             let elsewhere =
                 |executor: u32| env.map_outputs.executor(executor).is_none_or(|name| *name != *env.executor_id);
-            let any_remote = env.remote.is_some() && locations.maps.iter().any(|l| elsewhere(l.executor));
-            if locations.all_in_memory && !any_remote {
+            // On a cluster the column says which executor holds each block (the one table of
+            // locations may come from an older snapshot than the column, so it decides nothing).
+            if locations.all_in_memory && env.remote.is_none() {
                 env.shuffle.copy_memory_column(shuffle, &locations, reduce, &mut memory, &mut ranges);
                 Ok(locations.maps.len())
             } else {
                 env.map_outputs.reduce_blocks_into(shuffle, maps, reduce, &mut blocks)?;
-                if any_remote {
+                if env.remote.is_some() {
                     remote = blocks.iter().map(|b| elsewhere(b.executor)).collect();
-                    for (b, _) in blocks.iter_mut().zip(&remote).filter(|(_, r)| **r) {
-                        // Another executor's file: not this one's to open.
-                        b.data = None;
+                    if remote.iter().any(|&r| r) {
+                        for (b, _) in blocks.iter_mut().zip(&remote).filter(|(_, r)| **r) {
+                            // Another executor's file: not this one's to open.
+                            b.data = None;
+                        }
+                    } else {
+                        remote.clear();
                     }
                 }
-                env.shuffle.copy_memory_segments(shuffle, &blocks, &mut memory, &mut ranges);
-                for (r, _) in ranges.iter_mut().zip(&remote).filter(|(_, r)| **r) {
-                    *r = None;
-                }
+                env.shuffle.copy_memory_segments(shuffle, &blocks, &remote, &mut memory, &mut ranges);
                 Ok(blocks.len())
             }
         });

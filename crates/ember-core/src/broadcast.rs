@@ -48,8 +48,9 @@ pub struct BroadcastStore {
     decoded: Mutex<HashMap<u64, Shared>>,
     remote: std::sync::RwLock<Option<Arc<dyn RemoteBroadcasts>>>,
     on_release: std::sync::RwLock<Option<OnRelease>>,
-    /// Held while a value is fetched from the driver, so that concurrent tasks fetch it once.
-    fetching: Mutex<()>,
+    /// Values being fetched from the driver: tasks that need one wait for the first fetch of it
+    /// rather than fetching it again (other values are fetched meanwhile).
+    fetching: Mutex<HashMap<u64, Arc<std::sync::OnceLock<std::result::Result<Shared, String>>>>>,
 }
 
 fn lock<K, V>(m: &Mutex<HashMap<K, V>>) -> MutexGuard<'_, HashMap<K, V>> {
@@ -94,7 +95,31 @@ impl BroadcastStore {
 
     /// Drops this executor's copy of broadcast `id` (its driver released it).
     pub fn forget(&self, id: u64) {
+        // A fetch in progress then keeps its value for its own tasks only.
+        lock(&self.fetching).remove(&id);
         lock(&self.decoded).remove(&id);
+    }
+
+    /// Fetches broadcast `id` from the driver once, however many tasks ask at the same time.
+    fn fetch_remote<T: Data>(&self, id: u64, remote: &dyn RemoteBroadcasts) -> Result<Shared> {
+        let cell = lock(&self.fetching).entry(id).or_default().clone();
+        let got = cell.get_or_init(|| {
+            let bytes = remote.fetch(id).map_err(|e| e.to_string())?;
+            let value: T = postcard::from_bytes(&bytes).map_err(|e| format!("broadcast {id} does not decode: {e}"))?;
+            Ok(Arc::new(value) as Shared)
+        });
+        let mut fetching = lock(&self.fetching);
+        // This fetch's entry goes either way: a failed fetch is tried again by the next task,
+        // a value is kept unless the driver released it meanwhile.
+        let current = fetching.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell));
+        if current {
+            fetching.remove(&id);
+        }
+        let value = got.clone().map_err(Error::Serialization)?;
+        if current {
+            lock(&self.decoded).insert(id, value.clone());
+        }
+        Ok(value)
     }
 
     /// The value of broadcast `id`: the published object, or (when `own_copy`) this executor's
@@ -110,18 +135,14 @@ impl BroadcastStore {
             return v.downcast::<T>().map_err(|_| wrong());
         }
         let remote = self.remote.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let bytes = match (lock(&self.published).get(&id).map(|p| p.bytes.clone()), remote) {
+        // Not inside the `match`: its scrutinee's lock would be held through a remote fetch.
+        let published = lock(&self.published).get(&id).map(|p| p.bytes.clone());
+        let bytes = match (published, remote) {
             (Some(Some(Ok(b))), _) => b,
             (Some(Some(Err(e))), _) => {
                 return Err(Error::Serialization(format!("broadcast {id} could not be encoded: {e}")))
             }
-            (_, Some(remote)) => {
-                let _one_at_a_time = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(v) = lock(&self.decoded).get(&id).cloned() {
-                    return v.downcast::<T>().map_err(|_| wrong());
-                }
-                Arc::new(remote.fetch(id)?)
-            }
+            (_, Some(remote)) => return self.fetch_remote::<T>(id, &*remote)?.downcast::<T>().map_err(|_| wrong()),
             _ => return Err(Error::Internal(format!("broadcast {id} is not available"))),
         };
         let value: Arc<T> = Arc::new(postcard::from_bytes(&bytes)?);
@@ -218,5 +239,47 @@ impl<'de, T: Data> Deserialize<'de> for Broadcast<T> {
             .fetch::<T>(id, env.rehearse_remote)
             .map_err(|e| crate::ship::decode_failed(e.to_string()))?;
         Ok(Broadcast { id, value, _owner: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver that counts fetches, fails the first `failures` of them, and is slow.
+    struct Driver {
+        fetches: AtomicU64,
+        failures: u64,
+    }
+
+    impl RemoteBroadcasts for Driver {
+        fn fetch(&self, id: u64) -> Result<Vec<u8>> {
+            let n = self.fetches.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if n < self.failures {
+                return Err(Error::io("driver", std::io::Error::other("unreachable")));
+            }
+            Ok(postcard::to_allocvec(&vec![id; 1000]).unwrap())
+        }
+    }
+
+    #[test]
+    fn an_executor_fetches_a_value_once_however_many_tasks_ask_and_again_after_a_failure() {
+        let store = Arc::new(BroadcastStore::default());
+        let driver = Arc::new(Driver { fetches: AtomicU64::new(0), failures: 1 });
+        store.set_remote(driver.clone());
+        assert!(store.fetch::<Vec<u64>>(7, true).is_err(), "the first fetch fails");
+        let values: Vec<Arc<Vec<u64>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| store.fetch::<Vec<u64>>(7, true).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(values.iter().all(|v| v.len() == 1000 && v[0] == 7));
+        assert_eq!(driver.fetches.load(Ordering::SeqCst), 2, "one failed fetch, then one for eight tasks");
+        assert!(values.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])), "one copy shared by the tasks");
+        store.fetch::<Vec<u64>>(7, true).unwrap();
+        assert_eq!(driver.fetches.load(Ordering::SeqCst), 2, "kept after the fetch");
+        store.forget(7);
+        store.fetch::<Vec<u64>>(7, true).unwrap();
+        assert_eq!(driver.fetches.load(Ordering::SeqCst), 3, "fetched again once released");
     }
 }

@@ -463,3 +463,47 @@ pub fn broadcasts_reach_executor_processes() {
     assert_eq!(ctx.env().broadcasts.len(), 0);
     assert!(ctx.env().broadcasts.published_bytes(id).is_err());
 }
+
+/// Files under the local directories of the executor processes `pids` whose paths contain
+/// `part` (the executors' directories are `ember-executor-ID-PID` in the temporary directory).
+fn executor_files(pids: &HashSet<u32>, part: &str) -> usize {
+    fn walk(dir: &std::path::Path, part: &str) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, part)
+                    } else {
+                        usize::from(p.to_string_lossy().contains(part))
+                    }
+                })
+                .sum()
+        })
+    }
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with("ember-executor-") && pids.iter().any(|p| name.ends_with(&format!("-{p}")))
+        })
+        .map(|e| walk(&e.path(), part))
+        .sum()
+}
+
+pub fn executors_delete_the_outputs_of_a_removed_shuffle() {
+    let ctx = context_with("local-cluster[2,1,256]", &[("ember.shuffle.inMemoryThreshold", "0")]);
+    let pids = executor_pids(&ctx, 8);
+    {
+        let counts =
+            ctx.parallelize((0..10_000u32).collect(), 6).map(|x| (x % 100, 1u32)).reduce_by_key(|a, b| a + b, Some(4));
+        assert_eq!(counts.count().unwrap(), 100);
+        assert!(executor_files(&pids, "shuffle_") > 0, "the map outputs are files on the executors");
+    }
+    // The driver's last handle on the shuffle is gone: the executors delete its files.
+    wait_until("the executors deleted the shuffle's files", Duration::from_secs(10), || {
+        executor_files(&pids, "shuffle_") == 0
+    });
+}

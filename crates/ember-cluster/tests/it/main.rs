@@ -37,5 +37,6 @@ fn main() {
         local_cluster::a_killed_executor_mid_shuffle_recomputes_only_its_outputs,
         local_cluster::a_job_fails_when_no_executor_is_left,
         local_cluster::a_silent_executor_is_lost_after_the_network_timeout,
+        local_cluster::executors_delete_the_outputs_of_a_removed_shuffle,
     ]);
 }

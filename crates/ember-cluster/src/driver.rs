@@ -196,7 +196,7 @@ impl Cluster {
     /// Reports tasks that could not run.
     fn fail(&self, failed: Vec<(TaskLaunch, Error)>) {
         for (t, e) in failed {
-            (self.statuses)(wire::failed(&t, e));
+            (self.statuses)(t.failed(e));
         }
     }
 
@@ -337,7 +337,7 @@ impl Cluster {
         };
         self.broadcast(Out::Shutdown(proto::Shutdown { reason: reason.to_string() }));
         for t in queued {
-            (self.statuses)(wire::failed(&t, Error::Cancelled("the context stopped".into())));
+            (self.statuses)(t.failed(Error::Cancelled("the context stopped".into())));
         }
     }
 }
@@ -358,7 +358,7 @@ impl ExecutorBackend for RemoteBackend {
         let mut state = self.cluster.state();
         if state.stopped {
             drop(state);
-            (self.cluster.statuses)(wire::failed(&task, Error::Cancelled("the context stopped".into())));
+            (self.cluster.statuses)(task.failed(Error::Cancelled("the context stopped".into())));
             return;
         }
         state.queue.push_back(task);
@@ -390,7 +390,7 @@ impl ExecutorBackend for RemoteBackend {
         };
         drop(by_executor);
         for t in queued {
-            (self.cluster.statuses)(wire::failed(&t, Error::Cancelled("the task was killed before it started".into())));
+            (self.cluster.statuses)(t.failed(Error::Cancelled("the task was killed before it started".into())));
         }
     }
 

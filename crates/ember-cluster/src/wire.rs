@@ -161,21 +161,6 @@ pub(crate) fn status(m: proto::TaskStatus) -> TaskStatus {
     }
 }
 
-/// A failed status for a launched task (lost with its executor, killed while queued, ...).
-pub(crate) fn failed(t: &TaskLaunch, e: Error) -> TaskStatus {
-    TaskStatus {
-        task_id: t.task_id,
-        stage: t.stage,
-        stage_attempt: t.stage_attempt,
-        index: t.index,
-        attempt: t.attempt,
-        epoch: t.epoch,
-        result: Err(e),
-        metrics: TaskMetrics::default(),
-        updates: AccumUpdates::Encoded(Vec::new()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,7 +204,7 @@ mod tests {
     fn errors_keep_their_class_and_detail_across() {
         let a = Arc::new(vec![1u8]);
         let e = Error::FetchFailed { shuffle: 4, map: 2, reduce: 1, message: "gone".into() };
-        let sent = status_message(failed(&launch(1, &a), e));
+        let sent = status_message(launch(1, &a).failed(e));
         let Some(proto::task_status::Result::Error(pe)) = &sent.result else { panic!("an error") };
         assert_eq!(pe.class, proto::ErrorClass::FetchFailed as i32);
         let got = status(sent);
@@ -231,13 +216,13 @@ mod tests {
         let a = Arc::new(vec![1u8]);
         let mut sent = status_message(TaskStatus {
             result: Ok(TaskOutput::Encoded(vec![1, 2])),
-            ..failed(&launch(1, &a), Error::Stopped)
+            ..launch(1, &a).failed(Error::Stopped)
         });
         sent.metrics = vec![0xff; 3];
         let got = status(sent);
         assert_eq!(got.task_id, 1);
         assert!(matches!(got.result, Err(Error::Serialization(_))));
-        let mut sent = status_message(failed(&launch(2, &a), Error::Stopped));
+        let mut sent = status_message(launch(2, &a).failed(Error::Stopped));
         sent.result = Some(proto::task_status::Result::MapStatus(vec![0xff, 0xff]));
         assert!(matches!(status(sent).result, Err(Error::Serialization(_))));
     }

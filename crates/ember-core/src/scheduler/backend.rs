@@ -397,7 +397,15 @@ impl Attempt {
 }
 
 fn failed_status(t: &TaskLaunch, e: Error) -> TaskStatus {
-    Attempt::of_launch(t).failed(e)
+    t.failed(e)
+}
+
+impl TaskLaunch {
+    /// The status reporting that this attempt failed with `e` (no metrics, no updates): for a
+    /// task killed before it started, lost with its executor, or that could not be sent.
+    pub fn failed(&self, e: Error) -> TaskStatus {
+        Attempt::of_launch(self).failed(e)
+    }
 }
 
 /// Hands a status to the scheduler, through bytes when rehearsing a remote executor.

@@ -45,6 +45,19 @@ struct State {
     executor_index: HashMap<Arc<str>, u32>,
 }
 
+impl State {
+    /// The number of executor `name` in the executor table (given one when first seen).
+    fn executor_number(&mut self, name: &Arc<str>) -> u32 {
+        if let Some(&i) = self.executor_index.get(name) {
+            return i;
+        }
+        let i = u32::try_from(self.executors.len()).unwrap_or(u32::MAX);
+        self.executors.push(name.clone());
+        self.executor_index.insert(name.clone(), i);
+        i
+    }
+}
+
 /// Why a map output was not registered.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -105,15 +118,7 @@ impl MapOutputTracker {
         }
         let offsets = std::mem::take(&mut status.segments);
         let data = status.data.as_deref().map(Arc::from);
-        let executor = match st.executor_index.get(&status.location) {
-            Some(&i) => i,
-            None => {
-                let i = u32::try_from(st.executors.len()).unwrap_or(u32::MAX);
-                st.executors.push(status.location.clone());
-                st.executor_index.insert(status.location.clone(), i);
-                i
-            }
-        };
+        let executor = st.executor_number(&status.location);
         let slots = st.shuffles.entry(status.shuffle).or_insert_with(|| (0..maps).map(|_| None).collect());
         let Some(slot) = slots.get_mut(status.map) else {
             return Err((status, Refused::UnknownMap));
@@ -155,15 +160,7 @@ impl MapOutputTracker {
             let Some(mut status) = status else { continue };
             let offsets = std::mem::take(&mut status.segments);
             let data = status.data.as_deref().map(Arc::from);
-            let executor = match st.executor_index.get(&status.location) {
-                Some(&i) => i,
-                None => {
-                    let i = u32::try_from(st.executors.len()).unwrap_or(u32::MAX);
-                    st.executors.push(status.location.clone());
-                    st.executor_index.insert(status.location.clone(), i);
-                    i
-                }
-            };
+            let executor = st.executor_number(&status.location);
             *slot = Some(Registered { attempt: status.attempt, status: Box::new(status), offsets, executor, data });
         }
         st.shuffles.insert(shuffle, slots);

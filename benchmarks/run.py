@@ -54,7 +54,11 @@ SPARK_PROGRAMS = {
     "sort": [("dataframe", "SortDf", True), ("rdd", "SortRdd", False)],
 }
 EMBER_EXAMPLES = ["word_count", "sort", "running_sum"]
-WORKLOADS = ["wordcount", "sort", "tiny", "scaling"]
+WORKLOADS = ["wordcount", "sort", "tiny", "scaling", "cluster"]
+# The cluster workload: Ember's word count and sort with executors in processes, against the same
+# programs on local[2]. Target: the cluster path within 1.3x of local mode.
+CLUSTER_MASTER = "local-cluster[2,1,2048]"
+CLUSTER_TARGET = 1.3
 # The scaling workload: Ember's running_sum at growing task counts, as (TASKS, ITERS). The issue's
 # target: with 1000 tasks an iteration costs at most 30x what it costs with 100 tasks.
 SCALING_POINTS = "10:100,100:100,1000:10"
@@ -64,6 +68,7 @@ TIME_BASIS_EMBER = "process wall (whole run incl. startup)"
 TIME_BASIS_SPARK_JOB = "job only (excl. JVM + session start)"
 TIME_BASIS_TINY = "per job after warm-up (excl. session start)"
 TIME_BASIS_SCALING_RATIO = "ratio of per-job times (medians of trials)"
+TIME_BASIS_CLUSTER_RATIO = "ratio of process wall times (medians of runs)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -610,8 +615,8 @@ def spark_env() -> dict:
     return env
 
 
-def ember_cmd(cfg: Config, tools: Tools, example: str, args: list[str]) -> list[str]:
-    cmd = [str(tools.ember_bins[example]), *args, "--master", cfg.master]
+def ember_cmd(cfg: Config, tools: Tools, example: str, args: list[str], master: str | None = None) -> list[str]:
+    cmd = [str(tools.ember_bins[example]), *args, "--master", master or cfg.master]
     if cfg.ember_memory:
         cmd += ["--memory", cfg.ember_memory]
     return cmd
@@ -656,14 +661,14 @@ class Bench:
             self.rows.append(aggregate(reps))
 
     def batch_run(self, workload: str, engine: str, variant: str, program: str | None, ds: DataSet,
-                  size: str, rep: int) -> Row:
+                  size: str, rep: int, master: str | None = None, row_workload: str | None = None) -> Row:
         cfg = self.cfg
         basis = TIME_BASIS_EMBER if engine == "ember" else TIME_BASIS_SPARK_JOB
-        row = Row(workload, engine, variant, size, basis)
+        row = Row(row_workload or workload, engine, variant, size, basis)
         if engine == "ember" and self.tools.ember_error:
             self.fail(row, f"not run: {self.tools.ember_error}")
             return row
-        out_dir = cfg.data_dir / "out" / f"{workload}-{engine}-{variant}"
+        out_dir = cfg.data_dir / "out" / f"{row.workload}-{workload}-{engine}-{re.sub(r'[^A-Za-z0-9]+', '_', variant)}"
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         warm_page_cache(ds.path)
@@ -672,11 +677,12 @@ class Bench:
             example = "word_count" if workload == "wordcount" else "sort"
             # Spark's sort programs order by the key before the TAB; `--by-key` does the same.
             extra = ["--by-key"] if workload == "sort" else []
-            cmd, env = ember_cmd(cfg, self.tools, example, [str(ds.path), str(out_dir), *extra]), None
+            cmd, env = ember_cmd(cfg, self.tools, example, [str(ds.path), str(out_dir), *extra], master), None
         else:
             assert program is not None
             cmd, env = spark_cmd(cfg, self.tools, program, [str(ds.path), str(out_dir)]), spark_env()
-        m = measure(cmd, self.logs / f"{workload}-{engine}-{variant}-{rep + 1}", cfg, env)
+        log_name = f"{row.workload}-{workload}-{engine}-{re.sub(r'[^A-Za-z0-9]+', '_', variant)}-{rep + 1}"
+        m = measure(cmd, self.logs / log_name, cfg, env)
         fill_memory(row, m)
         if m.returncode != 0 or m.timed_out:
             self.fail(row, describe_failure(m))
@@ -804,6 +810,46 @@ class Bench:
             rows.append(row)
         return rows
 
+    # -- cluster: executors in processes against local mode ---------------------------------------
+
+    def cluster_workload(self, datasets: dict[str, DataSet]) -> None:
+        """Ember's word count and sort on CLUSTER_MASTER and on the run's master, in turn and
+        each verified, then one ratio row per program (cluster over local), checked against
+        CLUSTER_TARGET (a miss is printed loudly but does not change the exit status)."""
+        cfg = self.cfg
+        if "ember" not in cfg.engines:
+            log("cluster: Ember only; skipped (--engines has no ember)")
+            return
+        for workload, ds in datasets.items():
+            size = (f"{human_bytes(int(ds.truth['bytes']))} text" if workload == "wordcount"
+                    else f"{ds.truth['records']} records")
+            runs: dict[str, list[Row]] = {cfg.master: [], CLUSTER_MASTER: []}
+            for rep in range(cfg.repeat):
+                masters = [cfg.master, CLUSTER_MASTER] if rep % 2 == 0 else [CLUSTER_MASTER, cfg.master]
+                for master in masters:
+                    runs[master].append(self.batch_run(workload, "ember", f"{workload} on {master}", None, ds, size,
+                                                       rep, master=master, row_workload="cluster"))
+            local, cluster = aggregate(runs[cfg.master]), aggregate(runs[CLUSTER_MASTER])
+            self.rows += [local, cluster]
+            row = Row("cluster", "ember", f"ratio {workload} cluster/local", f"{CLUSTER_MASTER} vs {cfg.master}",
+                      TIME_BASIS_CLUSTER_RATIO)
+            if local.ok and cluster.ok and local.wall_s and cluster.wall_s:
+                row.scaling_ratio = cluster.wall_s / local.wall_s
+                row.notes = f"{cluster.wall_s:.2f} s / {local.wall_s:.2f} s"
+                if row.scaling_ratio <= CLUSTER_TARGET:
+                    row.target_check = f"pass (<= {CLUSTER_TARGET:g}x)"
+                else:
+                    row.target_check = f"FAIL (> {CLUSTER_TARGET:g}x)"
+                    msg = (f"cluster target missed: {workload} on {CLUSTER_MASTER} took {row.scaling_ratio:.2f}x "
+                           f"its time on {cfg.master}")
+                    self.missed_targets.append(msg)
+                    loud(msg + "; a performance target, not a failed run: the exit status is unaffected")
+            else:
+                row.target_check = "not measured"
+                row.notes = "a measured run failed: no ratio"
+            log(f"  cluster {workload}: {fmt_ratio(row.scaling_ratio) or '-'}x  {row.target_check}")
+            self.rows.append(row)
+
     # -- scaling: running_sum at 10, 100, 1000 tasks -----------------------------------------------
 
     def scaling_workload(self) -> None:
@@ -926,7 +972,7 @@ def print_table(rows: list[Row]) -> None:
             fmt_ratio(r.time_ratio),
             fmt_ratio(r.mem_ratio),
             (f"{fmt_ratio(r.scaling_ratio)}x {r.target_check}" if r.scaling_ratio is not None else r.target_check)
-            if r.time_basis == TIME_BASIS_SCALING_RATIO else
+            if r.time_basis in (TIME_BASIS_SCALING_RATIO, TIME_BASIS_CLUSTER_RATIO) else
             r.verified if len(r.verified) < 30 else r.verified[:27] + "...",
         ])
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(headers)]
@@ -1109,6 +1155,12 @@ def main(argv: list[str]) -> int:
             continue
         if workload == "scaling":
             bench.scaling_workload()
+            continue
+        if workload == "cluster":
+            datasets = {w: ensure_data(cfg, tools, "text" if w == "wordcount" else "records") for w in ("wordcount", "sort")}
+            for ds in datasets.values():
+                check_full_scale(cfg, ds)
+            bench.cluster_workload(datasets)
             continue
         ds = ensure_data(cfg, tools, "text" if workload == "wordcount" else "records")
         check_full_scale(cfg, ds)

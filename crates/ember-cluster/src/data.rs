@@ -237,7 +237,7 @@ impl Mirror {
     /// table is replaced at once, so concurrent readers see the old one or the new one. A
     /// failure to reach the driver is an I/O error (the task is retried), not a fetch failure:
     /// no output is known to be missing.
-    fn ensure(&self, shuffle: ShuffleId) -> ember_core::Result<()> {
+    fn ensure(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> ember_core::Result<()> {
         let failed = |why: String| Error::io("the driver's map output tracker", std::io::Error::other(why));
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
         let seen = self.epoch_seen.load(Ordering::Relaxed);
@@ -250,7 +250,16 @@ impl Mirror {
             .block_on(driver.map_outputs(proto::MapOutputsRequest { shuffle: shuffle.0 }))
             .map_err(|e| failed(format!("it did not say where the map outputs are: {}", e.message())))?
             .into_inner();
-        let maps = reply.statuses.len();
+        if reply.statuses.len() != maps {
+            // The driver no longer knows the shuffle (it was removed while this task ran), or
+            // knows another: nothing to read, and nothing is installed.
+            return Err(Error::FetchFailed {
+                shuffle: shuffle.0,
+                map: 0,
+                reduce,
+                message: format!("the driver knows {} map outputs of the shuffle, not {maps}", reply.statuses.len()),
+            });
+        }
         let complete = reply.statuses.iter().all(|b| !b.is_empty());
         let mut statuses = Vec::with_capacity(maps);
         for bytes in reply.statuses.iter().filter(|b| !b.is_empty()) {
@@ -281,12 +290,12 @@ impl MapOutputLocations for Mirror {
         reduce: usize,
         column: &mut Vec<ReduceBlock>,
     ) -> ember_core::Result<()> {
-        self.ensure(shuffle)?;
+        self.ensure(shuffle, maps, reduce)?;
         self.tracker.reduce_blocks_into(shuffle, maps, reduce, column)
     }
 
     fn map_locations(&self, shuffle: ShuffleId, maps: usize, reduce: usize) -> ember_core::Result<Arc<MapLocations>> {
-        self.ensure(shuffle)?;
+        self.ensure(shuffle, maps, reduce)?;
         self.tracker.map_locations(shuffle, maps, reduce)
     }
 

@@ -179,7 +179,13 @@ impl Cluster {
                     continue;
                 }
             };
-            let Some(session) = state.sessions.get_mut(&id) else { break };
+            let Some(session) = state.sessions.get_mut(&id) else {
+                // Just chosen under this lock, so present; were it not, the tasks go back.
+                for t in tasks.into_iter().rev() {
+                    state.queue.push_front(t);
+                }
+                break;
+            };
             let sent = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
             for t in tasks {
                 session.running.insert(t.task_id);
@@ -236,8 +242,16 @@ impl Cluster {
 
     /// Executor `id` is gone: its running tasks fail (to run again elsewhere).
     fn lost(&self, id: &str, reason: &str) {
+        self.lose(id, reason, |_| true);
+    }
+
+    /// [`lost`](Self::lost), if its session still satisfies `still` under the lock.
+    fn lose(&self, id: &str, reason: &str, still: impl FnOnce(&Session) -> bool) {
         let failed: Vec<(TaskLaunch, Error)> = {
             let mut state = self.state();
+            if !state.sessions.get(id).is_some_and(still) {
+                return;
+            }
             let Some(session) = state.sessions.remove(id) else { return };
             if !state.stopped {
                 tracing::warn!("executor {id} lost: {reason}");
@@ -316,8 +330,10 @@ impl Cluster {
             let state = self.state();
             state.sessions.iter().filter(|(_, s)| s.last_heard.elapsed() > timeout).map(|(id, _)| id.clone()).collect()
         };
+        let reason = format!("it sent nothing for {} ms (ember.network.timeout)", timeout.as_millis());
         for id in silent {
-            self.lost(&id, &format!("it sent nothing for {} ms (ember.network.timeout)", timeout.as_millis()));
+            // Checked again under the lock: it may have spoken since.
+            self.lose(&id, &reason, |s| s.last_heard.elapsed() > timeout);
         }
     }
 

@@ -237,9 +237,13 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
                 }
             }
             Ok(Some(proto::DriverMessage { kind: Some(In::RemoveShuffle(r)) })) => {
-                let shuffle = ember_core::shuffle::ShuffleId(r.shuffle);
-                executor.env().shuffle.remove_shuffle(shuffle);
-                ember_core::shuffle::MapOutputLocations::remove_shuffle(&*mirror, shuffle);
+                // Deleting files (and waiting for a refresh of the mirror) is not the session's time.
+                let (env, mirror) = (executor.env().clone(), mirror.clone());
+                tokio::task::spawn_blocking(move || {
+                    let shuffle = ember_core::shuffle::ShuffleId(r.shuffle);
+                    env.shuffle.remove_shuffle(shuffle);
+                    ember_core::shuffle::MapOutputLocations::remove_shuffle(&*mirror, shuffle);
+                });
             }
             Ok(Some(proto::DriverMessage { kind: Some(In::ReleaseBroadcast(b)) })) => {
                 executor.env().broadcasts.forget(b.id);

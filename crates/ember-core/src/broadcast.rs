@@ -102,7 +102,14 @@ impl BroadcastStore {
 
     /// Fetches broadcast `id` from the driver once, however many tasks ask at the same time.
     fn fetch_remote<T: Data>(&self, id: u64, remote: &dyn RemoteBroadcasts) -> Result<Shared> {
-        let cell = lock(&self.fetching).entry(id).or_default().clone();
+        let cell = {
+            let mut fetching = lock(&self.fetching);
+            // A fetch that finished since this task looked keeps its value under this lock.
+            if let Some(v) = lock(&self.decoded).get(&id).cloned() {
+                return Ok(v);
+            }
+            fetching.entry(id).or_default().clone()
+        };
         let got = cell.get_or_init(|| {
             let bytes = remote.fetch(id).map_err(|e| e.to_string())?;
             let value: T = postcard::from_bytes(&bytes).map_err(|e| format!("broadcast {id} does not decode: {e}"))?;

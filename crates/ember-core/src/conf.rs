@@ -370,7 +370,8 @@ impl EmberConf {
             }
             let (k, v) = line.split_once('=').ok_or_else(|| Error::Config {
                 key: format!("{}:{}", path.display(), i + 1),
-                value: line.to_string(),
+                // The line's first word only: the rest may be a secret written `key value`.
+                value: line.split_whitespace().next().unwrap_or_default().to_string(),
                 reason: "expected key=value".into(),
             })?;
             conf = conf.set(k.trim(), v.trim())?;
@@ -437,8 +438,9 @@ impl EmberConf {
             }
             "ember.network.timeout" => {
                 let ms = parse_duration_ms(value).ok_or_else(|| bad("expected a duration such as 120s or 500ms"))?;
-                if ms == 0 || ms > 86_400_000 {
-                    return Err(bad("expected a duration from 1ms to 24h"));
+                // Several heartbeats must fit in it.
+                if !(1_000..=86_400_000).contains(&ms) {
+                    return Err(bad("expected a duration from 1s to 24h"));
                 }
             }
             "ember.driver.port" => {
@@ -529,21 +531,26 @@ mod tests {
         let conf = EmberConf::new()
             .set("ember.authenticate.secret", &secret)
             .unwrap()
-            .set("ember.network.timeout", "500ms")
+            .set("ember.network.timeout", "1500ms")
             .unwrap()
             .set("ember.driver.port", "7077")
             .unwrap();
         let s = conf.settings().unwrap();
-        assert_eq!((s.network_timeout_ms, s.driver_port), (500, 7077));
+        assert_eq!((s.network_timeout_ms, s.driver_port), (1500, 7077));
         assert_eq!(s.authenticate_secret.as_ref().map(|t| t.0.as_str()), Some(secret.as_str()));
         assert!(!format!("{conf:?}{s:?}").contains(&secret), "Debug shows the secret");
         let bad = EmberConf::new().set("ember.authenticate.secret", "zz-not-hex").unwrap_err();
         assert!(!bad.to_string().contains("zz-not-hex"), "{bad}");
         let misspelt = EmberConf::new().set("ember.authenticate.secrt", &secret).unwrap_err();
         assert!(!misspelt.to_string().contains(&secret), "{misspelt}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ember.properties");
+        std::fs::write(&file, format!("ember.authenticate.secret {secret}\n")).unwrap();
+        let spaced = EmberConf::from_file(&file).unwrap_err();
+        assert!(!spaced.to_string().contains(&secret), "{spaced}");
         assert_eq!(parse_duration_ms("2"), Some(2000));
         assert_eq!(parse_duration_ms("2s"), Some(2000));
-        for bad in ["0", "x", "-1s", "99999999999999999999s"] {
+        for bad in ["0", "500ms", "x", "-1s", "99999999999999999999s"] {
             assert!(EmberConf::new().set("ember.network.timeout", bad).is_err(), "{bad}");
         }
         assert!(EmberConf::new().set("ember.driver.port", "70000").is_err());

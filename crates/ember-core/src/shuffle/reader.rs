@@ -91,13 +91,17 @@ impl<'a, R> ShuffleReader<'a, R> {
         let ReadScratch { mut blocks, mut memory, mut ranges } = ReadScratch::take();
         let env = tc.env();
         let mut remote = Vec::new();
-        let located = env.map_outputs.map_locations(shuffle, maps, reduce).and_then(|locations| {
+        // On a cluster the column says which executor holds each block: no table of
+        // locations is needed (it might come from another snapshot than the column).
+        let locations = match env.remote {
+            Some(_) => Ok(None),
+            None => env.map_outputs.map_locations(shuffle, maps, reduce).map(Some),
+        };
+        let located = locations.and_then(|locations| {
             // On a cluster, outputs other executors hold are fetched; the rest are read here.
             let elsewhere =
                 |executor: u32| env.map_outputs.executor(executor).is_none_or(|name| *name != *env.executor_id);
-            // On a cluster the column says which executor holds each block (the one table of
-            // locations may come from an older snapshot than the column, so it decides nothing).
-            if locations.all_in_memory && env.remote.is_none() {
+            if let Some(locations) = locations.filter(|l| l.all_in_memory) {
                 env.shuffle.copy_memory_column(shuffle, &locations, reduce, &mut memory, &mut ranges);
                 Ok(locations.maps.len())
             } else {

@@ -287,9 +287,13 @@ fn context_with(master: &str, settings: &[(&str, &str)]) -> Context {
 pub fn shuffles_run_across_executor_processes() {
     // Map outputs kept in executor memory (the default) and written to files (threshold 0):
     // both are served to reducers on the other executor.
-    for (master, threshold) in
-        [("local-cluster[2,1,256]", "1m"), ("local-cluster[2,1,256]", "0"), ("local-cluster[2,2,256]", "1m")]
-    {
+    // The last: a budget so small that fetch windows shrink to what it grants.
+    for (master, threshold) in [
+        ("local-cluster[2,1,256]", "1m"),
+        ("local-cluster[2,1,256]", "0"),
+        ("local-cluster[2,2,256]", "1m"),
+        ("local-cluster[2,1,2]", "0"),
+    ] {
         let ctx = context_with(master, &[("ember.shuffle.inMemoryThreshold", threshold)]);
         let lines: Vec<String> = (0..2_000).map(|i| format!("w{} w{} x", i % 37, i % 11)).collect();
         let counts: std::collections::BTreeMap<String, u64> = ctx

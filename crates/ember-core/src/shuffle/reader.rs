@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{MemorySegment, ReduceBlock, ShuffleId, SCRATCH_KEPT_BYTES};
 use crate::error::{Error, Result};
+use crate::storage::MemoryConsumer;
 use crate::stream::{ChunkDecoder, Origin};
 use crate::task::TaskContext;
 
@@ -76,6 +77,8 @@ pub(crate) struct ShuffleReader<'a, R> {
     window_start: usize,
     window_end: usize,
     window_ranges: Vec<Option<MemorySegment>>,
+    /// Execution memory granted for the window.
+    window_memory: MemoryConsumer<'a>,
     /// A finished decoder, kept for its buffers.
     spare: Option<ChunkDecoder<BlockSource, R>>,
     reduce: usize,
@@ -143,6 +146,7 @@ impl<'a, R> ShuffleReader<'a, R> {
             window_start: 0,
             window_end: 0,
             window_ranges: Vec::new(),
+            window_memory: MemoryConsumer::new(tc),
             spare: None,
             reduce,
             tc,
@@ -233,18 +237,23 @@ impl<R: serde::de::DeserializeOwned> ShuffleReader<'_, R> {
         let (shuffle, reduce) = (self.shuffle, self.reduce);
         let env = self.tc.env();
         let remote = env.remote.clone().ok_or_else(|| Error::Internal("remote blocks without a data plane".into()))?;
+        // The window's bytes come out of the task's execution memory: as many blocks as the
+        // budget grants up to the window's size, and always the first (one segment over a
+        // refusing budget, rather than no progress).
+        self.window_memory.release_all();
         let mut end = first;
         let mut bytes = 0u64;
         while end < self.maps && end - first < FETCH_WINDOW_BLOCKS {
             let len = self.blocks.get(end).map_or(0, |b| b.len);
             if self.remote.get(end).copied().unwrap_or(false) {
-                if end > first && bytes + len > FETCH_WINDOW_BYTES {
+                if end > first && (bytes + len > FETCH_WINDOW_BYTES || !self.window_memory.ensure(bytes + len)) {
                     break;
                 }
                 bytes += len;
             }
             end += 1;
         }
+        self.window_memory.ensure(bytes);
         // By executor, in map order within each.
         let mut by_executor: Vec<(u32, Vec<usize>)> = Vec::new();
         for i in first..end {

@@ -122,6 +122,8 @@ mod tests {
         let s = Secret::generate().unwrap();
         assert_eq!(Secret::from_hex(&s.to_hex()).unwrap().0, s.0);
         assert!(Secret::from_hex("zz").is_err());
+        assert!(Secret::from_hex(&"a".repeat(62)).is_err(), "too short");
+        assert!(Secret::from_hex(&"a".repeat(66)).is_err(), "too long");
         assert!(Secret::from_hex(&"g".repeat(64)).is_err());
         assert!(Secret::from_hex(&"é".repeat(32)).is_err());
     }

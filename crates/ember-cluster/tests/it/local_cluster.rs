@@ -23,6 +23,12 @@ fn executor_pids(ctx: &Context, n: usize) -> HashSet<u32> {
     ctx.parallelize((0..n as u32).collect(), n).map(|_| std::process::id()).collect().unwrap().into_iter().collect()
 }
 
+/// Sends signal `sig` to process `pid`, which must exist.
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0, "signal {sig} to {pid}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -224,8 +230,7 @@ pub fn a_killed_executor_fails_its_tasks_over() {
         })
     };
     std::thread::sleep(Duration::from_millis(400));
-    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
+    signal(victim, libc::SIGKILL);
     let out = job.join().unwrap().unwrap();
     assert_eq!(out.iter().map(|(x, _)| *x).collect::<Vec<_>>(), (0..12).collect::<Vec<_>>());
     let summary = ctx.last_job_summary().unwrap();
@@ -379,8 +384,7 @@ pub fn a_killed_executor_mid_shuffle_recomputes_only_its_outputs() {
     wait_until("a reducer started", Duration::from_secs(60), || {
         std::fs::read_dir(dir.path()).unwrap().next().is_some()
     });
-    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) }, 0);
+    signal(victim, libc::SIGKILL);
     let mut out = job.join().unwrap().unwrap();
     out.sort_unstable();
     let want: Vec<(u64, u64)> = (0..1_000u64).map(|k| (k, (0..1_000u64).map(|i| i * 1_000 + k).sum())).collect();
@@ -406,8 +410,7 @@ pub fn a_job_fails_when_no_executor_is_left() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    signal(pid, libc::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !job.is_finished() {
         assert!(Instant::now() < deadline, "the job waits forever for executors");
@@ -422,8 +425,7 @@ pub fn a_silent_executor_is_lost_after_the_network_timeout() {
     let pids: Vec<u32> = executor_pids(&ctx, 8).into_iter().collect();
     assert_eq!(pids.len(), 2);
     let frozen = pids[0];
-    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(frozen as libc::pid_t, libc::SIGSTOP) }, 0);
+    signal(frozen, libc::SIGSTOP);
     // The frozen executor keeps its connection open but answers nothing: its tasks run again on
     // the other once the timeout has passed.
     let job = {
@@ -438,7 +440,8 @@ pub fn a_silent_executor_is_lost_after_the_network_timeout() {
     let out = job.join().unwrap().unwrap();
     assert_eq!(out.iter().map(|r| r.0).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
     assert!(out.iter().all(|r| r.1 == pids[1]), "{out:?}");
-    // SAFETY: as above.
+    // Clean-up: it may be gone already.
+    // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
     unsafe {
         libc::kill(frozen as libc::pid_t, libc::SIGKILL);
     }

@@ -23,7 +23,8 @@ impl Args {
         let mut positional = Vec::new();
         let mut flags = Vec::new();
         let mut conf = EmberConf::new();
-        let mut master = "local[*]".to_string();
+        // `local[*]` unless given here or by `ember submit`.
+        let mut master = None;
         let mut trials = None;
         let mut it = std::env::args().skip(1);
         let fail = |msg: String| -> ! {
@@ -32,7 +33,7 @@ impl Args {
         };
         while let Some(a) = it.next() {
             match a.as_str() {
-                "--master" => master = it.next().unwrap_or_else(|| fail("--master needs a value".into())),
+                "--master" => master = Some(it.next().unwrap_or_else(|| fail("--master needs a value".into()))),
                 "--memory" => {
                     let v = it.next().unwrap_or_else(|| fail("--memory needs a value".into()));
                     conf = conf.memory(&v).unwrap_or_else(|e| fail(e.to_string()));
@@ -54,7 +55,9 @@ impl Args {
                 _ => positional.push(a),
             }
         }
-        let conf = conf.master(&master).unwrap_or_else(|e| fail(e.to_string()));
+        if let Some(master) = master {
+            conf = conf.master(&master).unwrap_or_else(|e| fail(e.to_string()));
+        }
         Args { positional, flags, trials, conf }
     }
 

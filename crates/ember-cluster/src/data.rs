@@ -28,11 +28,27 @@ pub(crate) type Addresses = Arc<RwLock<HashMap<String, String>>>;
 
 /// Adds the application's token to every call.
 #[derive(Clone)]
-pub(crate) struct Auth(pub(crate) MetadataValue<Ascii>);
+pub(crate) struct Auth(pub(crate) Option<MetadataValue<Ascii>>);
+
+impl Auth {
+    /// Presents the token of `secret` (nothing when there is none).
+    pub(crate) fn new(secret: Option<&auth::Secret>) -> crate::Result<Auth> {
+        match secret {
+            None => Ok(Auth(None)),
+            Some(s) => {
+                let token =
+                    s.token().parse().map_err(|_| crate::ClusterError::Protocol("token is not ASCII".into()))?;
+                Ok(Auth(Some(token)))
+            }
+        }
+    }
+}
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
-        request.metadata_mut().insert(auth::AUTH_HEADER, self.0.clone());
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert(auth::AUTH_HEADER, token.clone());
+        }
         Ok(request)
     }
 }

@@ -43,6 +43,10 @@ struct State {
     refusals: Vec<String>,
     /// Tasks waiting for a slot.
     queue: VecDeque<TaskLaunch>,
+    /// Whether a master may grant executors later (standalone): tasks then wait for executors
+    /// instead of failing when none is left, and executors the driver was not told of may
+    /// register (they proved the application's secret and binary).
+    elastic: bool,
     /// Where each running task runs, and its launch (to report it failed if its executor goes).
     running: HashMap<u64, (String, TaskLaunch)>,
     stopped: bool,
@@ -151,7 +155,7 @@ impl Cluster {
     #[must_use]
     fn dispatch(state: &mut State) -> Vec<(TaskLaunch, Error)> {
         let mut failed = Vec::new();
-        if state.sessions.is_empty() && state.expected.is_empty() && !state.queue.is_empty() {
+        if state.sessions.is_empty() && state.expected.is_empty() && !state.elastic && !state.queue.is_empty() {
             let e =
                 || Error::ExecutorLost { executor: "all".into(), reason: "no executor is left to run tasks".into() };
             failed.extend(state.queue.drain(..).map(|t| (t, e())));
@@ -291,7 +295,8 @@ impl Cluster {
             );
             return refuse(&mut state, reason);
         }
-        if !state.expected.remove(&r.executor_id) {
+        let known = state.expected.remove(&r.executor_id);
+        if !(known || state.elastic) || state.sessions.contains_key(&r.executor_id) {
             let reason =
                 format!("the driver did not start an executor named `{}`, or it already registered", r.executor_id);
             return refuse(&mut state, reason);
@@ -314,6 +319,42 @@ impl Cluster {
         drop(state);
         self.fail(failed);
         Ok(())
+    }
+
+    /// Whether a master may still grant executors (see `State::elastic`). Turning it off fails
+    /// the queued tasks when no executor is left.
+    pub(crate) fn set_elastic(&self, elastic: bool) {
+        let failed = {
+            let mut state = self.state();
+            state.elastic = elastic;
+            Self::dispatch(&mut state)
+        };
+        self.changed.notify_all();
+        self.fail(failed);
+    }
+
+    /// The master took executor `id` away (or it exited): it is lost if it registered, and no
+    /// longer awaited if it did not.
+    pub(crate) fn executor_removed(&self, id: &str, reason: &str) {
+        let failed = {
+            let mut state = self.state();
+            state.expected.remove(id);
+            Self::dispatch(&mut state)
+        };
+        self.changed.notify_all();
+        self.fail(failed);
+        self.lost(id, reason);
+    }
+
+    /// How many executors are registered now, and how many are awaited.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.sessions.len(), state.expected.len())
+    }
+
+    /// Whether the application stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.state().stopped
     }
 
     /// Executor `id` was heard from.
@@ -363,6 +404,9 @@ pub(crate) struct RemoteBackend {
     pub(crate) cluster: Arc<Cluster>,
     /// Stops what runs the executors (processes, the service) once.
     pub(crate) on_stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Runs once before the executors are told to shut down (a standalone application tells
+    /// its master that their exits are expected).
+    pub(crate) before_stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl ExecutorBackend for RemoteBackend {
@@ -420,6 +464,10 @@ impl ExecutorBackend for RemoteBackend {
     }
 
     fn stop(&self) {
+        let before = self.before_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(before) = before {
+            before();
+        }
         self.cluster.shut_down("the driver stopped its context");
         let stop = self.on_stop.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(stop) = stop {
@@ -444,10 +492,51 @@ type OutStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<pro
 type BroadcastStream =
     Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::BroadcastChunk, Status>> + Send>>;
 
+type BinaryStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::BinaryChunk, Status>> + Send>>;
+
+/// Streams the driver's running executable in chunks of 1 MiB, read as they are sent.
+fn binary_stream() -> BinaryStream {
+    let (tx, rx) = mpsc::channel::<std::result::Result<proto::BinaryChunk, Status>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = match std::fs::File::open(auth::SELF_EXE) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(format!("cannot open the driver's executable: {e}"))));
+                return;
+            }
+        };
+        loop {
+            let mut chunk = vec![0u8; 1 << 20];
+            let n = match file.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::internal(format!("reading the driver's executable: {e}"))));
+                    return;
+                }
+            };
+            chunk.truncate(n);
+            if tx.blocking_send(Ok(proto::BinaryChunk { data: chunk })).is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 #[tonic::async_trait]
 impl proto::driver_server::Driver for DriverService {
     type SessionStream = OutStream;
     type BroadcastStream = BroadcastStream;
+    type BinaryStream = BinaryStream;
+
+    async fn binary(
+        &self,
+        _request: Request<proto::BinaryRequest>,
+    ) -> std::result::Result<Response<Self::BinaryStream>, Status> {
+        Ok(Response::new(binary_stream()))
+    }
 
     async fn broadcast(
         &self,
@@ -533,14 +622,98 @@ impl proto::driver_server::Driver for DriverService {
 
 /// Checks every call's token.
 pub(crate) fn authenticator(token: String) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
+    optional_authenticator(Some(token))
+}
+
+/// Checks every call's token, when there is one to check (a standalone master without a secret
+/// takes every call).
+pub(crate) fn optional_authenticator(
+    token: Option<String>,
+) -> impl Fn(Request<()>) -> std::result::Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
+        let Some(token) = &token else { return Ok(request) };
         let presented = request.metadata().get(auth::AUTH_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-        if auth::token_matches(&token, presented) {
+        if auth::token_matches(token, presented) {
             Ok(request)
         } else {
             let peer = request.remote_addr().map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
             tracing::warn!("refused a connection from {peer}: missing or wrong authentication token");
             Err(Status::unauthenticated("missing or wrong authentication token"))
         }
+    }
+}
+
+/// The driver's control service and the runtime it runs on, with the watchdog that declares
+/// silent executors lost.
+pub(crate) struct ControlService {
+    /// Where executors reach it.
+    pub(crate) address: std::net::SocketAddr,
+    runtime: tokio::runtime::Runtime,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ControlService {
+    /// Serves `cluster` on `ember.driver.host:ember.driver.port`, authenticated with `secret`.
+    pub(crate) fn start(
+        cluster: &Arc<Cluster>,
+        settings: &ember_core::conf::Settings,
+        secret: &auth::Secret,
+    ) -> Result<ControlService> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ember-driver-io")
+            .enable_all()
+            .build()
+            .map_err(|source| ClusterError::Io { path: "the driver's network runtime".into(), source })?;
+        let bind = std::net::SocketAddr::new(settings.driver_host, settings.driver_port);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(bind))
+            .map_err(|source| ClusterError::Io { path: format!("{bind} (the driver's control service)"), source })?;
+        let address =
+            listener.local_addr().map_err(|source| ClusterError::Io { path: "the control service".into(), source })?;
+        let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let service = tonic::service::interceptor::InterceptedService::new(
+            proto::driver_server::DriverServer::new(DriverService { cluster: cluster.clone() })
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
+            authenticator(secret.token()),
+        );
+        runtime.spawn(async move {
+            let incoming = crate::incoming(listener);
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the driver's control service failed: {e}");
+            }
+        });
+        // Executors that stop answering are lost after `ember.network.timeout`.
+        let timeout = Duration::from_millis(settings.network_timeout_ms);
+        let watched = Arc::downgrade(cluster);
+        runtime.spawn(async move {
+            let mut tick =
+                tokio::time::interval((timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+            loop {
+                tick.tick().await;
+                let Some(cluster) = watched.upgrade() else { break };
+                // Declaring a loss reports statuses to the scheduler: not on a runtime thread's time.
+                let _ = tokio::task::spawn_blocking(move || cluster.expire_silent(timeout)).await;
+            }
+        });
+        Ok(ControlService { address, runtime, shutdown })
+    }
+
+    /// The runtime, to spawn on.
+    pub(crate) fn handle(&self) -> tokio::runtime::Handle {
+        self.runtime.handle().clone()
+    }
+
+    /// Stops serving; returns the runtime for the caller to shut down once nothing needs it.
+    pub(crate) fn stop(self) -> tokio::runtime::Runtime {
+        let _ = self.shutdown.send(());
+        self.runtime
     }
 }

@@ -27,6 +27,10 @@ struct Config {
     cores: usize,
     memory_mib: u64,
     secret: Secret,
+    /// The address its data plane listens on and registers.
+    host: std::net::IpAddr,
+    /// Root of its local files, when the starter chose it.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -34,7 +38,7 @@ impl Config {
     /// the processes its tasks start (`pipe`) neither see the secret nor become executors.
     fn from_env() -> Result<Config> {
         let config = Self::read_env();
-        for name in [vars::DRIVER, vars::ID, vars::CORES, vars::MEMORY_MIB, vars::SECRET] {
+        for name in vars::EXECUTOR {
             // The process is still single-threaded: this runs first thing in `main`, or before it.
             std::env::remove_var(name);
         }
@@ -54,7 +58,16 @@ impl Config {
         if cores == 0 || memory_mib == 0 {
             return Err(ClusterError::Environment("an executor needs at least one core and one MiB".into()));
         }
+        let host = match std::env::var(vars::HOST) {
+            Ok(h) => h
+                .trim()
+                .parse()
+                .map_err(|_| ClusterError::Environment(format!("`{}` = `{h}` is not an IP address", vars::HOST)))?,
+            Err(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        };
         Ok(Config {
+            host,
+            local_dir: std::env::var_os(vars::LOCAL_DIR).map(std::path::PathBuf::from),
             driver: var(vars::DRIVER)?,
             id: var(vars::ID)?,
             cores,
@@ -123,18 +136,16 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         .tcp_nodelay(true)
         .connect()
         .await?;
-    let token: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-        config.secret.token().parse().map_err(|_| ClusterError::Protocol("token is not ASCII".into()))?;
-    let auth_out = Auth(token);
+    let auth_out = Auth::new(Some(&config.secret))?;
     let mut client = proto::driver_client::DriverClient::with_interceptor(channel, auth_out.clone())
         .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
     // The data plane listens before the executor registers, so that its address goes with it;
     // it answers once the executor has started.
     let env_cell = Arc::new(std::sync::OnceLock::new());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind((config.host, 0))
         .await
-        .map_err(|source| ClusterError::Io { path: "127.0.0.1 (the executor's data plane)".into(), source })?;
+        .map_err(|source| ClusterError::Io { path: format!("{} (the executor's data plane)", config.host), source })?;
     let data_port =
         listener.local_addr().map_err(|source| ClusterError::Io { path: "the data plane".into(), source })?.port();
     let blocks = tonic::service::interceptor::InterceptedService::new(
@@ -152,7 +163,10 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     let (tx, rx) = mpsc::unbounded_channel::<proto::ExecutorMessage>();
     let register = proto::Register {
         executor_id: config.id.clone(),
-        host: "127.0.0.1".into(),
+        host: match config.host {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        },
         slots: u32::try_from(config.cores).unwrap_or(u32::MAX),
         memory_bytes: config.memory_mib << 20,
         binary_sha256: binary.to_vec(),
@@ -170,7 +184,7 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         Some(other) => return Err(ClusterError::Protocol(format!("expected Registered, got {other:?}"))),
         None => return Err(ClusterError::Refused("the driver ended the session without an answer".into())),
     };
-    let root = settings.local_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let root = config.local_dir.clone().or_else(|| settings.local_dir.clone()).unwrap_or_else(std::env::temp_dir);
     let heartbeat = HEARTBEAT.min(Duration::from_millis(settings.network_timeout_ms / 4).max(Duration::from_millis(5)));
     let spec = ExecutorSpec {
         executor_id: config.id.clone(),

@@ -22,6 +22,7 @@ mod driver;
 mod error;
 mod executor;
 mod local_cluster;
+pub mod standalone;
 mod wire;
 
 /// The generated protocol types and services.
@@ -62,7 +63,19 @@ pub(crate) mod vars {
     pub const MEMORY_MIB: &str = "EMBER_EXECUTOR_MEMORY_MIB";
     /// The application's secret, hex.
     pub const SECRET: &str = "EMBER_AUTH_SECRET";
+    /// The address the executor's data plane listens on and registers (default 127.0.0.1).
+    pub const HOST: &str = "EMBER_EXECUTOR_HOST";
+    /// Root of the executor's local files, when its starter chooses it (a standalone worker).
+    pub const LOCAL_DIR: &str = "EMBER_EXECUTOR_LOCAL_DIR";
+    /// What `ember submit` gives the driver it starts: `key=value` lines (master and settings).
+    pub const SUBMIT_CONF: &str = "EMBER_SUBMIT_CONF";
+    /// Every variable an executor reads (and removes from its environment).
+    pub const EXECUTOR: [&str; 7] = [DRIVER, ID, CORES, MEMORY_MIB, SECRET, HOST, LOCAL_DIR];
 }
+
+/// The environment variable through which `ember submit` hands a driver its master and
+/// settings (`key=value` lines); [`entry`] reads it.
+pub const SUBMIT_CONF_VAR: &str = vars::SUBMIT_CONF;
 
 /// Whether this process was started as an executor.
 pub fn is_executor() -> bool {
@@ -79,6 +92,20 @@ pub fn entry() {
     if is_executor() {
         let code = executor::run_from_env();
         std::process::exit(code);
+    }
+    if let Some(text) = std::env::var_os(vars::SUBMIT_CONF) {
+        // What `ember submit` gave this driver; its own children (`pipe`) do not inherit it.
+        std::env::remove_var(vars::SUBMIT_CONF);
+        let conf = text.to_str().ok_or_else(|| "it is not UTF-8".to_string()).and_then(|t| {
+            ember_core::EmberConf::empty().with_properties(t, "submitted settings").map_err(|e| e.to_string())
+        });
+        match conf {
+            Ok(conf) => ember_core::runtime::install_submitted_conf(conf),
+            Err(e) => {
+                eprintln!("ember: the settings this program was submitted with are invalid: {e}");
+                std::process::exit(2);
+            }
+        }
     }
     install();
 }
@@ -122,5 +149,21 @@ pub fn entry_before_main() {
 /// Installs the cluster runtime for contexts created from now on (what [`entry`] does in a
 /// driver).
 pub fn install() {
-    ember_core::runtime::install_cluster_manager(std::sync::Arc::new(LocalClusterManager));
+    ember_core::runtime::install_cluster_manager(std::sync::Arc::new(ClusterRuntime));
+}
+
+/// Starts the executors of every cluster master: `local-cluster[W,C,M]` and `ember://HOST:PORT`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterRuntime;
+
+impl ember_core::runtime::ClusterManager for ClusterRuntime {
+    fn start(
+        &self,
+        start: ember_core::runtime::ClusterStart,
+    ) -> ember_core::Result<ember_core::runtime::ClusterBackend> {
+        match start.settings.master.clone() {
+            ember_core::conf::Master::Standalone { address } => Ok(standalone::app::start_standalone(start, &address)?),
+            _ => LocalClusterManager.start(start),
+        }
+    }
 }

@@ -8,9 +8,9 @@ use ember_core::conf::Master;
 use ember_core::runtime::{ClusterBackend, ClusterManager, ClusterStart};
 
 use crate::auth::{self, Secret};
-use crate::driver::{authenticator, Cluster, DriverService, RemoteBackend};
+use crate::driver::{Cluster, ControlService, RemoteBackend};
 use crate::error::{ClusterError, Result};
-use crate::{proto, vars};
+use crate::vars;
 
 /// How long executors have to start and register.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,50 +43,9 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     let exe = std::path::PathBuf::from(auth::SELF_EXE);
     let cluster =
         Cluster::new(start.app_id.clone(), binary, &start.settings, (start.statuses, start.tracker, start.driver_env))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ember-driver-io")
-        .enable_all()
-        .build()
-        .map_err(|source| ClusterError::Io { path: "the driver's network runtime".into(), source })?;
-    let bind = std::net::SocketAddr::new(start.settings.driver_host, start.settings.driver_port);
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(bind))
-        .map_err(|source| ClusterError::Io { path: format!("{bind} (the driver's control service)"), source })?;
-    let address =
-        listener.local_addr().map_err(|source| ClusterError::Io { path: "the control service".into(), source })?;
-    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tonic::service::interceptor::InterceptedService::new(
-        proto::driver_server::DriverServer::new(DriverService { cluster: cluster.clone() })
-            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
-        authenticator(secret.token()),
-    );
-    runtime.spawn(async move {
-        let incoming = crate::incoming(listener);
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = shutdown_rx.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("the driver's control service failed: {e}");
-        }
-    });
+    let service = ControlService::start(&cluster, &start.settings, &secret)?;
+    let address = service.address;
     tracing::info!("driver control service on {address}; starting {executors} executors");
-    // Executors that stop answering are lost after `ember.network.timeout`.
-    let timeout = Duration::from_millis(start.settings.network_timeout_ms);
-    let watched = Arc::downgrade(&cluster);
-    runtime.spawn(async move {
-        let mut tick = tokio::time::interval((timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
-        loop {
-            tick.tick().await;
-            let Some(cluster) = watched.upgrade() else { break };
-            // Declaring a loss reports statuses to the scheduler: not on a runtime thread's time.
-            let _ = tokio::task::spawn_blocking(move || cluster.expire_silent(timeout)).await;
-        }
-    });
 
     let children: Children = Arc::default();
     let ids: Vec<String> = (0..executors).map(|i| format!("executor-{i}")).collect();
@@ -122,7 +81,7 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     let stop = {
         let children = children.clone();
         move || {
-            let _ = shutdown_tx.send(());
+            let runtime = service.stop();
             reap(&children, &executor_root);
             drop(release_tx);
             let _ = launcher.join();
@@ -141,7 +100,7 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
         return Err(e);
     }
     let key = secret.ship_key(&binary);
-    let backend = RemoteBackend { cluster, on_stop: Mutex::new(Some(Box::new(stop))) };
+    let backend = RemoteBackend { cluster, on_stop: Mutex::new(Some(Box::new(stop))), before_stop: Mutex::default() };
     Ok(ClusterBackend { backend: Arc::new(backend), key })
 }
 
@@ -154,7 +113,6 @@ fn spawn_executor(
     memory_mib: u64,
     secret: &Secret,
 ) -> Result<Child> {
-    use std::os::unix::process::CommandExt;
     let mut command = Command::new(exe);
     command
         .env(vars::DRIVER, driver.to_string())
@@ -163,23 +121,31 @@ fn spawn_executor(
         .env(vars::MEMORY_MIB, memory_mib.to_string())
         .env(vars::SECRET, secret.to_hex())
         .stdin(Stdio::null());
+    spawn_tied(&mut command)
+        .map_err(|source| ClusterError::Io { path: format!("{} (executor {id})", exe.display()), source })
+}
+
+/// Starts `command` as a process that dies with the calling thread's process, however that ends
+/// (SIGKILL included). Call it from a thread that lives as long as the process: the kernel's
+/// parent-death signal follows the thread that forked.
+pub(crate) fn spawn_tied(command: &mut Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before `exec` and calls only `prctl` and
     // `getppid`, which are async-signal-safe; it allocates nothing (its errors are OS codes).
     unsafe {
         command.pre_exec(move || {
-            // Dies with the driver, however the driver ends (SIGKILL included).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // The driver may have died before the signal was armed (no allocation here).
+            // The parent may have died before the signal was armed (no allocation here).
             if libc::getppid() != parent {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
     }
-    command.spawn().map_err(|source| ClusterError::Io { path: format!("{} (executor {id})", exe.display()), source })
+    command.spawn()
 }
 
 /// An error naming the first executor that exited while the application started.

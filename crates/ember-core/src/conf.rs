@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::error::{Error, Result};
 
 /// Where jobs run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Master {
     /// `local[N]`: N task slots on threads inside the driver process.
     Local {
@@ -24,6 +24,12 @@ pub enum Master {
         /// Memory budget of each, in MiB.
         memory_mib: u64,
     },
+    /// `ember://HOST:PORT`: a standalone cluster's master, which grants the application
+    /// executors on its workers. Needs the cluster runtime (`ember::executor_entry()`).
+    Standalone {
+        /// The master's `host:port`.
+        address: String,
+    },
 }
 
 /// The most executor processes a `local-cluster` master may start.
@@ -36,10 +42,13 @@ pub const MAX_PARTITIONS: u64 = 1 << 24;
 pub const MAX_LOCAL_SLOTS: usize = 4096;
 
 impl Master {
-    /// Parses `local`, `local[N]`, `local[*]` or `local-cluster[W,C,M]`.
+    /// Parses `local`, `local[N]`, `local[*]`, `local-cluster[W,C,M]` or `ember://HOST:PORT`.
     pub fn parse(url: &str) -> Result<Master> {
         let bad = || Error::InvalidMaster(url.to_string());
         let url = url.trim();
+        if let Some(address) = url.strip_prefix("ember://") {
+            return parse_host_port(address).map(|_| Master::Standalone { address: address.to_string() });
+        }
         if url == "local" {
             return Ok(Master::Local { slots: 1 });
         }
@@ -69,11 +78,13 @@ impl Master {
         Ok(Master::Local { slots })
     }
 
-    /// The number of task slots (of all executors).
+    /// The number of task slots (of all executors) the URL names; 1 for a standalone master,
+    /// whose slots are known only once its executors register (a context asks them).
     pub fn slots(&self) -> usize {
         match self {
             Master::Local { slots } => *slots,
             Master::LocalCluster { executors, cores, .. } => executors * cores,
+            Master::Standalone { .. } => 1,
         }
     }
 
@@ -90,8 +101,27 @@ impl std::fmt::Display for Master {
             Master::LocalCluster { executors, cores, memory_mib } => {
                 write!(f, "local-cluster[{executors},{cores},{memory_mib}]")
             }
+            Master::Standalone { address } => write!(f, "ember://{address}"),
         }
     }
+}
+
+/// Checks a `HOST:PORT` address (a host name, an IPv4 address or a bracketed IPv6 address, and a
+/// port from 1 to 65535); returns the host and port.
+pub fn parse_host_port(address: &str) -> Result<(&str, u16)> {
+    let bad = |why: &str| Error::InvalidMaster(format!("ember://{address} ({why})"));
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("expected HOST:PORT"))?;
+    let port: u16 =
+        port.parse().ok().filter(|&p| p > 0).ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+    let plain = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let valid = !plain.is_empty()
+        && plain.len() <= 253
+        && plain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+        && (host.starts_with('[') || !plain.contains(':'));
+    if !valid {
+        return Err(bad("the host is not a host name or IP address"));
+    }
+    Ok((host, port))
 }
 
 /// Compression codec for shuffle files, spills and serialized blocks.
@@ -120,7 +150,7 @@ pub const KEYS: &[ConfKey] = &[
     ConfKey {
         key: "ember.master",
         default: "local[*]",
-        doc: "Master URL: local, local[N], local[*], or local-cluster[W,C,M] (W executor processes with C slots and M MiB each).",
+        doc: "Master URL: local, local[N], local[*], local-cluster[W,C,M] (W executor processes with C slots and M MiB each), or ember://HOST:PORT (a standalone cluster's master).",
     },
     ConfKey { key: "ember.app.name", default: "ember", doc: "Application name, shown in logs." },
     ConfKey {
@@ -185,6 +215,30 @@ pub const KEYS: &[ConfKey] = &[
               local-cluster generates one per application when unset.",
     },
     ConfKey {
+        key: "ember.cores.max",
+        default: "(all)",
+        doc: "Standalone: the most cores (task slots) the application takes from the cluster; all that are \
+              free when unset.",
+    },
+    ConfKey {
+        key: "ember.executor.cores",
+        default: "(all of a worker's)",
+        doc: "Standalone: task slots of each executor; when unset an application gets one executor per \
+              worker with all the cores the worker has free.",
+    },
+    ConfKey {
+        key: "ember.executor.memory",
+        default: "1g",
+        doc: "Standalone: memory budget of each executor; a worker hosts it only when it has that much free.",
+    },
+    ConfKey {
+        key: "ember.deploy.scheduling",
+        default: "fifo",
+        doc: "Standalone master: how applications share the cluster's cores. `fifo`: in the order they \
+              registered, each taking what it asks for. `fair`: an application that waits gets an equal \
+              share; the master reclaims executors (newest first) of applications above their share.",
+    },
+    ConfKey {
         key: "ember.checkpoint.dir",
         default: "(unset)",
         doc: "Directory for RDD checkpoints; each application writes into its own subdirectory.",
@@ -223,6 +277,20 @@ impl std::fmt::Debug for EmberConf {
         let shown = self.values.iter().map(|(k, v)| (k, if k.contains("secret") { "(not shown)" } else { v.as_str() }));
         f.debug_map().entries(shown).finish()
     }
+}
+
+fn submitted_cell() -> &'static std::sync::OnceLock<EmberConf> {
+    static SUBMITTED: std::sync::OnceLock<EmberConf> = std::sync::OnceLock::new();
+    &SUBMITTED
+}
+
+fn submitted() -> Option<&'static EmberConf> {
+    submitted_cell().get()
+}
+
+/// Installs the settings this driver process was submitted with (once; later calls are ignored).
+pub(crate) fn install_submitted(conf: EmberConf) {
+    let _ = submitted_cell().set(conf);
 }
 
 /// Settings parsed from an [`EmberConf`].
@@ -271,6 +339,12 @@ pub struct Settings {
     /// never printed.
     #[serde(skip)]
     pub authenticate_secret: Option<SecretText>,
+    /// Standalone: the most cores the application takes (`None`: all that are free).
+    pub cores_max: Option<usize>,
+    /// Standalone: task slots per executor (`None`: all of a worker's free cores).
+    pub executor_cores: Option<usize>,
+    /// Standalone: memory budget of each executor, in bytes.
+    pub executor_memory_bytes: u64,
 }
 
 /// Parses a duration such as `120s`, `500ms` or `30` (seconds) into milliseconds.
@@ -319,8 +393,15 @@ pub fn parse_size(text: &str) -> Option<u64> {
 }
 
 impl EmberConf {
-    /// An empty configuration: every key at its default.
+    /// A configuration with every key at its default, except those the program's launcher set:
+    /// a driver started by `ember submit` begins from the master and settings it was submitted
+    /// with (see [`crate::runtime::install_submitted_conf`]); what the program sets overrides them.
     pub fn new() -> Self {
+        submitted().cloned().unwrap_or_default()
+    }
+
+    /// An empty configuration, ignoring what the program was submitted with.
+    pub fn empty() -> Self {
         Self::default()
     }
 
@@ -359,24 +440,41 @@ impl EmberConf {
         self.set("ember.memory.size", size)
     }
 
+    /// Reads `key=value` lines (blank lines and `#` comments ignored) from a config file, on top
+    /// of this configuration.
+    pub fn with_file(self, path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        self.with_properties(&text, &path.display().to_string())
+    }
+
     /// Reads `key=value` lines (blank lines and `#` comments ignored) from a config file.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut conf = EmberConf::new();
+        EmberConf::new().with_file(path)
+    }
+
+    /// Sets the `key=value` lines of `text` (blank lines and `#` comments ignored); `origin`
+    /// names the text in errors.
+    pub fn with_properties(mut self, text: &str, origin: &str) -> Result<Self> {
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
             let (k, v) = line.split_once('=').ok_or_else(|| Error::Config {
-                key: format!("{}:{}", path.display(), i + 1),
+                key: format!("{origin}:{}", i + 1),
                 // The line's first word only: the rest may be a secret written `key value`.
                 value: line.split_whitespace().next().unwrap_or_default().to_string(),
                 reason: "expected key=value".into(),
             })?;
-            conf = conf.set(k.trim(), v.trim())?;
+            self = self.set(k.trim(), v.trim())?;
         }
-        Ok(conf)
+        Ok(self)
+    }
+
+    /// Every set key and value, as `key=value` lines (what [`with_properties`](Self::with_properties)
+    /// reads back). Secrets are included: this is for handing settings to a child process.
+    pub fn to_properties(&self) -> String {
+        self.values.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
     }
 
     /// The raw value of a key, if set.
@@ -452,6 +550,21 @@ impl EmberConf {
             "ember.authenticate.secret" if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 return Err(bad("expected 64 hex digits (32 bytes)"));
             }
+            "ember.cores.max" | "ember.executor.cores" => {
+                let n: u64 = value.trim().parse().map_err(|_| bad("expected a whole number"))?;
+                if n == 0 || n > MAX_LOCAL_SLOTS as u64 * MAX_LOCAL_CLUSTER_EXECUTORS as u64 {
+                    return Err(bad("out of range"));
+                }
+            }
+            "ember.executor.memory" => {
+                let n = parse_size(value).ok_or_else(|| bad("expected a size like 512m or 2g"))?;
+                if n < 1 << 20 {
+                    return Err(bad("an executor needs at least 1m"));
+                }
+            }
+            "ember.deploy.scheduling" if !matches!(value, "fifo" | "fair") => {
+                return Err(bad("expected fifo or fair"));
+            }
             "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" if value.trim().is_empty() => {
                 return Err(bad("must not be empty"));
             }
@@ -463,6 +576,7 @@ impl EmberConf {
     /// Parses every setting, applying defaults.
     pub fn settings(&self) -> Result<Settings> {
         let master = Master::parse(self.get("ember.master").unwrap_or("local[*]"))?;
+        let slots = master.slots() as u64;
         // Every set value passed `validate`, so these parse and fit their types.
         let parse_num =
             |key: &str, default: u64| -> u64 { self.get(key).and_then(|v| v.parse().ok()).unwrap_or(default) };
@@ -472,7 +586,7 @@ impl EmberConf {
             memory_bytes: self.get("ember.memory.size").and_then(parse_size).unwrap_or(1 << 30),
             storage_fraction: self.get("ember.memory.storageFraction").and_then(|v| v.parse().ok()).unwrap_or(0.5),
             local_dir: self.get("ember.local.dir").map(PathBuf::from),
-            shuffle_partitions: parse_num("ember.shuffle.partitions", master.slots() as u64) as usize,
+            shuffle_partitions: parse_num("ember.shuffle.partitions", slots) as usize,
             shuffle_partitions_explicit: self.get("ember.shuffle.partitions").and_then(|v| v.parse().ok()),
             shuffle_memory_threshold: self
                 .get("ember.shuffle.inMemoryThreshold")
@@ -500,6 +614,9 @@ impl EmberConf {
             driver_port: self.get("ember.driver.port").and_then(|v| v.parse().ok()).unwrap_or(0),
             network_timeout_ms: self.get("ember.network.timeout").and_then(parse_duration_ms).unwrap_or(120_000),
             authenticate_secret: self.get("ember.authenticate.secret").map(|s| SecretText(s.to_ascii_lowercase())),
+            cores_max: self.get("ember.cores.max").and_then(|v| v.trim().parse().ok()),
+            executor_cores: self.get("ember.executor.cores").and_then(|v| v.trim().parse().ok()),
+            executor_memory_bytes: self.get("ember.executor.memory").and_then(parse_size).unwrap_or(1 << 30),
         })
     }
 }

@@ -49,6 +49,8 @@ fn new_app_id() -> String {
 /// Creates `base` and this application's subdirectory in it, as Spark does, so that
 /// applications sharing a checkpoint directory never write to the same files.
 fn app_checkpoint_dir(base: &std::path::Path, app_id: &str) -> Result<PathBuf> {
+    // Absolute: executors in other directories (or on other hosts) resolve it as the driver does.
+    let base = std::path::absolute(base).map_err(|e| Error::io(base, e))?;
     let dir = base.join(app_id);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     Ok(dir)
@@ -134,9 +136,13 @@ impl Context {
         &self.inner.env
     }
 
-    /// The default number of partitions: the number of task slots.
+    /// The default number of partitions: the number of task slots (on a standalone cluster,
+    /// of the executors registered now, and at least 2, as in Spark).
     pub fn default_parallelism(&self) -> usize {
-        self.inner.settings.master.slots()
+        match self.inner.settings.master {
+            crate::conf::Master::Standalone { .. } => self.inner.scheduler.slots().max(2),
+            ref m => m.slots(),
+        }
     }
 
     // ---- sources -------------------------------------------------------------------------------

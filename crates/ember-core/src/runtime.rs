@@ -71,6 +71,12 @@ pub(crate) fn cluster_manager(master: &crate::conf::Master) -> Result<Arc<dyn Cl
     })
 }
 
+/// Makes `conf` the starting point of every [`crate::EmberConf::new`] in this process: what a
+/// launcher (`ember submit`) gives the driver it starts. The first call wins.
+pub fn install_submitted_conf(conf: crate::conf::EmberConf) {
+    crate::conf::install_submitted(conf);
+}
+
 /// Runs tasks in an executor process: slot threads over this executor's block manager and
 /// map outputs.
 pub struct Executor {

@@ -139,6 +139,8 @@ impl<T: Data + Display> PartitionFn<T, u64> for SaveTextFn<T> {
 /// succeed), runs the job, and commits it; on failure `out` is removed entirely.
 pub(crate) fn save_text<T: Data + Display>(rdd: &Rdd<T>, out: &Path, codec: TextCodec) -> Result<()> {
     let ctx = rdd.context()?;
+    // Absolute, as the driver resolves it: executors run in directories of their own.
+    let out = &std::path::absolute(out).map_err(|e| Error::io(out, e))?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }

@@ -163,6 +163,11 @@ fn resolve_one(path: &str) -> Result<Vec<PathBuf>> {
     if files.is_empty() {
         return Err(Error::InputNotFound(PathBuf::from(path)));
     }
+    // Absolute, as the driver resolves them: executors run in directories of their own.
+    let mut files = files
+        .into_iter()
+        .map(|f| std::path::absolute(&f).map_err(|e| Error::io(&f, e)))
+        .collect::<Result<Vec<PathBuf>>>()?;
     files.sort();
     Ok(files)
 }

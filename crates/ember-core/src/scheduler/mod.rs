@@ -164,6 +164,11 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
+    /// The task slots of the executors the backend reaches now.
+    pub(crate) fn slots(&self) -> usize {
+        self.backend.slots()
+    }
+
     /// Starts the event loop and the backend: local slot threads, or for a cluster master the
     /// backend its cluster manager starts for the application `cluster.1`.
     pub(crate) fn start(

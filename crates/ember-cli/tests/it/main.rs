@@ -1,0 +1,7 @@
+//! The `ember` command end to end: a standalone master and workers on ports the tests pick,
+//! programs submitted to them, and their outputs checked.
+//!
+//! The submitted programs are the repository's examples (`word_count`, `running_sum`), built
+//! with the workspace (`cargo test --workspace` builds them before any test runs).
+
+mod standalone;

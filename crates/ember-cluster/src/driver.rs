@@ -41,8 +41,8 @@ struct State {
     expected: HashSet<String>,
     /// Why executors could not join (refused, lost while starting).
     refusals: Vec<String>,
-    /// Tasks waiting for a slot.
-    queue: VecDeque<TaskLaunch>,
+    /// Tasks waiting for a slot, with when they were queued.
+    queue: VecDeque<(TaskLaunch, Instant)>,
     /// Whether a master may grant executors later (standalone): tasks then wait for executors
     /// instead of failing when none is left, and executors the driver was not told of may
     /// register (they proved the application's secret and binary).
@@ -66,6 +66,8 @@ pub(crate) struct Cluster {
     tracker: Arc<MapOutputTracker>,
     /// The driver's services (broadcast values are published there).
     driver_env: Arc<ember_core::env::Env>,
+    /// How long a task waits for a slot on an executor it prefers (`ember.locality.wait`).
+    locality_wait: Duration,
     /// Data-plane addresses of every executor that registered, kept after it is lost (a
     /// reducer asking for a lost executor's outputs gets an address that fails, and so a fetch
     /// failure).
@@ -79,7 +81,7 @@ impl Cluster {
         settings: &ember_core::conf::Settings,
         (statuses, tracker, driver_env): (StatusSink, Arc<MapOutputTracker>, Arc<ember_core::env::Env>),
     ) -> Result<Arc<Cluster>> {
-        let settings = postcard::to_allocvec(settings)
+        let encoded = postcard::to_allocvec(settings)
             .map_err(|e| ClusterError::Protocol(format!("the settings do not encode: {e}")))?;
         let cluster = Arc::new(Cluster {
             state: Mutex::new(State::default()),
@@ -87,9 +89,10 @@ impl Cluster {
             statuses,
             app_id,
             binary,
-            settings,
+            settings: encoded,
             tracker,
             driver_env,
+            locality_wait: Duration::from_millis(settings.locality_wait_ms),
             addresses: Mutex::default(),
         });
         // Executors delete the outputs of a shuffle the driver removed.
@@ -149,31 +152,64 @@ impl Cluster {
         }
     }
 
-    /// Hands queued tasks to executors with free slots, most free first; one message each.
-    /// Returns tasks that cannot run (no executor is left, or their launch does not encode),
-    /// for the caller to report failed once the lock is released.
+    /// Hands queued tasks to executors with free slots, one message per executor. A task goes
+    /// to a free executor among those it prefers (holders of its cached input); while one of
+    /// them is alive it waits up to `locality_wait` for a slot there (delay scheduling), then
+    /// takes the executor with the most free slots. Returns tasks that cannot run (no executor
+    /// is left, or their launch does not encode), for the caller to report failed once the lock
+    /// is released.
     #[must_use]
-    fn dispatch(state: &mut State) -> Vec<(TaskLaunch, Error)> {
+    fn dispatch(state: &mut State, locality_wait: Duration) -> Vec<(TaskLaunch, Error)> {
         let mut failed = Vec::new();
         if state.sessions.is_empty() && state.expected.is_empty() && !state.elastic && !state.queue.is_empty() {
             let e =
                 || Error::ExecutorLost { executor: "all".into(), reason: "no executor is left to run tasks".into() };
-            failed.extend(state.queue.drain(..).map(|t| (t, e())));
+            failed.extend(state.queue.drain(..).map(|(t, _)| (t, e())));
             return failed;
         }
-        while !state.queue.is_empty() {
-            let Some((id, free)) = state
-                .sessions
-                .iter()
-                .map(|(id, s)| (id, s.slots.saturating_sub(s.running.len())))
-                .max_by_key(|&(_, free)| free)
-                .filter(|&(_, free)| free > 0)
-                .map(|(id, free)| (id.clone(), free))
-            else {
+        let mut free: BTreeMap<String, usize> = state
+            .sessions
+            .iter()
+            .map(|(id, s)| (id.clone(), s.slots.saturating_sub(s.running.len())))
+            .filter(|&(_, f)| f > 0)
+            .collect();
+        if free.is_empty() || state.queue.is_empty() {
+            return failed;
+        }
+        let now = Instant::now();
+        let mut assigned: BTreeMap<String, Vec<TaskLaunch>> = BTreeMap::new();
+        let mut kept = VecDeque::new();
+        while let Some((task, queued)) = state.queue.pop_front() {
+            if free.is_empty() {
+                kept.push_back((task, queued));
+                kept.extend(state.queue.drain(..));
                 break;
+            }
+            let target = match task.preferred.iter().find(|p| free.contains_key(&***p)) {
+                Some(p) => Some(p.to_string()),
+                None => {
+                    let waits = now.saturating_duration_since(queued) < locality_wait
+                        && task.preferred.iter().any(|p| state.sessions.contains_key(&**p));
+                    match waits {
+                        true => None,
+                        false => free.iter().max_by_key(|&(_, f)| *f).map(|(id, _)| id.clone()),
+                    }
+                }
             };
-            let n = free.min(state.queue.len());
-            let tasks: Vec<TaskLaunch> = state.queue.drain(..n).collect();
+            let Some(id) = target else {
+                kept.push_back((task, queued));
+                continue;
+            };
+            if let Some(f) = free.get_mut(&id) {
+                *f -= 1;
+                if *f == 0 {
+                    free.remove(&id);
+                }
+            }
+            assigned.entry(id).or_default().push(task);
+        }
+        state.queue = kept;
+        for (id, tasks) in assigned {
             let message = match wire::launch_message(&tasks) {
                 Ok(m) => m,
                 Err(e) => {
@@ -184,23 +220,31 @@ impl Cluster {
                 }
             };
             let Some(session) = state.sessions.get_mut(&id) else {
-                // Just chosen under this lock, so present; were it not, the tasks go back.
-                for t in tasks.into_iter().rev() {
-                    state.queue.push_front(t);
-                }
-                break;
+                // Chosen under this lock, so present; were it not, the tasks go back.
+                state.queue.extend(tasks.into_iter().map(|t| (t, now)));
+                continue;
             };
-            let sent = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
+            // A send that fails means the session is ending; its end fails these tasks over.
+            let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
             for t in tasks {
                 session.running.insert(t.task_id);
                 state.running.insert(t.task_id, (id.clone(), t));
             }
-            if sent.is_err() {
-                // The session is ending; its end fails these tasks over.
-                break;
-            }
         }
         failed
+    }
+
+    /// Dispatches queued tasks again: those waiting for a preferred executor may have waited
+    /// long enough.
+    pub(crate) fn redispatch(&self) {
+        let failed = {
+            let mut state = self.state();
+            if state.queue.is_empty() {
+                return;
+            }
+            Self::dispatch(&mut state, self.locality_wait)
+        };
+        self.fail(failed);
     }
 
     /// Reports tasks that could not run.
@@ -238,7 +282,7 @@ impl Cluster {
             if let Some(s) = state.sessions.get_mut(from) {
                 s.running.remove(&status.task_id);
             }
-            Self::dispatch(&mut state)
+            Self::dispatch(&mut state, self.locality_wait)
         };
         (self.statuses)(status);
         self.fail(failed);
@@ -259,7 +303,9 @@ impl Cluster {
             let Some(session) = state.sessions.remove(id) else { return };
             if !state.stopped {
                 tracing::warn!("executor {id} lost: {reason}");
-                // Its map outputs are gone with it: stages that need them run their tasks again.
+                // Its map outputs and cached partitions are gone with it: stages that need them run
+                // their tasks again.
+                self.driver_env.block_locations.executor_lost(id);
                 let gone = self.tracker.executor_lost(id);
                 if !gone.is_empty() {
                     tracing::info!("{} map outputs were lost with executor {id}", gone.len());
@@ -268,7 +314,7 @@ impl Cluster {
             let e = || Error::ExecutorLost { executor: id.to_string(), reason: reason.to_string() };
             let mut failed: Vec<(TaskLaunch, Error)> =
                 session.running.iter().filter_map(|t| state.running.remove(t)).map(|(_, t)| (t, e())).collect();
-            failed.extend(Self::dispatch(&mut state));
+            failed.extend(Self::dispatch(&mut state, self.locality_wait));
             self.changed.notify_all();
             failed
         };
@@ -314,7 +360,7 @@ impl Cluster {
             r.executor_id.clone(),
             Session { tx: tx.clone(), slots, running: HashSet::new(), last_heard: Instant::now() },
         );
-        let failed = Self::dispatch(&mut state);
+        let failed = Self::dispatch(&mut state, self.locality_wait);
         self.changed.notify_all();
         drop(state);
         self.fail(failed);
@@ -327,7 +373,7 @@ impl Cluster {
         let failed = {
             let mut state = self.state();
             state.elastic = elastic;
-            Self::dispatch(&mut state)
+            Self::dispatch(&mut state, self.locality_wait)
         };
         self.changed.notify_all();
         self.fail(failed);
@@ -339,7 +385,7 @@ impl Cluster {
         let failed = {
             let mut state = self.state();
             state.expected.remove(id);
-            Self::dispatch(&mut state)
+            Self::dispatch(&mut state, self.locality_wait)
         };
         self.changed.notify_all();
         self.fail(failed);
@@ -355,6 +401,25 @@ impl Cluster {
     /// Whether the application stopped.
     pub(crate) fn is_stopped(&self) -> bool {
         self.state().stopped
+    }
+
+    /// Executor `id` reports the cached partitions it gained and lost.
+    fn blocks_changed(&self, id: &str, update: proto::BlockUpdate) {
+        // Only a registered executor's reports count (a lost one's blocks are gone).
+        let Some(executor) = self.state().sessions.get_key_value(id).map(|(k, _)| Arc::<str>::from(k.as_str())) else {
+            return;
+        };
+        let locations = &self.driver_env.block_locations;
+        for b in update.added {
+            if let Ok(split) = usize::try_from(b.split) {
+                locations.added(&executor, ember_core::storage::RddId(b.rdd), split);
+            }
+        }
+        for b in update.removed {
+            if let Ok(split) = usize::try_from(b.split) {
+                locations.removed(id, ember_core::storage::RddId(b.rdd), split);
+            }
+        }
     }
 
     /// Executor `id` was heard from.
@@ -390,7 +455,7 @@ impl Cluster {
         let queued: Vec<TaskLaunch> = {
             let mut state = self.state();
             state.stopped = true;
-            state.queue.drain(..).collect()
+            state.queue.drain(..).map(|(t, _)| t).collect()
         };
         self.broadcast(Out::Shutdown(proto::Shutdown { reason: reason.to_string() }));
         for t in queued {
@@ -421,8 +486,8 @@ impl ExecutorBackend for RemoteBackend {
             (self.cluster.statuses)(task.failed(Error::Cancelled("the context stopped".into())));
             return;
         }
-        state.queue.push_back(task);
-        let failed = Cluster::dispatch(&mut state);
+        state.queue.push_back((task, Instant::now()));
+        let failed = Cluster::dispatch(&mut state, self.cluster.locality_wait);
         drop(state);
         self.cluster.fail(failed);
     }
@@ -431,8 +496,8 @@ impl ExecutorBackend for RemoteBackend {
         let (queued, by_executor) = {
             let mut state = self.cluster.state();
             let wanted: HashSet<u64> = task_ids.iter().copied().collect();
-            let (queued, kept): (VecDeque<TaskLaunch>, VecDeque<TaskLaunch>) =
-                std::mem::take(&mut state.queue).into_iter().partition(|t| wanted.contains(&t.task_id));
+            let (queued, kept): (VecDeque<(TaskLaunch, Instant)>, VecDeque<(TaskLaunch, Instant)>) =
+                std::mem::take(&mut state.queue).into_iter().partition(|(t, _)| wanted.contains(&t.task_id));
             state.queue = kept;
             let mut by_executor: HashMap<String, Vec<u64>> = HashMap::new();
             for id in task_ids {
@@ -449,7 +514,7 @@ impl ExecutorBackend for RemoteBackend {
             (queued, by_executor)
         };
         drop(by_executor);
-        for t in queued {
+        for (t, _) in queued {
             (self.cluster.statuses)(t.failed(Error::Cancelled("the task was killed before it started".into())));
         }
     }
@@ -609,6 +674,10 @@ impl proto::driver_server::Driver for DriverService {
                         }
                     }
                     Ok(Some(proto::ExecutorMessage { kind: Some(In::Heartbeat(_)) })) => cluster.heard(&id),
+                    Ok(Some(proto::ExecutorMessage { kind: Some(In::Blocks(update)) })) => {
+                        cluster.heard(&id);
+                        cluster.blocks_changed(&id, update);
+                    }
                     Ok(Some(other)) => break format!("it sent an unexpected message: {other:?}"),
                     Ok(None) => break "its session ended".to_string(),
                     Err(e) => break format!("its connection failed: {}", e.message()),
@@ -701,6 +770,17 @@ impl ControlService {
                 let Some(cluster) = watched.upgrade() else { break };
                 // Declaring a loss reports statuses to the scheduler: not on a runtime thread's time.
                 let _ = tokio::task::spawn_blocking(move || cluster.expire_silent(timeout)).await;
+            }
+        });
+        // Tasks waiting for a preferred executor go elsewhere once they have waited long enough.
+        let watched = Arc::downgrade(cluster);
+        let every = (cluster.locality_wait / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(cluster) = watched.upgrade() else { break };
+                let _ = tokio::task::spawn_blocking(move || cluster.redispatch()).await;
             }
         });
         Ok(ControlService { address, runtime, shutdown })

@@ -195,9 +195,24 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     };
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let statuses = {
-        let (tx, running) = (tx.clone(), running.clone());
+        let (tx, running, env_cell) = (tx.clone(), running.clone(), env_cell.clone());
         Box::new(move |status: ember_core::runtime::TaskStatus| {
             running.lock().unwrap_or_else(|p| p.into_inner()).remove(&status.task_id);
+            // Where the task's cached partitions are, before the status that makes them useful.
+            if let Some(env) = env_cell.get() {
+                let (added, removed) = env.blocks.take_location_changes();
+                if !added.is_empty() || !removed.is_empty() {
+                    let block = |(rdd, split): (ember_core::storage::RddId, usize)| proto::RddBlock {
+                        rdd: rdd.0,
+                        split: split as u64,
+                    };
+                    let update = proto::BlockUpdate {
+                        added: added.into_iter().map(block).collect(),
+                        removed: removed.into_iter().map(block).collect(),
+                    };
+                    let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Blocks(update)) });
+                }
+            }
             let batch = proto::StatusBatch { statuses: vec![wire::status_message(status)] };
             let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Statuses(batch)) });
         })

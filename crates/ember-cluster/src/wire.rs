@@ -50,6 +50,7 @@ pub(crate) fn launches(msg: proto::LaunchTasks) -> Result<Vec<TaskLaunch>> {
                 ClusterError::Protocol(format!("task {} names body {}, which is not in its message", t.task_id, t.body))
             })?;
             Ok(TaskLaunch {
+                preferred: Vec::new(),
                 task_id: t.task_id,
                 stage: StageId(t.stage),
                 stage_attempt: t.stage_attempt,
@@ -167,6 +168,7 @@ mod tests {
 
     fn launch(task_id: u64, body: &Arc<Vec<u8>>) -> TaskLaunch {
         TaskLaunch {
+            preferred: Vec::new(),
             task_id,
             stage: StageId(3),
             stage_attempt: 1,

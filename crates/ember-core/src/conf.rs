@@ -209,6 +209,12 @@ pub const KEYS: &[ConfKey] = &[
               declares it lost: `120s`, `500ms` or seconds.",
     },
     ConfKey {
+        key: "ember.locality.wait",
+        default: "3s",
+        doc: "Cluster masters: how long a task whose cached input is on busy executors waits for a slot on \
+              one of them before it runs elsewhere (and computes that input again): `3s`, `500ms`, `0`.",
+    },
+    ConfKey {
         key: "ember.authenticate.secret",
         default: "(generated)",
         doc: "The secret every connection of a cluster application is authenticated with: 64 hex digits. \
@@ -339,6 +345,8 @@ pub struct Settings {
     /// never printed.
     #[serde(skip)]
     pub authenticate_secret: Option<SecretText>,
+    /// How long a task waits for a slot on an executor holding its cached input, in milliseconds.
+    pub locality_wait_ms: u64,
     /// Standalone: the most cores the application takes (`None`: all that are free).
     pub cores_max: Option<usize>,
     /// Standalone: task slots per executor (`None`: all of a worker's free cores).
@@ -534,6 +542,9 @@ impl EmberConf {
             "ember.files.openCostInBytes" => {
                 parse_size(value).ok_or_else(|| bad("expected a size like 4m or 0"))?;
             }
+            "ember.locality.wait" => {
+                parse_duration_ms(value).ok_or_else(|| bad("expected a duration like 3s or 500ms"))?;
+            }
             "ember.network.timeout" => {
                 let ms = parse_duration_ms(value).ok_or_else(|| bad("expected a duration such as 120s or 500ms"))?;
                 // Several heartbeats must fit in it.
@@ -614,6 +625,7 @@ impl EmberConf {
             driver_port: self.get("ember.driver.port").and_then(|v| v.parse().ok()).unwrap_or(0),
             network_timeout_ms: self.get("ember.network.timeout").and_then(parse_duration_ms).unwrap_or(120_000),
             authenticate_secret: self.get("ember.authenticate.secret").map(|s| SecretText(s.to_ascii_lowercase())),
+            locality_wait_ms: self.get("ember.locality.wait").and_then(parse_duration_ms).unwrap_or(3000),
             cores_max: self.get("ember.cores.max").and_then(|v| v.trim().parse().ok()),
             executor_cores: self.get("ember.executor.cores").and_then(|v| v.trim().parse().ok()),
             executor_memory_bytes: self.get("ember.executor.memory").and_then(parse_size).unwrap_or(1 << 30),

@@ -31,6 +31,8 @@ pub struct Env {
     /// How reduce tasks fetch segments other executors hold (a cluster's data plane); `None`
     /// when every output is this executor's own.
     pub remote: Option<Arc<dyn crate::shuffle::RemoteSegments>>,
+    /// Where executors hold cached partitions (kept on the driver, from their reports).
+    pub block_locations: Arc<crate::scheduler::BlockLocations>,
     file_ids: AtomicU64,
 }
 
@@ -58,6 +60,7 @@ impl Env {
             executor_id: Arc::from("driver"),
             map_outputs,
             remote: None,
+            block_locations: Arc::default(),
             broadcasts: Default::default(),
             rehearse_remote: settings.serialize_tasks,
             codec: settings.codec,

@@ -125,6 +125,8 @@ impl Executor {
         env.rehearse_remote = true;
         env.remote = Some(remote);
         env.broadcasts.set_remote(broadcasts);
+        // Its driver learns where cached partitions are, to run tasks where their input is.
+        env.blocks.track_locations();
         let env = Arc::new(env);
         let backend = LocalBackend::start(spec.slots, env.clone(), Mode::Executor, key, statuses)?;
         Ok(Executor { backend, env })

@@ -145,9 +145,18 @@ struct State {
     evictions: u64,
     watches: HashMap<u64, MemoryPeaks>,
     next_watch: u64,
+    /// Blocks added or removed since the last location report (`None`: not reported).
+    touched: Option<std::collections::HashSet<BlockId>>,
 }
 
 impl State {
+    /// Notes that a block may have come or gone, for the next location report.
+    fn touch(&mut self, id: BlockId) {
+        if let Some(t) = &mut self.touched {
+            t.insert(id);
+        }
+    }
+
     /// Storage memory in all its forms.
     fn storage_all(&self) -> u64 {
         self.storage_used + self.unroll_used + self.shuffle_used
@@ -504,6 +513,7 @@ impl BlockManager {
                 .map(|(id, _)| *id);
             let Some(id) = victim else { break };
             let Some(entry) = st.memory.remove(&id) else { break };
+            st.touch(id);
             st.storage_used -= entry.size;
             freed += entry.size;
             st.evictions += 1;
@@ -558,6 +568,7 @@ impl BlockManager {
         st.unroll_used = st.unroll_used.saturating_sub(size);
         st.tick += 1;
         let tick = st.tick;
+        st.touch(id);
         if let Some(old) = st.memory.insert(id, MemEntry { stored, size, last_used: tick, level, to_file }) {
             st.storage_used -= old.size;
         }
@@ -652,7 +663,11 @@ impl BlockManager {
         }
         let d = f.finish()?;
         let (path, size, records) = (d.path.clone(), d.size, d.records);
-        self.lock().disk.insert(id, d);
+        {
+            let mut st = self.lock();
+            st.disk.insert(id, d);
+            st.touch(id);
+        }
         self.read_disk(id, &path, size, records, tc)
     }
 
@@ -774,6 +789,33 @@ impl BlockManager {
         }
     }
 
+    /// Starts keeping track of the cached partitions this executor gains and loses, for
+    /// [`take_location_changes`](Self::take_location_changes).
+    pub fn track_locations(&self) {
+        let mut st = self.lock();
+        if st.touched.is_none() {
+            st.touched = Some(Default::default());
+        }
+    }
+
+    /// The RDD partitions cached (in memory or on disk) and dropped since the last call, as
+    /// `(rdd, split)` pairs: what an executor reports to its driver's block locations.
+    pub fn take_location_changes(&self) -> (Vec<(RddId, usize)>, Vec<(RddId, usize)>) {
+        let mut st = self.lock();
+        let Some(touched) = st.touched.as_mut().filter(|t| !t.is_empty()).map(std::mem::take) else {
+            return (Vec::new(), Vec::new());
+        };
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for id in touched {
+            let BlockId::Rdd { rdd, split } = id;
+            match st.memory.contains_key(&id) || st.disk.contains_key(&id) {
+                true => added.push((rdd, split)),
+                false => removed.push((rdd, split)),
+            }
+        }
+        (added, removed)
+    }
+
     /// Whether all `partitions` partitions of an RDD are cached (in memory or on disk).
     pub(crate) fn has_all(&self, rdd: RddId, partitions: usize) -> bool {
         let st = self.lock();
@@ -786,6 +828,7 @@ impl BlockManager {
     /// Removes one block from memory and disk.
     pub fn remove_block(&self, id: &BlockId) {
         let mut st = self.lock();
+        st.touch(*id);
         if let Some(e) = st.memory.remove(id) {
             st.storage_used -= e.size;
         }

@@ -515,3 +515,33 @@ pub fn executors_delete_the_outputs_of_a_removed_shuffle() {
         executor_files(&pids, "shuffle_") == 0
     });
 }
+
+/// Cached partitions are reported to the driver, and tasks that read them run where they are:
+/// jobs over a cached RDD never compute it again, although its partitions are spread over two
+/// executors with one slot each (a task placed on the other executor would recompute its
+/// partition, which the accumulator would count).
+pub fn tasks_run_where_their_cached_input_is() {
+    let ctx = context("local-cluster[2,1,256]");
+    let computed = ctx.long_accumulator();
+    let cached = ctx
+        .parallelize((0..4000u64).collect(), 8)
+        .map_with(computed.clone(), |acc, x| {
+            acc.add(1);
+            x
+        })
+        .persist(ember_core::StorageLevel::MemoryOnly)
+        .unwrap();
+    assert_eq!(cached.count().unwrap(), 4000);
+    assert_eq!(computed.value().unwrap(), 4000);
+    let locations = &ctx.env().block_locations;
+    let held: Vec<usize> = ["executor-0", "executor-1"].iter().map(|e| locations.held_by(e).len()).collect();
+    assert_eq!(held.iter().sum::<usize>(), 8, "every cached partition has a known location: {held:?}");
+    for round in 0..6u64 {
+        let sum = cached.map_with(round, |r, x| x + r).reduce(|a, b| a + b).unwrap();
+        assert_eq!(sum, Some((0..4000u64).map(|x| x + round).sum()));
+        // Zipped with itself through a narrow chain: the preference is found up the lineage.
+        let pairs = cached.map(|x| x * 2).zip(&cached).unwrap().filter(|(a, b)| *a == 2 * *b).count().unwrap();
+        assert_eq!(pairs, 4000);
+    }
+    assert_eq!(computed.value().unwrap(), 4000, "a cached partition was computed again");
+}

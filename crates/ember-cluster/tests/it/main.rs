@@ -38,5 +38,6 @@ fn main() {
         local_cluster::a_job_fails_when_no_executor_is_left,
         local_cluster::a_silent_executor_is_lost_after_the_network_timeout,
         local_cluster::executors_delete_the_outputs_of_a_removed_shuffle,
+        local_cluster::tasks_run_where_their_cached_input_is,
     ]);
 }

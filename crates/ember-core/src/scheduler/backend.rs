@@ -47,6 +47,10 @@ pub struct TaskLaunch {
     pub attempt: u32,
     /// The map output tracker's epoch when the task was launched.
     pub epoch: u64,
+    /// Executors holding cached input of the task, most preferred first (empty: none known).
+    /// A backend with several executors waits a while (`ember.locality.wait`) for a slot on one
+    /// of them before it runs the task elsewhere.
+    pub preferred: Vec<Arc<str>>,
     /// Its code and data.
     pub body: TaskPayload,
 }
@@ -342,6 +346,7 @@ fn decode_launch(bytes: &[u8]) -> Result<TaskLaunch> {
         partition: w.partition,
         attempt: w.attempt,
         epoch: w.epoch,
+        preferred: Vec::new(),
         body: TaskPayload::Encoded(Arc::new(w.body.to_vec())),
     })
 }

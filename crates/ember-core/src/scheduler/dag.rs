@@ -290,7 +290,8 @@ impl State {
                 continue;
             }
             if r.storage_level() != crate::storage::StorageLevel::None
-                && self.env.blocks.has_all(r.id(), r.num_partitions())
+                && (self.env.blocks.has_all(r.id(), r.num_partitions())
+                    || self.env.block_locations.has_all(r.id(), r.num_partitions()))
             {
                 continue;
             }
@@ -471,7 +472,8 @@ impl State {
         tracing::debug!("stage {} ({}) attempt {}: {} tasks", id.0, stage.name, stage.attempt, to_run.len());
         for (index, partition) in to_run {
             let attempt = stage.failures.get(&index).copied().unwrap_or(0);
-            ts.launch(&*backend, &stage.code, (index, partition, attempt), epoch);
+            let preferred = super::locality::preferred(&stage.rdd, partition, &self.env.block_locations);
+            ts.launch(&*backend, &stage.code, (index, partition, attempt), epoch, preferred);
         }
         stage.launched += ts.launched;
         if stage.watch.is_none() {
@@ -540,7 +542,15 @@ impl State {
                                 let partition = stage.kind.partition_of(end.index);
                                 let attempt = stage.failures.get(&end.index).copied().unwrap_or(0);
                                 let epoch = self.tracker.epoch();
-                                ts.launch(&*self.backend, &stage.code, (end.index, partition, attempt), epoch);
+                                let preferred =
+                                    super::locality::preferred(&stage.rdd, partition, &self.env.block_locations);
+                                ts.launch(
+                                    &*self.backend,
+                                    &stage.code,
+                                    (end.index, partition, attempt),
+                                    epoch,
+                                    preferred,
+                                );
                                 stage.launched += 1;
                                 return;
                             }
@@ -630,7 +640,8 @@ impl State {
                 let partition = stage.kind.partition_of(end.index);
                 if err.is_retryable() && fails < max {
                     let epoch = self.tracker.epoch();
-                    ts.launch(&*self.backend, &stage.code, (end.index, partition, fails), epoch);
+                    let preferred = super::locality::preferred(&stage.rdd, partition, &self.env.block_locations);
+                    ts.launch(&*self.backend, &stage.code, (end.index, partition, fails), epoch, preferred);
                     stage.launched += 1;
                 } else {
                     let abort = match err {

@@ -36,11 +36,14 @@ use crate::task::{JobId, StageId, TaskBody, TaskMetrics, TaskOutput};
 pub(crate) mod backend;
 /// The DAG scheduler's event loop.
 mod dag;
+/// Cached partitions' locations and tasks' preferred executors.
+mod locality;
 /// Task sets: the tasks of one stage attempt.
 mod taskset;
 /// The driver's map output tracker.
 pub mod tracker;
 
+pub use locality::BlockLocations;
 pub use tracker::MapOutputTracker;
 
 use crate::ship::ShipKey;

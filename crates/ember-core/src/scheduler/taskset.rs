@@ -55,6 +55,7 @@ impl TaskSet {
         code: &Code,
         (index, partition, attempt): (usize, usize, u32),
         epoch: u64,
+        preferred: Vec<std::sync::Arc<str>>,
     ) {
         let task_id = TASK_IDS.fetch_add(1, Ordering::Relaxed);
         self.running.insert(task_id, index);
@@ -67,6 +68,7 @@ impl TaskSet {
             partition,
             attempt,
             epoch,
+            preferred,
             body: match code {
                 Code::Local(s) => TaskPayload::Local(s.clone()),
                 Code::Encoded(b) => TaskPayload::Encoded(b.clone()),

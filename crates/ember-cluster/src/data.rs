@@ -59,6 +59,8 @@ type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Auth
 pub(crate) struct BlockService {
     /// Set once the executor has started (requests before that are refused as unavailable).
     pub(crate) env: Arc<OnceLock<Arc<Env>>>,
+    /// Takes the map outputs other executors announce (with a small output's segments).
+    pub(crate) notices: Arc<OnceLock<Arc<dyn Fn(MapStatus, Vec<(Vec<u8>, bool)>) + Send + Sync>>>,
 }
 
 type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::SegmentChunk, Status>> + Send>>;
@@ -66,6 +68,18 @@ type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<p
 #[tonic::async_trait]
 impl proto::block_transfer_server::BlockTransfer for BlockService {
     type FetchSegmentsStream = ChunkStream;
+
+    async fn map_output_ready(
+        &self,
+        request: Request<proto::MapOutputNotice>,
+    ) -> std::result::Result<Response<proto::NoticeReply>, Status> {
+        let notice = request.into_inner();
+        let status = postcard::from_bytes::<MapStatus>(&notice.status)
+            .map_err(|e| Status::invalid_argument(format!("the map status does not decode: {e}")))?;
+        let take = self.notices.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
+        take(status, notice.segments.into_iter().map(|s| (s.data, s.framed)).collect());
+        Ok(Response::new(proto::NoticeReply {}))
+    }
 
     async fn fetch_segments(
         &self,
@@ -127,11 +141,102 @@ pub(crate) struct Fetcher {
     pub(crate) auth: Auth,
     pub(crate) addresses: Addresses,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Small map outputs other executors pushed with their announcements.
+    pushed: Pushed,
 }
+
+/// A pushed output's segments, in reduce order: bytes and whether each is a record stream.
+type Segments = Arc<Vec<(Vec<u8>, bool)>>;
+
+/// Small map outputs pushed to this executor, by (shuffle, map, attempt), within a byte cap
+/// (beyond it, pushes are dropped and reducers fetch).
+#[derive(Default)]
+struct Pushed {
+    outputs: Mutex<HashMap<(ShuffleId, usize, u64), Segments>>,
+    bytes: AtomicU64,
+    cap: AtomicU64,
+}
+
+/// The largest output a map task pushes with its announcement.
+pub(crate) const PUSH_MAX_BYTES: usize = 64 << 10;
 
 impl Fetcher {
     pub(crate) fn new(handle: tokio::runtime::Handle, auth: Auth, addresses: Addresses) -> Fetcher {
-        Fetcher { handle, auth, addresses, channels: Mutex::default() }
+        Fetcher { handle, auth, addresses, channels: Mutex::default(), pushed: Pushed::default() }
+    }
+
+    /// Bounds what pushed outputs may hold here.
+    pub(crate) fn set_push_cap(&self, bytes: u64) {
+        self.pushed.cap.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Keeps the segments of a small output another executor pushed.
+    pub(crate) fn keep_pushed(&self, status: &MapStatus, segments: Vec<(Vec<u8>, bool)>) {
+        let size: u64 = segments.iter().map(|(d, _)| d.len() as u64 + 16).sum();
+        if segments.is_empty()
+            || self.pushed.bytes.load(Ordering::Relaxed) + size > self.pushed.cap.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let key = (status.shuffle, status.map, status.attempt);
+        let mut outputs = self.pushed.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = outputs.insert(key, Arc::new(segments)) {
+            let freed: u64 = old.iter().map(|(d, _)| d.len() as u64 + 16).sum();
+            self.pushed.bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+        self.pushed.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Forgets the pushed outputs of a removed shuffle.
+    pub(crate) fn forget_shuffle(&self, shuffle: ShuffleId) {
+        let mut outputs = self.pushed.outputs.lock().unwrap_or_else(|p| p.into_inner());
+        outputs.retain(|k, v| {
+            let keep = k.0 != shuffle;
+            if !keep {
+                let freed: u64 = v.iter().map(|(d, _)| d.len() as u64 + 16).sum();
+                self.pushed.bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
+            keep
+        });
+    }
+
+    /// Segment `reduce` of every output in `maps`, when all were pushed here.
+    fn read_pushed(
+        &self,
+        shuffle: ShuffleId,
+        reduce: usize,
+        maps: &[(usize, u64)],
+        out: &mut Vec<u8>,
+    ) -> Option<Vec<MemorySegment>> {
+        let found: Vec<Segments> = {
+            let outputs = self.pushed.outputs.lock().unwrap_or_else(|p| p.into_inner());
+            maps.iter().map(|&(map, attempt)| outputs.get(&(shuffle, map, attempt)).cloned()).collect::<Option<_>>()?
+        };
+        let mut segments = Vec::with_capacity(maps.len());
+        for output in &found {
+            let (data, framed) = output.get(reduce)?;
+            segments.push(MemorySegment { at: out.len(), len: data.len(), framed: *framed });
+            out.extend_from_slice(data);
+        }
+        Some(segments)
+    }
+
+    /// Announces a finished map output to `peers` (executor ids), without waiting; a small
+    /// output's segments (`pushed`) go with it.
+    pub(crate) fn announce(&self, peers: &[String], status: &MapStatus, pushed: &[(Vec<u8>, bool)]) {
+        let Ok(bytes) = postcard::to_allocvec(status) else { return };
+        let segments: Vec<proto::PushedSegment> =
+            pushed.iter().map(|(data, framed)| proto::PushedSegment { data: data.clone(), framed: *framed }).collect();
+        for peer in peers {
+            let Ok(mut client) = self.client(peer) else { continue };
+            let notice = proto::MapOutputNotice { status: bytes.clone(), segments: segments.clone() };
+            let peer = peer.clone();
+            self.handle.spawn(async move {
+                if let Err(e) = client.map_output_ready(notice).await {
+                    tracing::debug!("announcing a map output to executor {peer} failed: {}", e.message());
+                }
+            });
+        }
     }
 
     fn client(
@@ -178,6 +283,11 @@ impl RemoteSegments for Fetcher {
         maps: &[(usize, u64)],
         out: &mut Vec<u8>,
     ) -> std::result::Result<Vec<MemorySegment>, (usize, String)> {
+        let mark = out.len();
+        if let Some(segments) = self.read_pushed(shuffle, reduce, maps, out) {
+            return Ok(segments);
+        }
+        out.truncate(mark);
         let mut client = self.client(executor).map_err(|e| (0, e))?;
         let request = proto::FetchRequest {
             shuffle: shuffle.0,
@@ -219,6 +329,11 @@ impl RemoteSegments for Fetcher {
 /// were lost and recomputed since).
 pub(crate) struct Mirror {
     tracker: MapOutputTracker,
+    /// Map outputs other executors announced, by shuffle, until the shuffle's map count is
+    /// known here (a pre-scheduled reducer brings it).
+    notices: Mutex<HashMap<ShuffleId, Vec<MapStatus>>>,
+    /// When the driver was last asked about a shuffle a held task waits for.
+    asked: Mutex<HashMap<ShuffleId, std::time::Instant>>,
     /// The driver's epoch when each shuffle was fetched.
     fetched: Mutex<HashMap<ShuffleId, u64>>,
     /// The newest epoch of a task this executor was sent.
@@ -236,6 +351,8 @@ impl Mirror {
     ) -> Mirror {
         Mirror {
             tracker: MapOutputTracker::new(),
+            notices: Mutex::default(),
+            asked: Mutex::default(),
             fetched: Mutex::default(),
             epoch_seen: AtomicU64::new(0),
             driver,
@@ -298,6 +415,56 @@ impl Mirror {
     }
 }
 
+impl Mirror {
+    /// A map output finished on this executor or another: known here from now on.
+    pub(crate) fn notice(&self, status: MapStatus) {
+        let maps = self.tracker.statuses(status.shuffle).len();
+        if maps > 0 {
+            let _ = self.tracker.register(status, maps, u64::MAX);
+        } else {
+            self.notices.lock().unwrap_or_else(|p| p.into_inner()).entry(status.shuffle).or_default().push(status);
+        }
+    }
+
+    /// Whether every one of the `maps` outputs of `shuffle` is known here (from announcements,
+    /// or from the driver when `ask_driver` and it was not asked lately). A complete table is
+    /// fresh: reducers read it without asking the driver.
+    pub(crate) fn complete(&self, shuffle: ShuffleId, maps: usize, ask_driver: bool) -> bool {
+        let pending = self.notices.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+        for s in pending.into_iter().flatten() {
+            if s.map < maps {
+                let _ = self.tracker.register(s, maps, u64::MAX);
+            }
+        }
+        if self.tracker.statuses(shuffle).len() == maps && self.tracker.missing(shuffle, maps).is_empty() {
+            let seen = self.epoch_seen.load(Ordering::Relaxed);
+            let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+            let e = fetched.entry(shuffle).or_insert(seen);
+            *e = (*e).max(seen);
+            return true;
+        }
+        if ask_driver {
+            let due = {
+                let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+                let last = asked.entry(shuffle).or_insert_with(|| std::time::Instant::now() - ASK_EVERY);
+                let due = last.elapsed() >= ASK_EVERY;
+                if due {
+                    *last = std::time::Instant::now();
+                }
+                due
+            };
+            if due && self.ensure(shuffle, maps, 0).is_ok() {
+                return self.tracker.missing(shuffle, maps).is_empty();
+            }
+        }
+        false
+    }
+}
+
+/// How often a held task's executor asks the driver about a shuffle whose announcements are
+/// late (one may have been lost with a connection).
+const ASK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl MapOutputLocations for Mirror {
     fn reduce_blocks_into(
         &self,
@@ -321,6 +488,8 @@ impl MapOutputLocations for Mirror {
 
     fn remove_shuffle(&self, shuffle: ShuffleId) {
         self.fetched.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+        self.notices.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
         MapOutputLocations::remove_shuffle(&self.tracker, shuffle);
     }
 }

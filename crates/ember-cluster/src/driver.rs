@@ -29,6 +29,9 @@ struct Session {
     slots: usize,
     /// Tasks launched on it and not yet reported.
     running: HashSet<u64>,
+    /// Pre-scheduled tasks sent to it and not yet reported: they wait there for their input
+    /// and take no slot until they run, so they do not count against its free slots.
+    held: HashSet<u64>,
     /// When it last sent anything (a status or a heartbeat).
     last_heard: Instant,
 }
@@ -43,6 +46,8 @@ struct State {
     refusals: Vec<String>,
     /// Tasks waiting for a slot, with when they were queued.
     queue: VecDeque<(TaskLaunch, Instant)>,
+    /// Pre-scheduled tasks gathered until the scheduler flushes them.
+    outbox: Vec<TaskLaunch>,
     /// Whether a master may grant executors later (standalone): tasks then wait for executors
     /// instead of failing when none is left, and executors the driver was not told of may
     /// register (they proved the application's secret and binary).
@@ -281,11 +286,66 @@ impl Cluster {
             }
             if let Some(s) = state.sessions.get_mut(from) {
                 s.running.remove(&status.task_id);
+                s.held.remove(&status.task_id);
             }
             Self::dispatch(&mut state, self.locality_wait)
         };
         (self.statuses)(status);
         self.fail(failed);
+    }
+
+    /// Tells every executor where the others' data planes are (where map outputs are announced).
+    fn send_peers(state: &State, addresses: &HashMap<String, String>) {
+        let executors: HashMap<String, String> =
+            state.sessions.keys().filter_map(|id| addresses.get(id).map(|a| (id.clone(), a.clone()))).collect();
+        for s in state.sessions.values() {
+            let peers = proto::Peers { executors: executors.clone() };
+            let _ = s.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Peers(peers)) }));
+        }
+    }
+
+    /// Sends the gathered pre-scheduled tasks, each to the executor it was placed on (or, when
+    /// that one is gone, to the one with the most free slots), one message per executor.
+    fn send_outbox(state: &mut State) -> Vec<(TaskLaunch, Error)> {
+        let mut failed = Vec::new();
+        let tasks = std::mem::take(&mut state.outbox);
+        if tasks.is_empty() {
+            return failed;
+        }
+        let now = Instant::now();
+        let mut by_executor: BTreeMap<String, Vec<TaskLaunch>> = BTreeMap::new();
+        for t in tasks {
+            let placed = t.preferred.iter().find(|p| state.sessions.contains_key(&***p)).map(|p| p.to_string());
+            let target = placed.or_else(|| {
+                state
+                    .sessions
+                    .iter()
+                    .max_by_key(|(_, s)| s.slots.saturating_sub(s.running.len()))
+                    .map(|(id, _)| id.clone())
+            });
+            match target {
+                Some(id) => by_executor.entry(id).or_default().push(t),
+                // No executor now: it waits in the queue like any task.
+                None => state.queue.push_back((t, now)),
+            }
+        }
+        for (id, tasks) in by_executor {
+            let message = match wire::launch_message(&tasks) {
+                Ok(m) => m,
+                Err(e) => {
+                    let reason = e.to_string();
+                    failed.extend(tasks.into_iter().map(|t| (t, Error::Internal(reason.clone()))));
+                    continue;
+                }
+            };
+            let Some(session) = state.sessions.get_mut(&id) else { continue };
+            let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
+            for t in tasks {
+                session.held.insert(t.task_id);
+                state.running.insert(t.task_id, (id.clone(), t));
+            }
+        }
+        failed
     }
 
     /// Executor `id` is gone: its running tasks fail (to run again elsewhere).
@@ -312,9 +372,15 @@ impl Cluster {
                 }
             }
             let e = || Error::ExecutorLost { executor: id.to_string(), reason: reason.to_string() };
-            let mut failed: Vec<(TaskLaunch, Error)> =
-                session.running.iter().filter_map(|t| state.running.remove(t)).map(|(_, t)| (t, e())).collect();
+            let mut failed: Vec<(TaskLaunch, Error)> = session
+                .running
+                .iter()
+                .chain(&session.held)
+                .filter_map(|t| state.running.remove(t))
+                .map(|(_, t)| (t, e()))
+                .collect();
             failed.extend(Self::dispatch(&mut state, self.locality_wait));
+            Self::send_peers(&state, &self.addresses.lock().unwrap_or_else(|p| p.into_inner()));
             self.changed.notify_all();
             failed
         };
@@ -358,8 +424,15 @@ impl Cluster {
         self.addresses.lock().unwrap_or_else(|p| p.into_inner()).insert(r.executor_id.clone(), data);
         state.sessions.insert(
             r.executor_id.clone(),
-            Session { tx: tx.clone(), slots, running: HashSet::new(), last_heard: Instant::now() },
+            Session {
+                tx: tx.clone(),
+                slots,
+                running: HashSet::new(),
+                held: HashSet::new(),
+                last_heard: Instant::now(),
+            },
         );
+        Self::send_peers(&state, &self.addresses.lock().unwrap_or_else(|p| p.into_inner()));
         let failed = Self::dispatch(&mut state, self.locality_wait);
         self.changed.notify_all();
         drop(state);
@@ -455,7 +528,9 @@ impl Cluster {
         let queued: Vec<TaskLaunch> = {
             let mut state = self.state();
             state.stopped = true;
-            state.queue.drain(..).map(|(t, _)| t).collect()
+            let mut queued: Vec<TaskLaunch> = state.queue.drain(..).map(|(t, _)| t).collect();
+            queued.append(&mut state.outbox);
+            queued
         };
         self.broadcast(Out::Shutdown(proto::Shutdown { reason: reason.to_string() }));
         for t in queued {
@@ -486,6 +561,10 @@ impl ExecutorBackend for RemoteBackend {
             (self.cluster.statuses)(task.failed(Error::Cancelled("the context stopped".into())));
             return;
         }
+        if task.after.is_some() {
+            state.outbox.push(task);
+            return;
+        }
         state.queue.push_back((task, Instant::now()));
         let failed = Cluster::dispatch(&mut state, self.cluster.locality_wait);
         drop(state);
@@ -499,6 +578,11 @@ impl ExecutorBackend for RemoteBackend {
             let (queued, kept): (VecDeque<(TaskLaunch, Instant)>, VecDeque<(TaskLaunch, Instant)>) =
                 std::mem::take(&mut state.queue).into_iter().partition(|(t, _)| wanted.contains(&t.task_id));
             state.queue = kept;
+            let (unsent, outbox): (Vec<TaskLaunch>, Vec<TaskLaunch>) =
+                std::mem::take(&mut state.outbox).into_iter().partition(|t| wanted.contains(&t.task_id));
+            state.outbox = outbox;
+            let mut queued = queued;
+            queued.extend(unsent.into_iter().map(|t| (t, Instant::now())));
             let mut by_executor: HashMap<String, Vec<u64>> = HashMap::new();
             for id in task_ids {
                 if let Some((on, _)) = state.running.get(id) {
@@ -517,6 +601,20 @@ impl ExecutorBackend for RemoteBackend {
         for (t, _) in queued {
             (self.cluster.statuses)(t.failed(Error::Cancelled("the task was killed before it started".into())));
         }
+    }
+
+    fn executors(&self) -> Vec<Arc<str>> {
+        self.cluster.state().sessions.keys().map(|id| Arc::from(id.as_str())).collect()
+    }
+
+    fn flush(&self) {
+        let failed = {
+            let mut state = self.cluster.state();
+            let mut failed = Cluster::send_outbox(&mut state);
+            failed.extend(Cluster::dispatch(&mut state, self.cluster.locality_wait));
+            failed
+        };
+        self.cluster.fail(failed);
     }
 
     fn discard_map_output(&self, status: &MapStatus) {

@@ -10,6 +10,7 @@ use ember_core::shuffle::MapStatus;
 use tokio::sync::mpsc;
 
 use crate::data::{Addresses, Auth, BlockService, Broadcasts, Fetcher, Mirror};
+use crate::hold::Holder;
 
 use crate::auth::{self, Secret};
 use crate::error::{ClusterError, Result};
@@ -122,13 +123,13 @@ pub(crate) fn run_from_env() -> i32 {
 
 /// Registers and serves tasks until the session ends. Returns the executor (if it started) so
 /// that the caller stops it outside the runtime.
-async fn serve(config: Config) -> (Option<Executor>, Result<()>) {
+async fn serve(config: Config) -> (Option<Arc<Executor>>, Result<()>) {
     let mut executor = None;
     let outcome = session(config, &mut executor).await;
     (executor, outcome)
 }
 
-async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> {
+async fn session(config: Config, executor: &mut Option<Arc<Executor>>) -> Result<()> {
     let binary = *auth::binary_sha256()?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.driver))
         .map_err(|e| ClusterError::Environment(format!("driver address `{}`: {e}", config.driver)))?
@@ -143,15 +144,20 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
     // The data plane listens before the executor registers, so that its address goes with it;
     // it answers once the executor has started.
     let env_cell = Arc::new(std::sync::OnceLock::new());
+    let notices_cell: Arc<std::sync::OnceLock<Arc<dyn Fn(MapStatus, Vec<(Vec<u8>, bool)>) + Send + Sync>>> =
+        Arc::new(std::sync::OnceLock::new());
     let listener = tokio::net::TcpListener::bind((config.host, 0))
         .await
         .map_err(|source| ClusterError::Io { path: format!("{} (the executor's data plane)", config.host), source })?;
     let data_port =
         listener.local_addr().map_err(|source| ClusterError::Io { path: "the data plane".into(), source })?.port();
     let blocks = tonic::service::interceptor::InterceptedService::new(
-        proto::block_transfer_server::BlockTransferServer::new(BlockService { env: env_cell.clone() })
-            .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
+        proto::block_transfer_server::BlockTransferServer::new(BlockService {
+            env: env_cell.clone(),
+            notices: notices_cell.clone(),
+        })
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
         crate::driver::authenticator(config.secret.token()),
     );
     tokio::spawn(async move {
@@ -194,9 +200,27 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         settings,
     };
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
-    let statuses = {
+    let key = config.secret.ship_key(&binary);
+    let handle = tokio::runtime::Handle::current();
+    let addresses: Addresses = Arc::default();
+    let mirror = Arc::new(Mirror::new(client.clone(), handle.clone(), addresses.clone()));
+    let fetcher = Arc::new(Fetcher::new(handle.clone(), auth_out, addresses.clone()));
+    let peers: Arc<std::sync::RwLock<Vec<String>>> = Arc::default();
+    let (holder, wakes) = Holder::new();
+    let report: Arc<dyn Fn(ember_core::runtime::TaskStatus) + Send + Sync> = {
         let (tx, running, env_cell) = (tx.clone(), running.clone(), env_cell.clone());
-        Box::new(move |status: ember_core::runtime::TaskStatus| {
+        let (mirror, fetcher, peers, holder) = (mirror.clone(), fetcher.clone(), peers.clone(), holder.clone());
+        Arc::new(move |status: ember_core::runtime::TaskStatus| {
+            // A finished map output is announced to the other executors at once: reducers
+            // pre-scheduled there start without waiting for the driver.
+            if let Ok(ember_core::runtime::TaskOutput::Map(m)) = &status.result {
+                mirror.notice(m.clone());
+                let peers = peers.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if !peers.is_empty() {
+                    let pushed = env_cell.get().map(|env| small_output(env, m)).unwrap_or_default();
+                    fetcher.announce(&peers, m, &pushed);
+                }
+            }
             running.lock().unwrap_or_else(|p| p.into_inner()).remove(&status.task_id);
             // Where the task's cached partitions are, before the status that makes them useful.
             if let Some(env) = env_cell.get() {
@@ -215,16 +239,34 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
             }
             let batch = proto::StatusBatch { statuses: vec![wire::status_message(status)] };
             let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Statuses(batch)) });
+            // A slot is free, and what the task cached is here.
+            holder.wake();
         })
     };
-    let key = config.secret.ship_key(&binary);
-    let handle = tokio::runtime::Handle::current();
-    let addresses: Addresses = Arc::default();
-    let mirror = Arc::new(Mirror::new(client.clone(), handle.clone(), addresses.clone()));
-    let fetcher = Arc::new(Fetcher::new(handle.clone(), auth_out, addresses));
+    let statuses = {
+        let report = report.clone();
+        Box::new(move |status: ember_core::runtime::TaskStatus| report(status))
+    };
     let broadcasts = Arc::new(Broadcasts { driver: client.clone(), handle });
-    let started = Executor::start(spec, key, (mirror.clone(), fetcher), broadcasts, statuses)?;
+    let started = Arc::new(Executor::start(spec, key, (mirror.clone(), fetcher.clone()), broadcasts, statuses)?);
     let _ = env_cell.set(started.env().clone());
+    {
+        let (mirror, holder) = (mirror.clone(), holder.clone());
+        let fetcher = fetcher.clone();
+        fetcher.set_push_cap(started.env().blocks.budget() / 16);
+        let _ = notices_cell.set(Arc::new(move |status: MapStatus, segments: Vec<(Vec<u8>, bool)>| {
+            fetcher.keep_pushed(&status, segments);
+            mirror.notice(status);
+            holder.wake();
+        }));
+    }
+    let hold_thread = {
+        let (holder, executor, mirror, running) = (holder.clone(), started.clone(), mirror.clone(), running.clone());
+        std::thread::Builder::new()
+            .name("ember-hold".into())
+            .spawn(move || crate::hold::run(holder, wakes, executor, mirror, running))
+            .map_err(|source| ClusterError::Io { path: "the executor's hold thread".into(), source })?
+    };
     let executor = executor.insert(started);
     let heartbeat = {
         let (tx, running) = (tx.clone(), running.clone());
@@ -251,12 +293,28 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
                     r.extend(tasks.iter().map(|t| t.task_id));
                     drop(r);
                     for t in tasks {
-                        executor.launch(t);
+                        match t.after.clone() {
+                            Some(after) if !after.shuffles.is_empty() || !after.blocks.is_empty() => {
+                                holder.hold(t, after)
+                            }
+                            _ => executor.launch(t),
+                        }
                     }
                 }
                 Err(e) => break Err(e),
             },
-            Ok(Some(proto::DriverMessage { kind: Some(In::Kill(k)) })) => executor.kill(&k.task_ids),
+            Ok(Some(proto::DriverMessage { kind: Some(In::Kill(k)) })) => {
+                executor.kill(&k.task_ids);
+                for t in holder.kill(&k.task_ids) {
+                    report(crate::hold::killed(t));
+                }
+            }
+            Ok(Some(proto::DriverMessage { kind: Some(In::Peers(p)) })) => {
+                let mut ids: Vec<String> = p.executors.keys().filter(|id| **id != config.id).cloned().collect();
+                ids.sort();
+                addresses.write().unwrap_or_else(|e| e.into_inner()).extend(p.executors);
+                *peers.write().unwrap_or_else(|e| e.into_inner()) = ids;
+            }
             Ok(Some(proto::DriverMessage { kind: Some(In::Discard(d)) })) => {
                 for bytes in d.map_statuses {
                     match postcard::from_bytes::<MapStatus>(&bytes) {
@@ -267,9 +325,10 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
             }
             Ok(Some(proto::DriverMessage { kind: Some(In::RemoveShuffle(r)) })) => {
                 // Deleting files (and waiting for a refresh of the mirror) is not the session's time.
-                let (env, mirror) = (executor.env().clone(), mirror.clone());
+                let (env, mirror, fetcher) = (executor.env().clone(), mirror.clone(), fetcher.clone());
                 tokio::task::spawn_blocking(move || {
                     let shuffle = ember_core::shuffle::ShuffleId(r.shuffle);
+                    fetcher.forget_shuffle(shuffle);
                     env.shuffle.remove_shuffle(shuffle);
                     ember_core::shuffle::MapOutputLocations::remove_shuffle(&*mirror, shuffle);
                 });
@@ -289,5 +348,32 @@ async fn session(config: Config, executor: &mut Option<Executor>) -> Result<()> 
         }
     };
     heartbeat.abort();
+    holder.stop();
+    let _ = hold_thread.join();
     outcome
+}
+
+/// Every segment of a small output this executor holds in memory, in reduce order (empty for
+/// an output on disk or larger than [`crate::data::PUSH_MAX_BYTES`]).
+fn small_output(env: &ember_core::env::Env, m: &MapStatus) -> Vec<(Vec<u8>, bool)> {
+    if m.data.is_some() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    let mut reduce = 0;
+    while let Some((_, len)) = m.segments.segment(reduce) {
+        total += len as usize + 16;
+        if total > crate::data::PUSH_MAX_BYTES {
+            return Vec::new();
+        }
+        let mut segment = Vec::new();
+        match env.shuffle.read_segment(m.shuffle, m.map, m.attempt, reduce, &mut segment) {
+            Ok(framed) => out.push((segment, framed)),
+            // Deleted meanwhile: reducers fetch (and learn it is gone).
+            Err(_) => return Vec::new(),
+        }
+        reduce += 1;
+    }
+    out
 }

@@ -21,6 +21,7 @@ mod data;
 mod driver;
 mod error;
 mod executor;
+mod hold;
 mod local_cluster;
 pub mod standalone;
 mod wire;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ember_core::error::WireError;
-use ember_core::runtime::{AccumUpdates, TaskLaunch, TaskOutput, TaskPayload, TaskStatus};
+use ember_core::runtime::{AccumUpdates, Prerequisites, TaskLaunch, TaskOutput, TaskPayload, TaskStatus};
 use ember_core::shuffle::MapStatus;
 use ember_core::task::{StageId, TaskMetrics};
 use ember_core::{Error, ErrorClass};
@@ -35,6 +35,12 @@ pub(crate) fn launch_message(tasks: &[TaskLaunch]) -> Result<proto::LaunchTasks>
             attempt: t.attempt,
             epoch: t.epoch,
             body: id,
+            after: match &t.after {
+                // A pre-scheduled task with nothing to wait for still goes as one: never empty.
+                Some(after) => postcard::to_allocvec(&**after)
+                    .map_err(|e| ClusterError::Protocol(format!("prerequisites do not encode: {e}")))?,
+                None => Vec::new(),
+            },
         });
     }
     Ok(proto::LaunchTasks { bodies, tasks: out })
@@ -49,8 +55,15 @@ pub(crate) fn launches(msg: proto::LaunchTasks) -> Result<Vec<TaskLaunch>> {
             let body = bodies.get(&t.body).cloned().ok_or_else(|| {
                 ClusterError::Protocol(format!("task {} names body {}, which is not in its message", t.task_id, t.body))
             })?;
+            let after = match t.after.is_empty() {
+                true => None,
+                false => Some(Arc::new(postcard::from_bytes::<Prerequisites>(&t.after).map_err(|e| {
+                    ClusterError::Protocol(format!("task {}: its prerequisites do not decode: {e}", t.task_id))
+                })?)),
+            };
             Ok(TaskLaunch {
                 preferred: Vec::new(),
+                after,
                 task_id: t.task_id,
                 stage: StageId(t.stage),
                 stage_attempt: t.stage_attempt,
@@ -169,6 +182,7 @@ mod tests {
     fn launch(task_id: u64, body: &Arc<Vec<u8>>) -> TaskLaunch {
         TaskLaunch {
             preferred: Vec::new(),
+            after: None,
             task_id,
             stage: StageId(3),
             stage_attempt: 1,

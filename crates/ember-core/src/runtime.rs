@@ -16,7 +16,7 @@ pub use crate::accumulator::AccumUpdates;
 use crate::conf::Settings;
 use crate::env::Env;
 use crate::error::{Error, Result};
-pub use crate::scheduler::backend::{ExecutorBackend, StatusSink, TaskLaunch, TaskPayload, TaskStatus};
+pub use crate::scheduler::backend::{ExecutorBackend, Prerequisites, StatusSink, TaskLaunch, TaskPayload, TaskStatus};
 use crate::scheduler::backend::{LocalBackend, Mode};
 use crate::ship::ShipKey;
 use crate::shuffle::{MapOutputLocations, RemoteSegments};

@@ -816,6 +816,13 @@ impl BlockManager {
         (added, removed)
     }
 
+    /// Whether partition `split` of `rdd` is cached here (in memory or on disk).
+    pub fn contains(&self, rdd: RddId, split: usize) -> bool {
+        let st = self.lock();
+        let id = BlockId::Rdd { rdd, split };
+        st.memory.contains_key(&id) || st.disk.contains_key(&id)
+    }
+
     /// Whether all `partitions` partitions of an RDD are cached (in memory or on disk).
     pub(crate) fn has_all(&self, rdd: RddId, partitions: usize) -> bool {
         let st = self.lock();

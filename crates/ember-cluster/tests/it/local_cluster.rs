@@ -545,3 +545,130 @@ pub fn tasks_run_where_their_cached_input_is() {
     }
     assert_eq!(computed.value().unwrap(), 4000, "a cached partition was computed again");
 }
+
+/// One iteration of a running sum (Drizzle's example): numbers keyed by (number + offset) mod
+/// `tasks`, summed through a shuffle, added to the previous state (cached, zipped by partition).
+fn running_sum_step(
+    data: &ember_core::Rdd<u64>,
+    state: &ember_core::Rdd<(u64, u64)>,
+    (offset, tasks, victim): (u64, usize, u32),
+) -> ember_core::Rdd<(u64, u64)> {
+    let sums = data
+        .map_with((offset, tasks as u64, victim), |&(off, n, victim), x| {
+            // The victim executor dies in the middle of the group (once, as it never comes back).
+            if victim != 0 && std::process::id() == victim && off >= 10 * 4000 {
+                std::process::abort();
+            }
+            ((x + off) % n, x + off)
+        })
+        .reduce_by_key_with(ember_core::IndexPartitioner::new(tasks), |a, b| a + b);
+    sums.zip(state)
+        .unwrap()
+        .map(|((k, inc), (_, old))| (k, old + inc))
+        .persist(ember_core::StorageLevel::MemoryOnly)
+        .unwrap()
+}
+
+/// The running sums after each of `iters` iterations over 1..=n, as plain Rust computes them.
+fn running_sum_model(n: u64, tasks: u64, iters: usize) -> Vec<Vec<(u64, u64)>> {
+    let mut state = vec![0u64; tasks as usize];
+    let mut out = Vec::new();
+    for j in 0..iters as u64 {
+        for x in 1..=n {
+            let v = x + j * n;
+            state[(v % tasks) as usize] += v;
+        }
+        out.push((0..tasks).map(|k| (k, state[k as usize])).collect());
+    }
+    out
+}
+
+/// Runs `iters` running-sum iterations on `ctx` in groups of `group` jobs; returns each job's
+/// result.
+fn running_sum_group(ctx: &Context, (iters, group): (usize, usize), victim: u32) -> Vec<Vec<(u64, u64)>> {
+    let (n, tasks) = (4000u64, 4usize);
+    let data = ctx.parallelize((1..=n).collect(), tasks).cache().unwrap();
+    let mut state = ctx
+        .parallelize((0..tasks as u64).map(|k| (k, 0u64)).collect(), tasks)
+        .partition_by(ember_core::IndexPartitioner::new(tasks))
+        .cache()
+        .unwrap();
+    assert_eq!(data.count().unwrap(), n);
+    assert_eq!(state.count().unwrap(), tasks as u64);
+    let mut batch = Vec::new();
+    for j in 0..iters {
+        let next = running_sum_step(&data, &state, (j as u64 * n, tasks, victim));
+        batch.push(next.clone());
+        state = next;
+    }
+    let collect = || {
+        ember_core::ship::Ship::new(ember_core::rdd::CollectPartition::default())
+            as ember_core::ship::Ship<dyn ember_core::PartitionFn<(u64, u64), Vec<(u64, u64)>>>
+    };
+    let mut results = Vec::new();
+    for chunk in batch.chunks(group) {
+        let jobs = chunk.iter().map(|r| (r.clone(), collect())).collect();
+        let done = ctx.run_jobs(jobs).unwrap();
+        results.extend(done.into_iter().map(|parts| parts.into_iter().flatten().collect::<Vec<_>>()));
+    }
+    results
+}
+
+/// Drizzle's group scheduling across processes: a group of dependent jobs goes out in one
+/// round, its reducers pre-scheduled on the executors and started by the map outputs the other
+/// executors announce; every job's result is exact. A lone job is scheduled stage by stage.
+pub fn a_group_of_jobs_is_prescheduled_across_executors() {
+    let ctx = context("local-cluster[2,1,256]");
+    let results = running_sum_group(&ctx, (8, 8), 0);
+    assert_eq!(results, running_sum_model(4000, 4, 8));
+    let summaries = ctx.job_summaries();
+    let group = &summaries[summaries.len() - 8..];
+    for s in group {
+        assert!(s.succeeded);
+        let reducers = s.stages.iter().filter(|st| st.name.contains("map")).count();
+        assert!(reducers > 0, "{s:?}");
+        assert!(s.stages.iter().any(|st| st.prescheduled), "job {} was not pre-scheduled: {s:?}", s.id.0);
+    }
+    // A single job: no group, no pre-scheduling.
+    let n = ctx
+        .parallelize((0..100u64).collect(), 4)
+        .map(|x| (x % 3, x))
+        .reduce_by_key(|a, b| a + b, None)
+        .count()
+        .unwrap();
+    assert_eq!(n, 3);
+    let last = ctx.last_job_summary().unwrap();
+    assert!(last.stages.iter().all(|st| !st.prescheduled), "{last:?}");
+}
+
+/// An executor that dies in the middle of a pre-scheduled group: its tasks (held or running)
+/// fail over, its cached partitions and map outputs are recomputed, and every job's result is
+/// still exact.
+pub fn a_prescheduled_group_survives_a_lost_executor() {
+    let ctx = context_with("local-cluster[3,1,256]", &[("ember.locality.wait", "100ms")]);
+    let pids: Vec<u32> = executor_pids(&ctx, 12).into_iter().collect();
+    assert_eq!(pids.len(), 3);
+    let victim = pids[0];
+    let results = running_sum_group(&ctx, (20, 20), victim);
+    assert_eq!(results, running_sum_model(4000, 4, 20));
+    assert!(!alive(victim), "the victim executor ran a task of iteration 10 or later and died");
+    let failed: u32 = ctx.job_summaries().iter().flat_map(|s| s.stages.iter()).map(|st| st.failed_attempts).sum();
+    assert!(failed > 0, "the loss failed tasks over");
+}
+
+/// Jobs one at a time over a chain of cached partitions (each iteration's state cached where the
+/// previous one was): an executor lost after ten of them takes its whole chain with it, and the
+/// next job recomputes every lost partition and map output at once, not one fetch failure
+/// (and stage attempt) at a time.
+pub fn a_lost_chain_of_cached_partitions_is_recomputed() {
+    let ctx = context("local-cluster[3,1,256]");
+    let pids: Vec<u32> = executor_pids(&ctx, 12).into_iter().collect();
+    let victim = pids[0];
+    let results = running_sum_group(&ctx, (20, 1), victim);
+    assert_eq!(results, running_sum_model(4000, 4, 20));
+    assert!(!alive(victim));
+    let summaries = ctx.job_summaries();
+    assert!(summaries.iter().all(|s| s.succeeded));
+    let fetch_failures: u32 = summaries.iter().flat_map(|s| s.stages.iter()).map(|st| st.fetch_failures).max().unwrap();
+    assert!(fetch_failures <= 2, "lost outputs were found one fetch failure at a time: {fetch_failures}");
+}

@@ -51,8 +51,23 @@ pub struct TaskLaunch {
     /// A backend with several executors waits a while (`ember.locality.wait`) for a slot on one
     /// of them before it runs the task elsewhere.
     pub preferred: Vec<Arc<str>>,
+    /// Set for a task pre-scheduled with its group (Drizzle): it goes at once to the executor
+    /// `preferred` names, which holds it until what it lists is there, then runs it.
+    pub after: Option<Arc<Prerequisites>>,
     /// Its code and data.
     pub body: TaskPayload,
+}
+
+/// What a pre-scheduled task waits for on its executor.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prerequisites {
+    /// Shuffles whose every map output must be known (with their map counts): map tasks
+    /// announce their outputs to the other executors as they finish.
+    pub shuffles: Vec<(crate::shuffle::ShuffleId, usize)>,
+    /// Cached partitions (RDD, split) that an earlier task of the group computes on the same
+    /// executor: the task waits for them, or for that executor to have nothing earlier left
+    /// to run, and then computes what is missing itself.
+    pub blocks: Vec<(crate::storage::RddId, usize)>,
 }
 
 /// What became of a task.
@@ -89,6 +104,14 @@ pub trait ExecutorBackend: Send + Sync {
     fn kill(&self, task_ids: &[u64]);
     /// Deletes a map output the scheduler will not use (a losing or stale attempt's).
     fn discard_map_output(&self, status: &MapStatus);
+    /// The executors that can take pre-scheduled tasks ([`TaskLaunch::after`]); empty when the
+    /// backend does not pre-schedule (tasks then run stage after stage).
+    fn executors(&self) -> Vec<Arc<str>> {
+        Vec::new()
+    }
+    /// Sends what [`launch`](Self::launch) gathered (pre-scheduled tasks go out together, one
+    /// message per executor); the scheduler calls it after each event.
+    fn flush(&self) {}
     /// Stops the backend; queued tasks are dropped.
     fn stop(&self);
 }
@@ -347,6 +370,7 @@ fn decode_launch(bytes: &[u8]) -> Result<TaskLaunch> {
         attempt: w.attempt,
         epoch: w.epoch,
         preferred: Vec::new(),
+        after: None,
         body: TaskPayload::Encoded(Arc::new(w.body.to_vec())),
     })
 }

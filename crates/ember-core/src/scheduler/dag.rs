@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::backend::{ExecutorBackend, TaskStatus};
+use super::backend::{ExecutorBackend, Prerequisites, TaskStatus};
 use super::taskset::{Code, TaskSet};
 use super::tracker::{MapOutputTracker, Refused};
 use super::{JobListener, JobSpec, JobSummary, StageSummary, SUMMARIES_KEPT};
@@ -78,6 +78,24 @@ struct Stage {
     /// already closed.
     watch: Option<u64>,
     peaks: MemoryPeaks,
+    /// Pre-scheduled: the shuffles (and their map counts) of the parent stages that were running
+    /// when its tasks went out; they wait on their executors for them.
+    waits: Vec<(ShuffleId, usize)>,
+}
+
+/// Where a retried attempt of a task runs: near its cached input, and when its stage was
+/// pre-scheduled and a shuffle it reads is not complete yet, held on its executor until it is.
+fn retry_placement(
+    (rdd, waits): (&Arc<dyn RddBase>, &[(ShuffleId, usize)]),
+    partition: usize,
+    env: &Env,
+    tracker: &MapOutputTracker,
+) -> (Vec<Arc<str>>, Option<Arc<Prerequisites>>) {
+    let preferred = super::locality::preferred(rdd, partition, &env.block_locations);
+    let pending: Vec<(ShuffleId, usize)> =
+        waits.iter().filter(|(s, maps)| !tracker.missing(*s, *maps).is_empty()).copied().collect();
+    let after = (!pending.is_empty()).then(|| Arc::new(Prerequisites { shuffles: pending, blocks: Vec::new() }));
+    (preferred, after)
 }
 
 impl StageKind {
@@ -127,6 +145,12 @@ pub(super) struct State {
     jobs: HashMap<JobId, ActiveJob>,
     progress: Progress,
     summaries: Arc<Mutex<VecDeque<JobSummary>>>,
+    /// While a group of jobs is being submitted to a backend that pre-schedules: its executors.
+    /// Every task of the group then goes out at once, placed on one of them.
+    prescheduling: Option<Vec<Arc<str>>>,
+    /// Cached partitions that pre-scheduled tasks will compute, and where (so that later
+    /// tasks of the group that read them are placed there and wait for them).
+    pending_blocks: HashMap<(crate::storage::RddId, usize), Arc<str>>,
 }
 
 impl State {
@@ -149,6 +173,8 @@ impl State {
             shuffle_stages: HashMap::new(),
             jobs: HashMap::new(),
             summaries,
+            prescheduling: None,
+            pending_blocks: HashMap::new(),
         }
     }
 
@@ -175,6 +201,11 @@ impl State {
                 let message = panic_message(&*payload);
                 tracing::warn!("a user function panicked on the driver: {message}");
                 self.fail_all(&format!("a user function panicked on the driver: {message}"));
+            }
+            // Pre-scheduled tasks gathered while handling the event go out together.
+            self.backend.flush();
+            if self.jobs.is_empty() {
+                self.pending_blocks.clear();
             }
             self.render_progress();
         }
@@ -274,6 +305,7 @@ impl State {
                 metrics: TaskMetrics::default(),
                 watch: None,
                 peaks: MemoryPeaks::default(),
+                waits: Vec::new(),
             },
         );
         Ok(id)
@@ -339,6 +371,18 @@ impl State {
     // ---- submission ----------------------------------------------------------------------------
 
     fn on_submit(&mut self, jobs: Vec<(JobId, JobSpec)>) {
+        // A group (Drizzle): on a backend that pre-schedules, all its tasks go out in one round.
+        if jobs.len() > 1 {
+            let executors = self.backend.executors();
+            if !executors.is_empty() {
+                self.prescheduling = Some(executors);
+            }
+        }
+        self.submit_jobs(jobs);
+        self.prescheduling = None;
+    }
+
+    fn submit_jobs(&mut self, jobs: Vec<(JobId, JobSpec)>) {
         let mut finals = Vec::new();
         for (id, spec) in jobs {
             let JobSpec { final_rdd, body, partitions, listener, group } = spec;
@@ -438,10 +482,54 @@ impl State {
             if let Some(s) = self.stages.get_mut(&id) {
                 s.state = StageState::Waiting;
             }
-            for p in missing {
-                self.submit_stage(p);
+            for p in &missing {
+                self.submit_stage(*p);
+            }
+            // Pre-scheduling: the stage's tasks go out now too, each waiting on its executor
+            // for the outputs of the parent stages that are running.
+            if self.prescheduling.is_some() {
+                let mut waits = Vec::new();
+                for p in &missing {
+                    match self.stages.get(p) {
+                        Some(Stage { state: StageState::Running(_), kind: StageKind::ShuffleMap { dep }, .. }) => {
+                            waits.push((dep.shuffle_id(), dep.num_maps()));
+                        }
+                        _ => return,
+                    }
+                }
+                if let Some(s) = self.stages.get_mut(&id) {
+                    s.waits = waits;
+                }
+                self.launch(id);
             }
         }
+    }
+
+    /// Where a pre-scheduled task computing partition `split` of `rdd` runs, and the cached
+    /// partitions it waits for there: the holder of the nearest cached partition on its narrow
+    /// lineage, or the executor an earlier task of the group computes it on (the task then
+    /// waits for it), else executor `split` modulo their number (the same for every stage, so
+    /// that partitions computed by one task are where the next needs them). The partitions the
+    /// task will cache on its way are recorded as coming there.
+    fn place(
+        &mut self,
+        rdd: &Arc<dyn RddBase>,
+        split: usize,
+        executors: &[Arc<str>],
+    ) -> (Arc<str>, Vec<(crate::storage::RddId, usize)>) {
+        let pending = &self.pending_blocks;
+        let (found, on_the_way) = super::locality::walk_cached(rdd, split, &self.env.block_locations, |id| {
+            pending.get(&(id, split)).cloned()
+        });
+        let (exec, blocks) = match found {
+            super::locality::Cached::Held(holder) => (holder, Vec::new()),
+            super::locality::Cached::Coming(id, exec) => (exec, vec![(id, split)]),
+            super::locality::Cached::Nothing => (executors[split % executors.len()].clone(), Vec::new()),
+        };
+        for id in on_the_way {
+            self.pending_blocks.insert((id, split), exec.clone());
+        }
+        (exec, blocks)
     }
 
     fn launch(&mut self, id: StageId) {
@@ -470,10 +558,24 @@ impl State {
         stage.attempt += 1;
         let mut ts = TaskSet::new(id, stage.attempt, to_run.iter().map(|(i, _)| *i));
         tracing::debug!("stage {} ({}) attempt {}: {} tasks", id.0, stage.name, stage.attempt, to_run.len());
-        for (index, partition) in to_run {
+        let rdd = stage.rdd.clone();
+        let waits = stage.waits.clone();
+        let executors = self.prescheduling.clone().filter(|e| !e.is_empty());
+        let mut placed = Vec::with_capacity(to_run.len());
+        for &(_, partition) in &to_run {
+            placed.push(match &executors {
+                Some(executors) => {
+                    let (exec, blocks) = self.place(&rdd, partition, executors);
+                    let after = Prerequisites { shuffles: waits.clone(), blocks };
+                    (vec![exec], Some(Arc::new(after)))
+                }
+                None => (super::locality::preferred(&rdd, partition, &self.env.block_locations), None),
+            });
+        }
+        let Some(stage) = self.stages.get_mut(&id) else { return };
+        for ((index, partition), placement) in to_run.into_iter().zip(placed) {
             let attempt = stage.failures.get(&index).copied().unwrap_or(0);
-            let preferred = super::locality::preferred(&stage.rdd, partition, &self.env.block_locations);
-            ts.launch(&*backend, &stage.code, (index, partition, attempt), epoch, preferred);
+            ts.launch(&*backend, &stage.code, (index, partition, attempt), epoch, placement);
         }
         stage.launched += ts.launched;
         if stage.watch.is_none() {
@@ -542,14 +644,14 @@ impl State {
                                 let partition = stage.kind.partition_of(end.index);
                                 let attempt = stage.failures.get(&end.index).copied().unwrap_or(0);
                                 let epoch = self.tracker.epoch();
-                                let preferred =
-                                    super::locality::preferred(&stage.rdd, partition, &self.env.block_locations);
+                                let placement =
+                                    retry_placement((&stage.rdd, &stage.waits), partition, &self.env, &self.tracker);
                                 ts.launch(
                                     &*self.backend,
                                     &stage.code,
                                     (end.index, partition, attempt),
                                     epoch,
-                                    preferred,
+                                    placement,
                                 );
                                 stage.launched += 1;
                                 return;
@@ -640,8 +742,8 @@ impl State {
                 let partition = stage.kind.partition_of(end.index);
                 if err.is_retryable() && fails < max {
                     let epoch = self.tracker.epoch();
-                    let preferred = super::locality::preferred(&stage.rdd, partition, &self.env.block_locations);
-                    ts.launch(&*self.backend, &stage.code, (end.index, partition, fails), epoch, preferred);
+                    let placement = retry_placement((&stage.rdd, &stage.waits), partition, &self.env, &self.tracker);
+                    ts.launch(&*self.backend, &stage.code, (end.index, partition, fails), epoch, placement);
                     stage.launched += 1;
                 } else {
                     let abort = match err {
@@ -678,12 +780,20 @@ impl State {
                 self.shuffle_stage(dep, first).ok()?
             }
         };
-        for j in jobs {
-            self.add_job_to(p, j);
+        // The lost cache may have covered other shuffles too (a chain of cached partitions
+        // lost with one executor): they are all found now, not one fetch failure at a time.
+        let mut found = vec![p];
+        if let Ok(more) = self.parent_stages(&rdd, first) {
+            found.extend(more);
         }
-        if let Some(s) = self.stages.get_mut(&stage) {
-            if !s.parents.contains(&p) {
-                s.parents.push(p);
+        for &q in &found {
+            for &j in &jobs {
+                self.add_job_to(q, j);
+            }
+            if let Some(s) = self.stages.get_mut(&stage) {
+                if !s.parents.contains(&q) {
+                    s.parents.push(q);
+                }
             }
         }
         Some(p)
@@ -794,6 +904,7 @@ impl State {
                         peak_execution_memory: s.peaks.execution,
                         peak_storage_memory: s.peaks.storage,
                         peak_memory: s.peaks.total,
+                        prescheduled: !s.waits.is_empty(),
                     });
                 }
             }

@@ -103,6 +103,55 @@ pub(crate) fn preferred(rdd: &Arc<dyn RddBase>, split: usize, locations: &BlockL
     Vec::new()
 }
 
+/// What a pre-scheduled task reads from the cache, found up its narrow lineage.
+pub(crate) enum Cached {
+    /// A cached partition, and an executor holding it.
+    Held(Arc<str>),
+    /// A partition an earlier task of the group will cache, and on which executor.
+    Coming(RddId, Arc<str>),
+    /// Nothing cached or coming.
+    Nothing,
+}
+
+/// The nearest persisted RDD on the narrow lineage of partition `split` of `rdd` (same
+/// partition counts all the way) that is cached somewhere or will be (`coming` says where a
+/// partition is being computed), and every persisted RDD passed on the way: computing the
+/// partition caches them.
+pub(crate) fn walk_cached(
+    rdd: &Arc<dyn RddBase>,
+    split: usize,
+    locations: &BlockLocations,
+    coming: impl Fn(RddId) -> Option<Arc<str>>,
+) -> (Cached, Vec<RddId>) {
+    let mut frontier = vec![rdd.clone()];
+    let mut seen = HashSet::new();
+    let mut passed = Vec::new();
+    let mut steps = 0;
+    while let Some(node) = frontier.pop() {
+        steps += 1;
+        if steps > MAX_STEPS || !seen.insert(node.id()) {
+            continue;
+        }
+        if node.storage_level() != StorageLevel::None {
+            if let Some(holder) = locations.locations(node.id(), split).into_iter().next() {
+                return (Cached::Held(holder), passed);
+            }
+            if let Some(exec) = coming(node.id()) {
+                return (Cached::Coming(node.id(), exec), passed);
+            }
+            passed.push(node.id());
+        }
+        for dep in node.dependencies().into_iter().rev() {
+            if let Dependency::Narrow(parent) = dep {
+                if parent.num_partitions() == node.num_partitions() {
+                    frontier.push(parent);
+                }
+            }
+        }
+    }
+    (Cached::Nothing, passed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

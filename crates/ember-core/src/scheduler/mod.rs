@@ -93,6 +93,9 @@ pub struct StageSummary {
     pub peak_storage_memory: u64,
     /// Most execution plus storage memory at one time while the stage ran.
     pub peak_memory: u64,
+    /// Whether its tasks went out with their group before the stages they read had finished
+    /// (Drizzle's pre-scheduling), waiting on their executors for those stages' outputs.
+    pub prescheduled: bool,
 }
 
 /// What a finished (or failed) job did.

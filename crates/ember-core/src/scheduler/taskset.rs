@@ -55,7 +55,7 @@ impl TaskSet {
         code: &Code,
         (index, partition, attempt): (usize, usize, u32),
         epoch: u64,
-        preferred: Vec<std::sync::Arc<str>>,
+        (preferred, after): (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
     ) {
         let task_id = TASK_IDS.fetch_add(1, Ordering::Relaxed);
         self.running.insert(task_id, index);
@@ -69,6 +69,7 @@ impl TaskSet {
             attempt,
             epoch,
             preferred,
+            after,
             body: match code {
                 Code::Local(s) => TaskPayload::Local(s.clone()),
                 Code::Encoded(b) => TaskPayload::Encoded(b.clone()),

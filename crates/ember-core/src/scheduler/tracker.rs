@@ -205,7 +205,7 @@ impl MapOutputTracker {
     }
 
     /// Map partitions of a shuffle with `maps` map tasks whose output is missing.
-    pub(crate) fn missing(&self, shuffle: ShuffleId, maps: usize) -> Vec<usize> {
+    pub fn missing(&self, shuffle: ShuffleId, maps: usize) -> Vec<usize> {
         match self.read().shuffles.get(&shuffle) {
             Some(v) => v.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect(),
             None => (0..maps).collect(),

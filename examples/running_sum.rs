@@ -5,8 +5,10 @@
 //! iteration is one job: map every number to (number mod TASKS, number + offset), reduce by key
 //! through a shuffle into TASKS partitions, zip the sums with the cached state of the previous
 //! iteration, cache the new state and collect it. GROUP iterations are submitted at once with
-//! `Context::run_jobs` (group scheduling). Prints one line per trial:
-//! `iters=.. tasks=.. group=.. total_ms=.. per_iter_ms=..`.
+//! `Context::run_jobs` (group scheduling); without GROUP the size comes from
+//! `ember.scheduler.groupSize` (a number, or `auto`). Prints one line per trial:
+//! `iters=.. tasks=.. group=.. total_ms=.. per_iter_ms=..` (for `auto`, `group=auto:N` with the
+//! size it ended at).
 
 mod common;
 
@@ -34,7 +36,7 @@ fn main() {
         std::process::exit(2);
     }
     let trials = args.trials.unwrap_or(3);
-    let (iters, tasks, group) = (nums[0] as usize, nums[1] as usize, nums.get(2).copied().unwrap_or(1).max(1) as usize);
+    let (iters, tasks, group) = (nums[0] as usize, nums[1] as usize, nums.get(2).map(|&g| g.max(1) as usize));
     if let Err(e) = run(&args, iters, tasks, group, trials) {
         eprintln!("running_sum failed: {e}");
         std::process::exit(1);
@@ -48,7 +50,7 @@ fn step(data: &Rdd<u64>, state: &Rdd<(u64, u64)>, offset: u64, tasks: usize) -> 
     sums.zip(state)?.map(|((k, inc), (_, old))| (k, old + inc)).persist(StorageLevel::MemoryOnly)
 }
 
-fn run(args: &common::Args, iters: usize, tasks: usize, group: usize, trials: usize) -> Result<()> {
+fn run(args: &common::Args, iters: usize, tasks: usize, group: Option<usize>, trials: usize) -> Result<()> {
     let ctx = args.context()?;
     let n = PER_TASK * tasks as u64;
     for trial in 0..=trials {
@@ -59,11 +61,16 @@ fn run(args: &common::Args, iters: usize, tasks: usize, group: usize, trials: us
             .cache()?;
         data.count()?;
         state.count()?;
+        let mut sizer = match group {
+            Some(g) => ember::scheduler::group::GroupSizer::new(ember::scheduler::group::GroupSize::Fixed(g)),
+            None => ctx.group_sizer(),
+        };
         let start = Instant::now();
         let mut done = 0;
         let mut last: Vec<(u64, u64)> = Vec::new();
         while done < iters {
-            let g = group.min(iters - done);
+            let g = sizer.size().min(iters - done);
+            let group_start = Instant::now();
             let mut batch = Vec::with_capacity(g);
             for j in 0..g {
                 let next = step(&data, &state, (done + j) as u64 * n, tasks)?;
@@ -73,6 +80,7 @@ fn run(args: &common::Args, iters: usize, tasks: usize, group: usize, trials: us
             let jobs = batch.iter().map(|r| (r.clone(), collect_fn())).collect();
             let mut results = ctx.run_jobs(jobs)?;
             last = results.pop().unwrap_or_default().into_iter().flatten().collect();
+            sizer.finished(g, group_start.elapsed());
             done += g;
         }
         let total_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -83,8 +91,13 @@ fn run(args: &common::Args, iters: usize, tasks: usize, group: usize, trials: us
         }
         // Trial 0 warms up (thread start, page cache) and is not reported.
         if trial > 0 {
+            let label = match (group, ctx.settings().group_size) {
+                (Some(g), _) => g.to_string(),
+                (None, ember::scheduler::group::GroupSize::Auto) => format!("auto:{}", sizer.size()),
+                (None, ember::scheduler::group::GroupSize::Fixed(g)) => g.to_string(),
+            };
             println!(
-                "iters={iters} tasks={tasks} group={group} total_ms={total_ms:.2} per_iter_ms={:.3}",
+                "iters={iters} tasks={tasks} group={label} total_ms={total_ms:.2} per_iter_ms={:.3}",
                 total_ms / iters as f64
             );
         }

@@ -209,6 +209,13 @@ pub const KEYS: &[ConfKey] = &[
               declares it lost: `120s`, `500ms` or seconds.",
     },
     ConfKey {
+        key: "ember.scheduler.groupSize",
+        default: "1",
+        doc: "Jobs an iterative program submits as one group (Drizzle's group scheduling: one scheduling \
+              round per group, reducers pre-scheduled across executors), or `auto` to adapt the size so \
+              that scheduling stays under 10% of a group's time. Read through `Context::group_sizer`.",
+    },
+    ConfKey {
         key: "ember.locality.wait",
         default: "3s",
         doc: "Cluster masters: how long a task whose cached input is on busy executors waits for a slot on \
@@ -347,6 +354,8 @@ pub struct Settings {
     pub authenticate_secret: Option<SecretText>,
     /// How long a task waits for a slot on an executor holding its cached input, in milliseconds.
     pub locality_wait_ms: u64,
+    /// Jobs per group of an iterative program.
+    pub group_size: crate::scheduler::group::GroupSize,
     /// Standalone: the most cores the application takes (`None`: all that are free).
     pub cores_max: Option<usize>,
     /// Standalone: task slots per executor (`None`: all of a worker's free cores).
@@ -542,6 +551,10 @@ impl EmberConf {
             "ember.files.openCostInBytes" => {
                 parse_size(value).ok_or_else(|| bad("expected a size like 4m or 0"))?;
             }
+            "ember.scheduler.groupSize" => {
+                crate::scheduler::group::GroupSize::parse(value)
+                    .ok_or_else(|| bad("expected a positive number or auto"))?;
+            }
             "ember.locality.wait" => {
                 parse_duration_ms(value).ok_or_else(|| bad("expected a duration like 3s or 500ms"))?;
             }
@@ -626,6 +639,10 @@ impl EmberConf {
             network_timeout_ms: self.get("ember.network.timeout").and_then(parse_duration_ms).unwrap_or(120_000),
             authenticate_secret: self.get("ember.authenticate.secret").map(|s| SecretText(s.to_ascii_lowercase())),
             locality_wait_ms: self.get("ember.locality.wait").and_then(parse_duration_ms).unwrap_or(3000),
+            group_size: self
+                .get("ember.scheduler.groupSize")
+                .and_then(crate::scheduler::group::GroupSize::parse)
+                .unwrap_or(crate::scheduler::group::GroupSize::Fixed(1)),
             cores_max: self.get("ember.cores.max").and_then(|v| v.trim().parse().ok()),
             executor_cores: self.get("ember.executor.cores").and_then(|v| v.trim().parse().ok()),
             executor_memory_bytes: self.get("ember.executor.memory").and_then(parse_size).unwrap_or(1 << 30),

@@ -136,6 +136,11 @@ impl Context {
         &self.inner.env
     }
 
+    /// A sizer for the groups of an iterative program, as `ember.scheduler.groupSize` says.
+    pub fn group_sizer(&self) -> crate::scheduler::group::GroupSizer {
+        crate::scheduler::group::GroupSizer::new(self.inner.settings.group_size)
+    }
+
     /// The default number of partitions: the number of task slots (on a standalone cluster,
     /// of the executors registered now, and at least 2, as in Spark).
     pub fn default_parallelism(&self) -> usize {

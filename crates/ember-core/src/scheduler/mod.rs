@@ -36,6 +36,8 @@ use crate::task::{JobId, StageId, TaskBody, TaskMetrics, TaskOutput};
 pub(crate) mod backend;
 /// The DAG scheduler's event loop.
 mod dag;
+/// Group sizes of iterative programs (`ember.scheduler.groupSize`).
+pub mod group;
 /// Cached partitions' locations and tasks' preferred executors.
 mod locality;
 /// Task sets: the tasks of one stage attempt.

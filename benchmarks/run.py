@@ -54,7 +54,7 @@ SPARK_PROGRAMS = {
     "sort": [("dataframe", "SortDf", True), ("rdd", "SortRdd", False)],
 }
 EMBER_EXAMPLES = ["word_count", "sort", "running_sum"]
-WORKLOADS = ["wordcount", "sort", "tiny", "scaling", "cluster"]
+WORKLOADS = ["wordcount", "sort", "tiny", "scaling", "cluster", "cluster-tiny"]
 # The cluster workload: Ember's word count and sort with executors in processes, against the same
 # programs on local[2]. Target: the cluster path within 1.3x of local mode.
 CLUSTER_MASTER = "local-cluster[2,1,2048]"
@@ -62,6 +62,16 @@ CLUSTER_MASTER = "local-cluster[2,1,2048]"
 CLUSTER_LOCAL_MASTER = "local[2]"
 CLUSTER_LOCAL_MEMORY = "4g"
 CLUSTER_TARGET = 1.3
+# The cluster-tiny workload: running_sum on executors in processes, Ember at several group sizes
+# (Drizzle's group scheduling) against Spark's RunningSum on Spark's own local-cluster (its
+# executors are JVM processes too; local[4] when it cannot start one, which the row then says).
+# Targets: group 10 at least 5x lower per-iteration time than group 1; Ember's group 1 at least
+# 10x below Spark. Both are checked as "ratio <= target".
+CLUSTER_TINY_MASTER = "local-cluster[4,1,1024]"
+CLUSTER_TINY_TASKS = 4
+CLUSTER_TINY_GROUPS = ["1", "10", "50", "auto"]
+CLUSTER_TINY_GROUP_TARGET = 0.2  # t(group 10) / t(group 1)
+CLUSTER_TINY_SPARK_TARGET = 0.1  # t(Ember group 1) / t(Spark)
 # The scaling workload: Ember's running_sum at growing task counts, as (TASKS, ITERS). The issue's
 # target: with 1000 tasks an iteration costs at most 30x what it costs with 100 tasks.
 SCALING_POINTS = "10:100,100:100,1000:10"
@@ -524,7 +534,7 @@ class Row:
 
     def figure(self) -> float | None:
         """The number the ratio is computed on."""
-        return self.per_job_ms if self.workload in ("tiny", "scaling") else self.wall_s
+        return self.per_job_ms if self.workload in ("tiny", "scaling", "cluster-tiny") else self.wall_s
 
 
 CSV_FIELDS = ["workload", "engine", "variant", "input", "time_basis", "wall_s", "process_wall_s", "startup_s",
@@ -603,10 +613,10 @@ def verify_output(cfg: Config, tools: Tools, workload: str, out_dir: Path, ds: D
 # Engines
 
 
-def spark_cmd(cfg: Config, tools: Tools, program: str, args: list[str]) -> list[str]:
+def spark_cmd(cfg: Config, tools: Tools, program: str, args: list[str], master: str | None = None) -> list[str]:
     cmd = ["java", *tools.jvm_module_opts, f"-Xmx{cfg.spark_memory}",
            f"-Dlog4j2.configurationFile={HERE / 'spark' / 'log4j2.properties'}",
-           "-cp", f"{tools.java_classes}:{tools.spark_jars}/*", program, *args, "--master", cfg.master]
+           "-cp", f"{tools.java_classes}:{tools.spark_jars}/*", program, *args, "--master", master or cfg.master]
     for kv in cfg.spark_conf:
         cmd += ["--conf", kv]
     return cmd
@@ -615,6 +625,25 @@ def spark_cmd(cfg: Config, tools: Tools, program: str, args: list[str]) -> list[
 def spark_env() -> dict:
     env = dict(os.environ)
     env["SPARK_LOCAL_IP"] = "127.0.0.1"  # local mode needs no network interface
+    return env
+
+
+def spark_cluster_env(cfg: Config, tools: Tools) -> dict:
+    """The environment Spark's local-cluster needs with the pip package: a SPARK_HOME that looks
+    like a Spark distribution (its jars, its bin, a RELEASE file), made once under the cache, and
+    the Scala version (local-cluster runs with Spark's testing flag, which otherwise looks for a
+    source build)."""
+    home = cfg.cache_dir / f"spark-home-{PYSPARK_VERSION}"
+    if not (home / "RELEASE").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        for name in ("jars", "bin"):
+            link = home / name
+            if not link.exists():
+                link.symlink_to(Path(tools.spark_jars).parent / name)
+        (home / "RELEASE").write_text(f"Spark {PYSPARK_VERSION} (the pyspark package's jars)\n")
+    env = spark_env()
+    env["SPARK_HOME"] = str(home)
+    env["SPARK_SCALA_VERSION"] = "2.13"
     return env
 
 
@@ -825,6 +854,80 @@ class Bench:
                 log(f"  spark {job}: {row.per_job_ms:.2f} ms/job")
             rows.append(row)
         return rows
+
+    # -- cluster-tiny: running_sum on executors in processes, Ember's group sizes and Spark -------
+
+    def cluster_tiny_workload(self) -> None:
+        cfg = self.cfg
+        label = f"running_sum ITERS={cfg.iters} TASKS={CLUSTER_TINY_TASKS} on {CLUSTER_TINY_MASTER}"
+        by_group: dict[str, Row] = {}
+        if "ember" in cfg.engines:
+            for group in CLUSTER_TINY_GROUPS:
+                reps = [self.cluster_tiny_ember(group, label, rep) for rep in range(cfg.repeat)]
+                by_group[group] = aggregate(reps)
+                self.rows.append(by_group[group])
+        spark = None
+        if "spark" in cfg.engines:
+            spark = aggregate([self.cluster_tiny_spark(label, rep) for rep in range(cfg.repeat)])
+            self.rows.append(spark)
+        if "10" in by_group and "1" in by_group:
+            self.ratio_row(by_group["10"], by_group["1"], "t(group 10)/t(group 1)", label, CLUSTER_TINY_GROUP_TARGET)
+        if spark is not None and "1" in by_group:
+            self.ratio_row(by_group["1"], spark, "t(ember group 1)/t(spark)", label, CLUSTER_TINY_SPARK_TARGET)
+
+    def ratio_row(self, a: Row, b: Row, name: str, label: str, target: float) -> None:
+        row = Row("cluster-tiny", "ember", f"ratio {name}", label, TIME_BASIS_SCALING_RATIO)
+        if a.ok and b.ok and a.per_job_ms and b.per_job_ms:
+            row.scaling_ratio = a.per_job_ms / b.per_job_ms
+            row.notes = f"{a.per_job_ms:.3f} ms / {b.per_job_ms:.3f} ms"
+            self.check_target(row, target, f"cluster-tiny target missed: {name} = {row.scaling_ratio:.3f} (> {target:g})")
+        else:
+            row.target_check = "not measured"
+            row.notes = "a measured run failed: no ratio"
+        log(f"  cluster-tiny {name}: {fmt_ratio(row.scaling_ratio) or '-'}  {row.target_check}")
+        self.rows.append(row)
+
+    def cluster_tiny_ember(self, group: str, label: str, rep: int) -> Row:
+        cfg = self.cfg
+        row = Row("cluster-tiny", "ember", f"running_sum group={group}", label, TIME_BASIS_TINY)
+        if self.tools.ember_error:
+            self.fail(row, f"not run: {self.tools.ember_error}")
+            return row
+        log(f"cluster-tiny: ember running_sum group={group} on {CLUSTER_TINY_MASTER}, run {rep + 1}/{cfg.repeat}")
+        args = [str(cfg.iters), str(CLUSTER_TINY_TASKS)]
+        args += ["--conf", "ember.scheduler.groupSize=auto"] if group == "auto" else [group]
+        cmd = [str(self.tools.ember_bins["running_sum"]), *args, "--trials", str(cfg.tiny_trials),
+               "--master", CLUSTER_TINY_MASTER]
+        m = measure(cmd, self.logs / f"cluster-tiny-ember-group{group}-{rep + 1}", cfg)
+        fill_memory(row, m)
+        if m.returncode != 0 or m.timed_out:
+            self.fail(row, describe_failure(m))
+            return row
+        self.fill_trials(row, m.stdout, "ember", cfg.iters, CLUSTER_TINY_TASKS)
+        return row
+
+    def cluster_tiny_spark(self, label: str, rep: int) -> Row:
+        cfg = self.cfg
+        row = Row("cluster-tiny", "spark", f"RunningSum on {CLUSTER_TINY_MASTER}", label, TIME_BASIS_TINY)
+        args = [str(cfg.iters), str(CLUSTER_TINY_TASKS), str(cfg.tiny_trials),
+                "--warmup-trials", str(cfg.spark_warmup_trials)]
+        log(f"cluster-tiny: spark RunningSum on {CLUSTER_TINY_MASTER}, run {rep + 1}/{cfg.repeat}")
+        # The executors load the benchmark's classes from where the driver does.
+        cmd = spark_cmd(cfg, self.tools, "RunningSum", args, master=CLUSTER_TINY_MASTER)
+        cmd += ["--conf", f"spark.executor.extraClassPath={self.tools.java_classes}"]
+        m = measure(cmd, self.logs / f"cluster-tiny-spark-{rep + 1}", cfg, spark_cluster_env(cfg, self.tools))
+        if m.returncode != 0 or m.timed_out:
+            why = describe_failure(m)
+            loud(f"Spark could not run on {CLUSTER_TINY_MASTER} ({why}); measuring it on local[4] instead")
+            row.variant = "RunningSum on local[4] (its local-cluster failed)"
+            m = measure(spark_cmd(cfg, self.tools, "RunningSum", args, master="local[4]"),
+                        self.logs / f"cluster-tiny-spark-local-{rep + 1}", cfg, spark_env())
+        fill_memory(row, m)
+        if m.returncode != 0 or m.timed_out:
+            self.fail(row, describe_failure(m))
+            return row
+        self.fill_trials(row, m.stdout, "spark", cfg.iters, CLUSTER_TINY_TASKS)
+        return row
 
     # -- cluster: executors in processes against local mode ---------------------------------------
 
@@ -1166,6 +1269,9 @@ def main(argv: list[str]) -> int:
             continue
         if workload == "scaling":
             bench.scaling_workload()
+            continue
+        if workload == "cluster-tiny":
+            bench.cluster_tiny_workload()
             continue
         if workload == "cluster":
             datasets = {w: ensure_data(cfg, tools, "text" if w == "wordcount" else "records") for w in ("wordcount", "sort")}

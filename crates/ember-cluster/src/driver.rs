@@ -32,6 +32,13 @@ struct Session {
     /// Pre-scheduled tasks sent to it and not yet reported: they wait there for their input
     /// and take no slot until they run, so they do not count against its free slots.
     held: HashSet<u64>,
+    /// Task attempts that failed on it in a row (execution errors: not input errors, fetch
+    /// failures, kills or losses).
+    failures_in_a_row: u32,
+    /// Excluded for the application after too many failures in a row: it gets no more tasks.
+    excluded: bool,
+    /// Tasks given to it so far (ties between executors go to the one given fewer).
+    given: u64,
     /// When it last sent anything (a status or a heartbeat).
     last_heard: Instant,
 }
@@ -73,6 +80,9 @@ pub(crate) struct Cluster {
     driver_env: Arc<ember_core::env::Env>,
     /// How long a task waits for a slot on an executor it prefers (`ember.locality.wait`).
     locality_wait: Duration,
+    /// Failed attempts in a row that exclude an executor (`ember.excludeOnFailure.maxFailures`;
+    /// 0: never).
+    max_failures_in_a_row: u32,
     /// Data-plane addresses of every executor that registered, kept after it is lost (a
     /// reducer asking for a lost executor's outputs gets an address that fails, and so a fetch
     /// failure).
@@ -98,6 +108,7 @@ impl Cluster {
             tracker,
             driver_env,
             locality_wait: Duration::from_millis(settings.locality_wait_ms),
+            max_failures_in_a_row: settings.exclude_after_failures,
             addresses: Mutex::default(),
         });
         // Executors delete the outputs of a shuffle the driver removed.
@@ -175,6 +186,7 @@ impl Cluster {
         let mut free: BTreeMap<String, usize> = state
             .sessions
             .iter()
+            .filter(|(_, s)| !s.excluded)
             .map(|(id, s)| (id.clone(), s.slots.saturating_sub(s.running.len())))
             .filter(|&(_, f)| f > 0)
             .collect();
@@ -190,14 +202,37 @@ impl Cluster {
                 kept.extend(state.queue.drain(..));
                 break;
             }
-            let target = match task.preferred.iter().find(|p| free.contains_key(&***p)) {
+            // A speculative copy runs away from the executor running the attempt it copies
+            // (when there is another).
+            let avoid = match task.speculative && state.sessions.len() > 1 {
+                true => state
+                    .running
+                    .values()
+                    .find(|(_, t)| {
+                        t.stage == task.stage && t.stage_attempt == task.stage_attempt && t.index == task.index
+                    })
+                    .map(|(on, _)| on.clone()),
+                false => None,
+            };
+            let allowed = |id: &str| avoid.as_deref() != Some(id);
+            let target = match task.preferred.iter().find(|p| free.contains_key(&***p) && allowed(p)) {
                 Some(p) => Some(p.to_string()),
                 None => {
                     let waits = now.saturating_duration_since(queued) < locality_wait
-                        && task.preferred.iter().any(|p| state.sessions.contains_key(&**p));
+                        && task
+                            .preferred
+                            .iter()
+                            .any(|p| state.sessions.get(&**p).is_some_and(|s| !s.excluded) && allowed(p));
                     match waits {
                         true => None,
-                        false => free.iter().max_by_key(|&(_, f)| *f).map(|(id, _)| id.clone()),
+                        false => {
+                            // Most free slots; among equals, the one given the fewest tasks.
+                            let given = |id: &str| state.sessions.get(id).map_or(0, |s| s.given);
+                            free.iter()
+                                .filter(|(id, _)| allowed(id))
+                                .max_by_key(|&(id, f)| (*f, std::cmp::Reverse(given(id))))
+                                .map(|(id, _)| id.clone())
+                        }
                     }
                 }
             };
@@ -231,6 +266,7 @@ impl Cluster {
             };
             // A send that fails means the session is ending; its end fails these tasks over.
             let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
+            session.given += tasks.len() as u64;
             for t in tasks {
                 session.running.insert(t.task_id);
                 state.running.insert(t.task_id, (id.clone(), t));
@@ -288,10 +324,44 @@ impl Cluster {
                 s.running.remove(&status.task_id);
                 s.held.remove(&status.task_id);
             }
+            self.count_failure(&mut state, from, &status.result);
             Self::dispatch(&mut state, self.locality_wait)
         };
         (self.statuses)(status);
         self.fail(failed);
+    }
+
+    /// Counts a task's outcome against its executor; one that fails `max_failures_in_a_row`
+    /// attempts in a row (execution errors only) is excluded for the application, unless it is
+    /// the last executor taking tasks.
+    fn count_failure(
+        &self,
+        state: &mut State,
+        from: &str,
+        result: &ember_core::Result<ember_core::runtime::TaskOutput>,
+    ) {
+        let failed = match result {
+            Ok(_) => false,
+            Err(e) => e.class() == ember_core::ErrorClass::Execution && !matches!(e, Error::ExecutorLost { .. }),
+        };
+        let others = state.sessions.iter().filter(|(id, s)| id.as_str() != from && !s.excluded).count();
+        let Some(s) = state.sessions.get_mut(from) else { return };
+        if !failed {
+            s.failures_in_a_row = 0;
+            return;
+        }
+        s.failures_in_a_row += 1;
+        if self.max_failures_in_a_row > 0
+            && s.failures_in_a_row >= self.max_failures_in_a_row
+            && !s.excluded
+            && others > 0
+        {
+            s.excluded = true;
+            tracing::warn!(
+                "executor {from} failed {} tasks in a row: excluded for the application (ember.excludeOnFailure.maxFailures)",
+                s.failures_in_a_row
+            );
+        }
     }
 
     /// Tells every executor where the others' data planes are (where map outputs are announced).
@@ -315,12 +385,17 @@ impl Cluster {
         let now = Instant::now();
         let mut by_executor: BTreeMap<String, Vec<TaskLaunch>> = BTreeMap::new();
         for t in tasks {
-            let placed = t.preferred.iter().find(|p| state.sessions.contains_key(&***p)).map(|p| p.to_string());
+            let placed = t
+                .preferred
+                .iter()
+                .find(|p| state.sessions.get(&***p).is_some_and(|s| !s.excluded))
+                .map(|p| p.to_string());
             let target = placed.or_else(|| {
                 state
                     .sessions
                     .iter()
-                    .max_by_key(|(_, s)| s.slots.saturating_sub(s.running.len()))
+                    .filter(|(_, s)| !s.excluded)
+                    .max_by_key(|(_, s)| (s.slots.saturating_sub(s.running.len()), std::cmp::Reverse(s.given)))
                     .map(|(id, _)| id.clone())
             });
             match target {
@@ -340,6 +415,7 @@ impl Cluster {
             };
             let Some(session) = state.sessions.get_mut(&id) else { continue };
             let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
+            session.given += tasks.len() as u64;
             for t in tasks {
                 session.held.insert(t.task_id);
                 state.running.insert(t.task_id, (id.clone(), t));
@@ -429,6 +505,9 @@ impl Cluster {
                 slots,
                 running: HashSet::new(),
                 held: HashSet::new(),
+                failures_in_a_row: 0,
+                excluded: false,
+                given: 0,
                 last_heard: Instant::now(),
             },
         );

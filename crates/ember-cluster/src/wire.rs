@@ -64,6 +64,7 @@ pub(crate) fn launches(msg: proto::LaunchTasks) -> Result<Vec<TaskLaunch>> {
             Ok(TaskLaunch {
                 preferred: Vec::new(),
                 after,
+                speculative: false,
                 task_id: t.task_id,
                 stage: StageId(t.stage),
                 stage_attempt: t.stage_attempt,
@@ -183,6 +184,7 @@ mod tests {
         TaskLaunch {
             preferred: Vec::new(),
             after: None,
+            speculative: false,
             task_id,
             stage: StageId(3),
             stage_attempt: 1,

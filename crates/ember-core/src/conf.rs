@@ -216,6 +216,30 @@ pub const KEYS: &[ConfKey] = &[
               that scheduling stays under 10% of a group's time. Read through `Context::group_sizer`.",
     },
     ConfKey {
+        key: "ember.speculation",
+        default: "false",
+        doc: "Run a copy of a task that is much slower than its stage's others (see the quantile and \
+              multiplier); the first attempt to finish wins and the other is killed.",
+    },
+    ConfKey {
+        key: "ember.speculation.quantile",
+        default: "0.75",
+        doc: "Share of a stage's tasks that must have finished before its stragglers are copied.",
+    },
+    ConfKey {
+        key: "ember.speculation.multiplier",
+        default: "1.5",
+        doc: "A task is a straggler once it has run this many times the median time of the stage's \
+              finished tasks (and at least 100 ms).",
+    },
+    ConfKey {
+        key: "ember.excludeOnFailure.maxFailures",
+        default: "3",
+        doc: "Cluster masters: an executor on which this many task attempts fail in a row (execution \
+              errors, not input errors, fetch failures or kills) gets no more tasks for the \
+              application, unless it is the last one; 0 never excludes.",
+    },
+    ConfKey {
         key: "ember.locality.wait",
         default: "3s",
         doc: "Cluster masters: how long a task whose cached input is on busy executors waits for a slot on \
@@ -354,6 +378,14 @@ pub struct Settings {
     pub authenticate_secret: Option<SecretText>,
     /// How long a task waits for a slot on an executor holding its cached input, in milliseconds.
     pub locality_wait_ms: u64,
+    /// Failed attempts in a row that exclude a cluster executor (0: never).
+    pub exclude_after_failures: u32,
+    /// Whether slow tasks get speculative copies.
+    pub speculation: bool,
+    /// Share of a stage's tasks finished before stragglers are copied.
+    pub speculation_quantile: f64,
+    /// How many times the median a straggler has run.
+    pub speculation_multiplier: f64,
     /// Jobs per group of an iterative program.
     pub group_size: crate::scheduler::group::GroupSize,
     /// Standalone: the most cores the application takes (`None`: all that are free).
@@ -555,6 +587,24 @@ impl EmberConf {
                 crate::scheduler::group::GroupSize::parse(value)
                     .ok_or_else(|| bad("expected a positive number or auto"))?;
             }
+            "ember.speculation" if !matches!(value, "true" | "false") => {
+                return Err(bad("expected true or false"));
+            }
+            "ember.speculation.quantile" => {
+                let q: f64 = value.trim().parse().map_err(|_| bad("expected a number"))?;
+                if !(q > 0.0 && q <= 1.0) {
+                    return Err(bad("expected a share above 0 and at most 1"));
+                }
+            }
+            "ember.speculation.multiplier" => {
+                let m: f64 = value.trim().parse().map_err(|_| bad("expected a number"))?;
+                if !(m >= 1.0 && m.is_finite()) {
+                    return Err(bad("expected a number of at least 1"));
+                }
+            }
+            "ember.excludeOnFailure.maxFailures" => {
+                value.trim().parse::<u32>().map_err(|_| bad("expected a whole number"))?;
+            }
             "ember.locality.wait" => {
                 parse_duration_ms(value).ok_or_else(|| bad("expected a duration like 3s or 500ms"))?;
             }
@@ -639,6 +689,19 @@ impl EmberConf {
             network_timeout_ms: self.get("ember.network.timeout").and_then(parse_duration_ms).unwrap_or(120_000),
             authenticate_secret: self.get("ember.authenticate.secret").map(|s| SecretText(s.to_ascii_lowercase())),
             locality_wait_ms: self.get("ember.locality.wait").and_then(parse_duration_ms).unwrap_or(3000),
+            exclude_after_failures: self
+                .get("ember.excludeOnFailure.maxFailures")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(3),
+            speculation: self.get("ember.speculation") == Some("true"),
+            speculation_quantile: self
+                .get("ember.speculation.quantile")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.75),
+            speculation_multiplier: self
+                .get("ember.speculation.multiplier")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(1.5),
             group_size: self
                 .get("ember.scheduler.groupSize")
                 .and_then(crate::scheduler::group::GroupSize::parse)

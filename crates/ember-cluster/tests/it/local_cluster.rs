@@ -672,3 +672,63 @@ pub fn a_lost_chain_of_cached_partitions_is_recomputed() {
     let fetch_failures: u32 = summaries.iter().flat_map(|s| s.stages.iter()).map(|st| st.fetch_failures).max().unwrap();
     assert!(fetch_failures <= 2, "lost outputs were found one fetch failure at a time: {fetch_failures}");
 }
+
+/// How long the straggler of the speculation test sleeps.
+const STRAGGLER: Duration = Duration::from_secs(20);
+
+/// A straggler with `ember.speculation` on: the first attempt of one task sleeps; a copy on the
+/// other executor wins, the job ends in well under the straggler's time, the losing attempt is
+/// killed and its accumulator updates never count.
+pub fn a_straggler_is_overtaken_by_its_speculative_copy() {
+    let ctx =
+        context_with("local-cluster[2,1,256]", &[("ember.speculation", "true"), ("ember.speculation.quantile", "0.5")]);
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("straggler").display().to_string();
+    let seen = ctx.long_accumulator();
+    let start = Instant::now();
+    let n = ctx
+        .parallelize((0..8000u64).collect(), 8)
+        .map_with((marker, seen.clone()), |(marker, seen), x| {
+            // Only the first attempt to reach this record sleeps (it makes the marker).
+            if x == 5000 && std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok() {
+                std::thread::sleep(STRAGGLER);
+            }
+            seen.add(1);
+            x
+        })
+        .count()
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(n, 8000);
+    assert!(took < STRAGGLER / 2, "the job waited for its straggler: {took:?}");
+    assert_eq!(seen.value().unwrap(), 8000, "accumulator updates counted once");
+    let summary = ctx.last_job_summary().unwrap();
+    assert_eq!(summary.stages.iter().map(|s| s.speculative_copies).sum::<usize>(), 1, "{summary:?}");
+    assert_eq!(summary.stages.iter().map(|s| s.tasks).sum::<usize>(), 8);
+}
+
+/// An executor on which every task fails is excluded for the application after
+/// `ember.excludeOnFailure.maxFailures` failures in a row: the job still succeeds (its tasks are
+/// retried on the other executor instead of failing four times on the bad one), and later jobs
+/// run only on the good executor.
+pub fn an_executor_that_keeps_failing_tasks_is_excluded() {
+    let ctx = context("local-cluster[2,1,256]");
+    let pids: Vec<u32> = executor_pids(&ctx, 8).into_iter().collect();
+    assert_eq!(pids.len(), 2);
+    let bad = pids[0];
+    let n = ctx
+        .parallelize((0..2000u64).collect(), 40)
+        .map_with(bad, |&bad, x| {
+            if std::process::id() == bad {
+                panic!("this executor is broken");
+            }
+            x
+        })
+        .count()
+        .unwrap();
+    assert_eq!(n, 2000);
+    let after = executor_pids(&ctx, 8);
+    assert_eq!(after.len(), 1);
+    assert!(!after.contains(&bad), "the excluded executor got tasks again");
+    assert!(alive(bad), "excluded, not killed");
+}

@@ -42,5 +42,7 @@ fn main() {
         local_cluster::a_group_of_jobs_is_prescheduled_across_executors,
         local_cluster::a_prescheduled_group_survives_a_lost_executor,
         local_cluster::a_lost_chain_of_cached_partitions_is_recomputed,
+        local_cluster::a_straggler_is_overtaken_by_its_speculative_copy,
+        local_cluster::an_executor_that_keeps_failing_tasks_is_excluded,
     ]);
 }

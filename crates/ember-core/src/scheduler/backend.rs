@@ -54,6 +54,9 @@ pub struct TaskLaunch {
     /// Set for a task pre-scheduled with its group (Drizzle): it goes at once to the executor
     /// `preferred` names, which holds it until what it lists is there, then runs it.
     pub after: Option<Arc<Prerequisites>>,
+    /// A speculative copy of a slow attempt: a backend with several executors runs it on
+    /// another executor than the one running that attempt.
+    pub speculative: bool,
     /// Its code and data.
     pub body: TaskPayload,
 }
@@ -371,6 +374,7 @@ fn decode_launch(bytes: &[u8]) -> Result<TaskLaunch> {
         epoch: w.epoch,
         preferred: Vec::new(),
         after: None,
+        speculative: false,
         body: TaskPayload::Encoded(Arc::new(w.body.to_vec())),
     })
 }

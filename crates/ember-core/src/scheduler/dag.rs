@@ -30,6 +30,12 @@ pub(super) const THREAD_NAME: &str = "ember-dag-scheduler";
 /// Stages retried after fetch failures before the job is aborted.
 const MAX_STAGE_ATTEMPTS: u32 = 4;
 
+/// How often running stages are checked for stragglers (`ember.speculation`).
+const SPECULATION_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A task is never a straggler before it has run this long.
+const SPECULATION_FLOOR: Duration = Duration::from_millis(100);
+
 /// What the event loop reacts to.
 pub(super) enum Event {
     Submit(Vec<(JobId, JobSpec)>),
@@ -51,7 +57,7 @@ enum StageState {
     /// Waiting for parent stages' outputs.
     Waiting,
     /// Tasks are running.
-    Running(TaskSet),
+    Running(Box<TaskSet>),
     /// All outputs exist.
     Done,
 }
@@ -81,6 +87,8 @@ struct Stage {
     /// Pre-scheduled: the shuffles (and their map counts) of the parent stages that were running
     /// when its tasks went out; they wait on their executors for them.
     waits: Vec<(ShuffleId, usize)>,
+    /// Speculative copies launched.
+    speculated: usize,
 }
 
 /// Where a retried attempt of a task runs: near its cached input, and when its stage was
@@ -151,6 +159,8 @@ pub(super) struct State {
     /// Cached partitions that pre-scheduled tasks will compute, and where (so that later
     /// tasks of the group that read them are placed there and wait for them).
     pending_blocks: HashMap<(crate::storage::RddId, usize), Arc<str>>,
+    /// When stragglers were last looked for.
+    last_speculation: Instant,
 }
 
 impl State {
@@ -175,14 +185,18 @@ impl State {
             summaries,
             prescheduling: None,
             pending_blocks: HashMap::new(),
+            last_speculation: Instant::now(),
         }
     }
 
     pub(super) fn run(&mut self, events: Receiver<Event>) {
         loop {
-            let ev = match events.recv_timeout(Duration::from_millis(200)) {
+            let tick = if self.settings.speculation { SPECULATION_INTERVAL } else { Duration::from_millis(200) };
+            let ev = match events.recv_timeout(tick) {
                 Ok(ev) => ev,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.speculate();
+                    self.backend.flush();
                     self.render_progress();
                     continue;
                 }
@@ -201,6 +215,9 @@ impl State {
                 let message = panic_message(&*payload);
                 tracing::warn!("a user function panicked on the driver: {message}");
                 self.fail_all(&format!("a user function panicked on the driver: {message}"));
+            }
+            if self.settings.speculation && self.last_speculation.elapsed() >= SPECULATION_INTERVAL {
+                self.speculate();
             }
             // Pre-scheduled tasks gathered while handling the event go out together.
             self.backend.flush();
@@ -306,6 +323,7 @@ impl State {
                 watch: None,
                 peaks: MemoryPeaks::default(),
                 waits: Vec::new(),
+                speculated: 0,
             },
         );
         Ok(id)
@@ -364,6 +382,34 @@ impl State {
                 if st.jobs.insert(job) {
                     stack.extend(st.parents.iter().copied());
                 }
+            }
+        }
+    }
+
+    // ---- speculation ---------------------------------------------------------------------------
+
+    /// Launches a copy of every task that runs much longer than its stage's others
+    /// (`ember.speculation`): the first attempt to succeed wins, the other is killed.
+    fn speculate(&mut self) {
+        self.last_speculation = Instant::now();
+        if !self.settings.speculation {
+            return;
+        }
+        let (quantile, multiplier) = (self.settings.speculation_quantile, self.settings.speculation_multiplier);
+        let epoch = self.tracker.epoch();
+        let backend = self.backend.clone();
+        for stage in self.stages.values_mut() {
+            let StageState::Running(ts) = &mut stage.state else { continue };
+            for index in ts.stragglers(quantile, multiplier, SPECULATION_FLOOR) {
+                let partition = stage.kind.partition_of(index);
+                let attempt = stage.failures.get(&index).copied().unwrap_or(0) + 1;
+                tracing::info!("stage {} task {index}: launching a speculative copy", stage.id.0);
+                ts.speculated.insert(index);
+                let (preferred, after) =
+                    retry_placement((&stage.rdd, &stage.waits), partition, &self.env, &self.tracker);
+                ts.launch_copy(&*backend, &stage.code, (index, partition, attempt), epoch, (preferred, after));
+                stage.launched += 1;
+                stage.speculated += 1;
             }
         }
     }
@@ -581,7 +627,7 @@ impl State {
         if stage.watch.is_none() {
             stage.watch = Some(self.env.blocks.begin_watch());
         }
-        stage.state = StageState::Running(ts);
+        stage.state = StageState::Running(Box::new(ts));
     }
 
     // ---- completion --------------------------------------------------------------------------
@@ -602,6 +648,7 @@ impl State {
             self.discard(&end.result);
             return;
         };
+        let took = ts.launched_at.get(&end.task_id).map(|t| t.elapsed());
         if ts.stage_attempt != end.stage_attempt || !ts.ended(end.task_id) {
             self.discard(&end.result);
             return;
@@ -662,6 +709,13 @@ impl State {
                     StageKind::Result { job, .. } => Some((*job, output)),
                 };
                 ts.pending.remove(&end.index);
+                ts.durations.extend(took);
+                // The first attempt to succeed wins; any other (a speculative copy, or the
+                // straggler it copied) is killed and its status ignored.
+                let losers = ts.others_of(end.index);
+                if !losers.is_empty() {
+                    self.backend.kill(&losers);
+                }
                 if let Err(e) = merge_updates(end.updates) {
                     self.abort_stage(end.stage, e);
                     return;
@@ -905,6 +959,7 @@ impl State {
                         peak_storage_memory: s.peaks.storage,
                         peak_memory: s.peaks.total,
                         prescheduled: !s.waits.is_empty(),
+                        speculative_copies: s.speculated,
                     });
                 }
             }

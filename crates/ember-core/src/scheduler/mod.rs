@@ -98,6 +98,8 @@ pub struct StageSummary {
     /// Whether its tasks went out with their group before the stages they read had finished
     /// (Drizzle's pre-scheduling), waiting on their executors for those stages' outputs.
     pub prescheduled: bool,
+    /// Speculative copies of slow tasks launched (`ember.speculation`).
+    pub speculative_copies: usize,
 }
 
 /// What a finished (or failed) job did.

@@ -32,6 +32,12 @@ pub(super) struct TaskSet {
     pub(super) total: usize,
     /// Attempts launched, retries included.
     pub(super) launched: usize,
+    /// When each attempt in flight was launched.
+    pub(super) launched_at: HashMap<u64, Instant>,
+    /// How long each succeeded task took (its successful attempt).
+    pub(super) durations: Vec<std::time::Duration>,
+    /// Task indexes that got a speculative copy.
+    pub(super) speculated: BTreeSet<usize>,
 }
 
 impl TaskSet {
@@ -45,6 +51,9 @@ impl TaskSet {
             running: HashMap::new(),
             started: Instant::now(),
             launched: 0,
+            launched_at: HashMap::new(),
+            durations: Vec::new(),
+            speculated: BTreeSet::new(),
         }
     }
 
@@ -53,12 +62,38 @@ impl TaskSet {
         &mut self,
         backend: &dyn ExecutorBackend,
         code: &Code,
+        task: (usize, usize, u32),
+        epoch: u64,
+        placement: (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
+    ) {
+        self.send(backend, code, task, epoch, placement, false);
+    }
+
+    /// Launches a speculative copy of task `index`, running beside its slow attempt (away from
+    /// that attempt's executor where there are several).
+    pub(super) fn launch_copy(
+        &mut self,
+        backend: &dyn ExecutorBackend,
+        code: &Code,
+        task: (usize, usize, u32),
+        epoch: u64,
+        placement: (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
+    ) {
+        self.send(backend, code, task, epoch, placement, true);
+    }
+
+    fn send(
+        &mut self,
+        backend: &dyn ExecutorBackend,
+        code: &Code,
         (index, partition, attempt): (usize, usize, u32),
         epoch: u64,
         (preferred, after): (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
+        speculative: bool,
     ) {
         let task_id = TASK_IDS.fetch_add(1, Ordering::Relaxed);
         self.running.insert(task_id, index);
+        self.launched_at.insert(task_id, Instant::now());
         self.launched += 1;
         backend.launch(TaskLaunch {
             task_id,
@@ -70,6 +105,7 @@ impl TaskSet {
             epoch,
             preferred,
             after,
+            speculative,
             body: match code {
                 Code::Local(s) => TaskPayload::Local(s.clone()),
                 Code::Encoded(b) => TaskPayload::Encoded(b.clone()),
@@ -79,7 +115,50 @@ impl TaskSet {
 
     /// Records that an attempt ended; whether it was in flight in this task set.
     pub(super) fn ended(&mut self, task_id: u64) -> bool {
+        self.launched_at.remove(&task_id);
         self.running.remove(&task_id).is_some()
+    }
+
+    /// Forgets the other attempts in flight of task `index` (a copy won: their statuses are
+    /// ignored from now on) and returns them, for the caller to kill.
+    pub(super) fn others_of(&mut self, index: usize) -> Vec<u64> {
+        let ids: Vec<u64> = self.running.iter().filter(|&(_, &i)| i == index).map(|(&id, _)| id).collect();
+        for id in &ids {
+            self.running.remove(id);
+            self.launched_at.remove(id);
+        }
+        ids
+    }
+
+    /// Tasks that deserve a speculative copy: once `quantile` of the tasks succeeded, those
+    /// whose only attempt has run longer than `multiplier` times the median success (and at
+    /// least `floor`).
+    pub(super) fn stragglers(&self, quantile: f64, multiplier: f64, floor: std::time::Duration) -> Vec<usize> {
+        let needed = ((quantile * self.total as f64).ceil() as usize).max(1);
+        if self.durations.len() < needed || self.pending.is_empty() {
+            return Vec::new();
+        }
+        let mut sorted = self.durations.clone();
+        sorted.sort();
+        let median = sorted[sorted.len() / 2];
+        let threshold = median.mul_f64(multiplier).max(floor);
+        let mut attempts: HashMap<usize, usize> = HashMap::new();
+        for &index in self.running.values() {
+            *attempts.entry(index).or_default() += 1;
+        }
+        let mut out: Vec<usize> = self
+            .running
+            .iter()
+            .filter(|&(id, index)| {
+                attempts.get(index) == Some(&1)
+                    && self.pending.contains(index)
+                    && !self.speculated.contains(index)
+                    && self.launched_at.get(id).is_some_and(|t| t.elapsed() > threshold)
+            })
+            .map(|(_, &index)| index)
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Asks the backend to stop every attempt in flight.

@@ -4,4 +4,5 @@
 //! The submitted programs are the repository's examples (`word_count`, `running_sum`), built
 //! with the workspace (`cargo test --workspace` builds them before any test runs).
 
+mod netns;
 mod standalone;

@@ -13,7 +13,7 @@ fn ember() -> Command {
 }
 
 /// An example program built with the workspace.
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
     let path = deps.parent().unwrap().join("examples").join(name);
     assert!(
@@ -25,7 +25,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 /// A line a child prints on standard output that contains `needle`, within a minute.
-fn wait_for_line(child: &mut Child, needle: &str) -> String {
+pub(crate) fn wait_for_line(child: &mut Child, needle: &str) -> String {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     let needle = needle.to_string();
@@ -138,7 +138,7 @@ fn finish(child: Child, what: &str) -> Output {
 
 /// A corpus with known counts: word `wN` appears N times, for N in 1..=300, plus `common` on
 /// every line.
-fn corpus(dir: &Path) -> (PathBuf, BTreeMap<String, u64>) {
+pub(crate) fn corpus(dir: &Path) -> (PathBuf, BTreeMap<String, u64>) {
     let input = dir.join("corpus");
     std::fs::create_dir_all(&input).unwrap();
     let mut expected = BTreeMap::new();
@@ -156,7 +156,7 @@ fn corpus(dir: &Path) -> (PathBuf, BTreeMap<String, u64>) {
     (input, expected)
 }
 
-fn read_counts(out: &Path) -> BTreeMap<String, u64> {
+pub(crate) fn read_counts(out: &Path) -> BTreeMap<String, u64> {
     assert!(out.join("_SUCCESS").exists(), "no _SUCCESS in {}", out.display());
     let mut counts = BTreeMap::new();
     for entry in std::fs::read_dir(out).unwrap() {

@@ -732,3 +732,48 @@ pub fn an_executor_that_keeps_failing_tasks_is_excluded() {
     assert!(!after.contains(&bad), "the excluded executor got tasks again");
     assert!(alive(bad), "excluded, not killed");
 }
+
+/// A shuffle file corrupted on one executor and another deleted: the reducers that meet them
+/// report fetch failures, exactly those two map outputs are recomputed, and the answer is right.
+pub fn damaged_shuffle_files_on_executors_are_recomputed() {
+    let ctx = context_with("local-cluster[2,1,256]", &[("ember.shuffle.inMemoryThreshold", "0")]);
+    let model: Vec<(u64, u64)> = {
+        let mut sums = vec![0u64; 1000];
+        for i in 0..40_000u64 {
+            sums[(i % 1000) as usize] += i * 2;
+        }
+        sums.into_iter().enumerate().map(|(k, v)| (k as u64, v)).collect()
+    };
+    let r =
+        ctx.parallelize((0..40_000u64).map(|i| (i % 1000, i * 2)).collect(), 4).reduce_by_key(|a, b| a + b, Some(3));
+    let sorted = |mut v: Vec<(u64, u64)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(r.collect().unwrap()), model);
+    let shuffle = match &r.dependencies()[0] {
+        ember_core::Dependency::Shuffle(d) => d.shuffle_id(),
+        other => panic!("expected a shuffle dependency, got {other:?}"),
+    };
+    let statuses = ctx.map_output_tracker().statuses(shuffle);
+    let corrupt = statuses[1].clone().expect("map 1 is registered");
+    let deleted = statuses[2].clone().expect("map 2 is registered");
+    let path = corrupt.data.clone().expect("a file-backed map output");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut start = 0usize;
+    for len in corrupt.segments.sizes() {
+        if len > 0 {
+            bytes[start + len as usize / 2] ^= 0x5a;
+        }
+        start += len as usize;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::remove_file(deleted.data.clone().expect("a file-backed map output")).unwrap();
+
+    assert_eq!(sorted(r.collect().unwrap()), model, "the damaged outputs are recomputed");
+    let summary = ctx.last_job_summary().unwrap();
+    let map_stage = summary.stages.iter().find(|s| s.name.starts_with("shuffle ")).expect("the map stage ran again");
+    assert_eq!(map_stage.launched, 2, "only the two damaged maps ran again: {summary:?}");
+    let reading = summary.stages.iter().find(|s| !s.name.starts_with("shuffle ")).expect("the reading stage");
+    assert!(reading.fetch_failures > 0, "{summary:?}");
+}

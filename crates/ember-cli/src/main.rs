@@ -109,7 +109,7 @@ fn worker(args: Args) -> Result<ExitCode> {
     };
     let work_dir = match args.value("--work-dir") {
         Some(d) => std::path::PathBuf::from(d),
-        None => std::env::temp_dir().join(format!("ember-worker-{}", std::process::id())),
+        None => private_dir()?,
     };
     let options = ember_cluster::standalone::WorkerOptions {
         master,
@@ -121,6 +121,24 @@ fn worker(args: Args) -> Result<ExitCode> {
     };
     ember_cluster::standalone::run_worker(options)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new directory only this user can enter, with a name no one can guess beforehand: a worker
+/// runs the executables it keeps there.
+fn private_dir() -> Result<std::path::PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|source| CliError::Io { what: "reading /dev/urandom".into(), source })?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("ember-worker-{name}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| CliError::Io { what: format!("creating {}", dir.display()), source })?;
+    Ok(dir)
 }
 
 fn submit(args: Args) -> Result<ExitCode> {

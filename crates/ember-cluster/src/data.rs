@@ -418,7 +418,7 @@ impl Mirror {
 impl Mirror {
     /// A map output finished on this executor or another: known here from now on.
     pub(crate) fn notice(&self, status: MapStatus) {
-        let maps = self.tracker.statuses(status.shuffle).len();
+        let maps = self.tracker.map_count(status.shuffle);
         if maps > 0 {
             let _ = self.tracker.register(status, maps, u64::MAX);
         } else {
@@ -436,7 +436,7 @@ impl Mirror {
                 let _ = self.tracker.register(s, maps, u64::MAX);
             }
         }
-        if self.tracker.statuses(shuffle).len() == maps && self.tracker.missing(shuffle, maps).is_empty() {
+        if self.tracker.map_count(shuffle) == maps && self.tracker.missing(shuffle, maps).is_empty() {
             let seen = self.epoch_seen.load(Ordering::Relaxed);
             let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
             let e = fetched.entry(shuffle).or_insert(seen);
@@ -446,8 +446,9 @@ impl Mirror {
         if ask_driver {
             let due = {
                 let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
-                let last = asked.entry(shuffle).or_insert_with(|| std::time::Instant::now() - ASK_EVERY);
-                let due = last.elapsed() >= ASK_EVERY;
+                let now = std::time::Instant::now();
+                let last = asked.entry(shuffle).or_insert_with(|| now.checked_sub(ASK_EVERY).unwrap_or(now));
+                let due = last.elapsed() >= ASK_EVERY || *last == now;
                 if due {
                     *last = std::time::Instant::now();
                 }

@@ -55,6 +55,9 @@ struct State {
     queue: VecDeque<(TaskLaunch, Instant)>,
     /// Pre-scheduled tasks gathered until the scheduler flushes them.
     outbox: Vec<TaskLaunch>,
+    /// Executors the master took away (or that exited) before or after they registered: they
+    /// may not register again.
+    removed: HashSet<String>,
     /// Whether a master may grant executors later (standalone): tasks then wait for executors
     /// instead of failing when none is left, and executors the driver was not told of may
     /// register (they proved the application's secret and binary).
@@ -182,6 +185,14 @@ impl Cluster {
                 || Error::ExecutorLost { executor: "all".into(), reason: "no executor is left to run tasks".into() };
             failed.extend(state.queue.drain(..).map(|(t, _)| (t, e())));
             return failed;
+        }
+        if !state.sessions.is_empty() && state.sessions.values().all(|s| s.excluded) {
+            // The executors that were not excluded are gone: the excluded ones are all there is.
+            tracing::warn!("every executor left was excluded for failures: they take tasks again");
+            for s in state.sessions.values_mut() {
+                s.excluded = false;
+                s.failures_in_a_row = 0;
+            }
         }
         let mut free: BTreeMap<String, usize> = state
             .sessions
@@ -347,7 +358,11 @@ impl Cluster {
         let others = state.sessions.iter().filter(|(id, s)| id.as_str() != from && !s.excluded).count();
         let Some(s) = state.sessions.get_mut(from) else { return };
         if !failed {
-            s.failures_in_a_row = 0;
+            // Only a success ends a run of failures (kills, fetch failures and input errors
+            // say nothing about the executor).
+            if result.is_ok() {
+                s.failures_in_a_row = 0;
+            }
             return;
         }
         s.failures_in_a_row += 1;
@@ -413,7 +428,11 @@ impl Cluster {
                     continue;
                 }
             };
-            let Some(session) = state.sessions.get_mut(&id) else { continue };
+            let Some(session) = state.sessions.get_mut(&id) else {
+                // Chosen under this lock, so present; were it not, the tasks wait in the queue.
+                state.queue.extend(tasks.into_iter().map(|t| (t, now)));
+                continue;
+            };
             let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
             session.given += tasks.len() as u64;
             for t in tasks {
@@ -484,7 +503,8 @@ impl Cluster {
             return refuse(&mut state, reason);
         }
         let known = state.expected.remove(&r.executor_id);
-        if !(known || state.elastic) || state.sessions.contains_key(&r.executor_id) {
+        let removed = state.removed.contains(&r.executor_id);
+        if !(known || state.elastic) || removed || state.sessions.contains_key(&r.executor_id) {
             let reason =
                 format!("the driver did not start an executor named `{}`, or it already registered", r.executor_id);
             return refuse(&mut state, reason);
@@ -537,6 +557,7 @@ impl Cluster {
         let failed = {
             let mut state = self.state();
             state.expected.remove(id);
+            state.removed.insert(id.to_string());
             Self::dispatch(&mut state, self.locality_wait)
         };
         self.changed.notify_all();
@@ -683,7 +704,8 @@ impl ExecutorBackend for RemoteBackend {
     }
 
     fn executors(&self) -> Vec<Arc<str>> {
-        self.cluster.state().sessions.keys().map(|id| Arc::from(id.as_str())).collect()
+        let state = self.cluster.state();
+        state.sessions.iter().filter(|(_, s)| !s.excluded).map(|(id, _)| Arc::from(id.as_str())).collect()
     }
 
     fn flush(&self) {

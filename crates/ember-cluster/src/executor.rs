@@ -100,8 +100,11 @@ pub(crate) fn run_from_env() -> i32 {
             return 2;
         }
     };
-    let (executor, outcome) = runtime.block_on(serve(config));
-    // Slot threads are joined outside the runtime (stopping blocks).
+    let (executor, hold_thread, outcome) = runtime.block_on(serve(config));
+    // Threads are joined outside the runtime (stopping blocks).
+    if let Some(t) = hold_thread {
+        let _ = t.join();
+    }
     if let Some(executor) = executor {
         executor.stop();
     }
@@ -123,13 +126,17 @@ pub(crate) fn run_from_env() -> i32 {
 
 /// Registers and serves tasks until the session ends. Returns the executor (if it started) so
 /// that the caller stops it outside the runtime.
-async fn serve(config: Config) -> (Option<Arc<Executor>>, Result<()>) {
-    let mut executor = None;
-    let outcome = session(config, &mut executor).await;
-    (executor, outcome)
+async fn serve(config: Config) -> (Option<Arc<Executor>>, Option<std::thread::JoinHandle<()>>, Result<()>) {
+    let (mut executor, mut hold_thread) = (None, None);
+    let outcome = session(config, &mut executor, &mut hold_thread).await;
+    (executor, hold_thread, outcome)
 }
 
-async fn session(config: Config, executor: &mut Option<Arc<Executor>>) -> Result<()> {
+async fn session(
+    config: Config,
+    executor: &mut Option<Arc<Executor>>,
+    hold_thread: &mut Option<std::thread::JoinHandle<()>>,
+) -> Result<()> {
     let binary = *auth::binary_sha256()?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.driver))
         .map_err(|e| ClusterError::Environment(format!("driver address `{}`: {e}", config.driver)))?
@@ -260,13 +267,13 @@ async fn session(config: Config, executor: &mut Option<Arc<Executor>>) -> Result
             holder.wake();
         }));
     }
-    let hold_thread = {
+    *hold_thread = Some({
         let (holder, executor, mirror, running) = (holder.clone(), started.clone(), mirror.clone(), running.clone());
         std::thread::Builder::new()
             .name("ember-hold".into())
             .spawn(move || crate::hold::run(holder, wakes, executor, mirror, running))
             .map_err(|source| ClusterError::Io { path: "the executor's hold thread".into(), source })?
-    };
+    });
     let executor = executor.insert(started);
     let heartbeat = {
         let (tx, running) = (tx.clone(), running.clone());
@@ -348,8 +355,8 @@ async fn session(config: Config, executor: &mut Option<Arc<Executor>>) -> Result
         }
     };
     heartbeat.abort();
+    // Its thread is joined outside the runtime.
     holder.stop();
-    let _ = hold_thread.join();
     outcome
 }
 

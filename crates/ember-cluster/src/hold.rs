@@ -74,16 +74,34 @@ impl Holder {
     /// The tasks ready to run, in the order they arrived. `pending` is every task launched here
     /// and not yet reported (held ones included).
     fn ready(&self, env: &Env, mirror: &Mirror, pending: &HashSet<u64>) -> Vec<TaskLaunch> {
+        // Checked without the lock (asking the driver takes a round trip): tasks arriving or
+        // killed meanwhile wait for the next check.
+        let taken: Vec<(u64, Arc<Prerequisites>, Instant)> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|h| (h.task.task_id, h.after.clone(), h.since))
+            .collect();
+        let mut ready = HashSet::new();
+        for (id, after, since) in taken {
+            let late = since.elapsed() >= ANNOUNCEMENT_GRACE;
+            let shuffles = after.shuffles.iter().all(|&(s, maps)| mirror.complete(s, maps, late));
+            let blocks = shuffles
+                && (after.blocks.iter().all(|&(rdd, split)| env.blocks.contains(rdd, split))
+                    || !pending.iter().any(|&p| p < id));
+            if shuffles && blocks {
+                ready.insert(id);
+            }
+        }
+        if ready.is_empty() {
+            return Vec::new();
+        }
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(held.len());
         for h in std::mem::take(&mut *held) {
-            let late = h.since.elapsed() >= ANNOUNCEMENT_GRACE;
-            let shuffles = h.after.shuffles.iter().all(|&(s, maps)| mirror.complete(s, maps, late));
-            let blocks = shuffles
-                && (h.after.blocks.iter().all(|&(rdd, split)| env.blocks.contains(rdd, split))
-                    || !pending.iter().any(|&id| id < h.task.task_id));
-            if shuffles && blocks {
+            if ready.contains(&h.task.task_id) {
                 out.push(h.task);
             } else {
                 kept.push_back(h);

@@ -145,7 +145,7 @@ fn a_standalone_cluster_runs_across_network_namespaces() {
 }
 
 fn app_dirs(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
+    std::fs::read_dir(dir.join("apps"))
         .map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("app-"))).count())
         .unwrap_or(0)
 }

@@ -101,17 +101,18 @@ impl Standalone {
 
     /// Application directories the workers made (one per application that got an executor).
     fn apps_seen(&self) -> std::collections::BTreeSet<String> {
-        let mut apps = std::collections::BTreeSet::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let worker = entry.unwrap().path();
-            for app in std::fs::read_dir(&worker).into_iter().flatten() {
-                let name = app.unwrap().file_name().to_string_lossy().to_string();
-                if name.starts_with("app-") {
-                    apps.insert(name);
-                }
-            }
-        }
-        apps
+        (1..=self.workers.len()).flat_map(|w| self.apps_on(w)).collect()
+    }
+
+    /// The applications worker `n` (from 1) started executors of.
+    fn apps_on(&self, n: usize) -> std::collections::BTreeSet<String> {
+        let dir = self.dir.path().join(format!("worker-{n}")).join("apps");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|name| name.starts_with("app-"))
+            .collect()
     }
 }
 
@@ -234,12 +235,18 @@ fn a_worker_killed_while_two_applications_run() {
         std::thread::sleep(Duration::from_millis(50));
     };
     cluster.add_worker(2);
-    assert!(status.contains("worker-1-"), "{status}");
+    assert_eq!(status.matches("executor-0").count(), 2, "each application holds one executor:\n{status}");
     // Let both make progress, then kill the first worker (and with it its executors).
     std::thread::sleep(Duration::from_millis(700));
     let victim = &mut cluster.workers[0];
     unsafe_kill(victim.id());
     let _ = victim.wait();
+    let running = cluster.status();
+    assert_eq!(
+        running.matches("RUNNING").count() + running.matches("WAITING").count(),
+        2,
+        "both still run:\n{running}"
+    );
     for (child, name) in [(rs_a, "a"), (rs_b, "b")] {
         let out = finish(child, name);
         let printed = String::from_utf8_lossy(&out.stdout);
@@ -247,6 +254,8 @@ fn a_worker_killed_while_two_applications_run() {
     }
     let status = cluster.status();
     assert!(status.contains("2 workers"), "the killed worker is gone:\n{status}");
+    // The application that lost its executor with the worker got another on the third.
+    assert_eq!(cluster.apps_on(3).len(), 1, "the spare worker took over the lost executor");
 }
 
 /// SIGKILL, as `kill -9` does.

@@ -35,12 +35,11 @@ pub(crate) fn start_standalone(start: ClusterStart, address: &str) -> Result<Clu
             settings.driver_host
         )));
     }
+    // The cluster's secret authenticates the application to the master only; its executors get
+    // a secret of the application's own, so that no executor (no user code) ever holds the
+    // cluster's.
     let cluster_secret = settings.authenticate_secret.as_ref().map(|s| Secret::from_hex(&s.0)).transpose()?;
-    // With a cluster secret the application uses it; otherwise it makes its own.
-    let secret = match &cluster_secret {
-        Some(s) => s.clone(),
-        None => Secret::generate()?,
-    };
+    let secret = Secret::generate()?;
     let binary = *auth::binary_sha256()?;
     let cluster =
         Cluster::new(start.app_id.clone(), binary, settings, (start.statuses, start.tracker, start.driver_env))?;

@@ -23,6 +23,9 @@ use crate::proto::{
     master_to_worker::Kind as ToWorker, worker_message::Kind as FromWorker,
 };
 
+/// The most cores a worker may offer.
+const MAX_WORKER_CORES: u32 = 1 << 16;
+
 /// How often workers send heartbeats.
 pub(crate) const WORKER_HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -139,10 +142,12 @@ impl State {
 
     /// Gives waiting applications executors on workers with free cores and memory.
     fn schedule(&mut self, scheduling: Scheduling) {
-        let total: u32 = self.workers.values().map(|w| w.cores).sum();
-        let share = match self.apps.len() {
+        let total: u64 = self.workers.values().map(|w| u64::from(w.cores)).sum();
+        // Applications stopping their executors take no share.
+        let sharing = self.apps.iter().filter(|a| !a.finishing).count() as u64;
+        let share = match sharing {
             0 => 0,
-            n => total.div_ceil(u32::try_from(n).unwrap_or(u32::MAX)),
+            n => u32::try_from(total.div_ceil(n)).unwrap_or(u32::MAX),
         };
         for i in 0..self.apps.len() {
             loop {
@@ -170,8 +175,8 @@ impl State {
                                 .iter()
                                 .any(|((a, _), e)| a == &app.id && &e.worker == *wid && !e.stopping)
                     })
-                    .max_by_key(|(_, w)| w.cores - w.cores_used)
-                    .map(|(wid, w)| (wid.clone(), w.cores - w.cores_used));
+                    .max_by_key(|(_, w)| w.cores.saturating_sub(w.cores_used))
+                    .map(|(wid, w)| (wid.clone(), w.cores.saturating_sub(w.cores_used)));
                 let Some((worker_id, free)) = candidate else { break };
                 let cores = app.executor_cores.unwrap_or_else(|| free.min(want));
                 let app = &mut self.apps[i];
@@ -221,7 +226,13 @@ impl State {
         if self.executors.values().any(|e| e.stopping) {
             return; // wait for the one being reclaimed to exit
         }
-        if !self.apps.iter().any(|a| self.app_cores(&a.id) == 0) {
+        // Only for an application that waits and that a worker of this cluster could host.
+        let fits = |a: &AppInfo| {
+            self.workers
+                .values()
+                .any(|w| w.memory_mib >= a.executor_memory_mib && w.cores >= a.executor_cores.unwrap_or(1))
+        };
+        if !self.apps.iter().any(|a| !a.finishing && self.app_cores(&a.id) == 0 && fits(a)) {
             return;
         }
         let over = self
@@ -445,7 +456,7 @@ impl proto::master_server::Master for MasterService {
         let Some(proto::WorkerMessage { kind: Some(FromWorker::Register(r)) }) = inbound.message().await? else {
             return Err(Status::invalid_argument("a worker session starts with RegisterWorker"));
         };
-        if r.cores == 0 || r.memory_mib == 0 || r.host.trim().is_empty() {
+        if r.cores == 0 || r.cores > MAX_WORKER_CORES || r.memory_mib == 0 || r.host.trim().is_empty() {
             tracing::warn!("refused a worker from {peer}: it offers no cores, no memory or no host");
             return Err(Status::invalid_argument("a worker needs a host, at least one core and one MiB"));
         }
@@ -574,7 +585,7 @@ impl proto::master_server::Master for MasterService {
                             app.finishing = true;
                         }
                     }
-                    Ok(Some(other)) => break format!("it sent an unexpected message: {other:?}"),
+                    Ok(Some(_)) => break "it sent an unexpected message".to_string(),
                     Ok(None) => break "it finished".to_string(),
                     Err(e) => break format!("its connection failed: {}", e.message()),
                 }

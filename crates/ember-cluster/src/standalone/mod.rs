@@ -44,8 +44,8 @@ pub fn cluster_status(address: &str, secret: Option<&str>) -> Result<ClusterStat
 pub fn format_status(address: &str, status: &ClusterStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let cores: u32 = status.workers.iter().map(|w| w.cores).sum();
-    let used: u32 = status.workers.iter().map(|w| w.cores_used).sum();
+    let cores: u64 = status.workers.iter().map(|w| u64::from(w.cores)).sum();
+    let used: u64 = status.workers.iter().map(|w| u64::from(w.cores_used)).sum();
     let _ = writeln!(
         out,
         "master ember://{address} ({} scheduling): {} workers, {used}/{cores} cores in use",

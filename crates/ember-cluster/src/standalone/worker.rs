@@ -115,7 +115,7 @@ async fn session(
         client.worker_session(tokio_stream::wrappers::UnboundedReceiverStream::new(to_master_rx)).await?.into_inner();
     let worker_id = match inbound.message().await? {
         Some(proto::MasterToWorker { kind: Some(FromMaster::Registered(r)) }) => r.worker_id,
-        other => return Err(ClusterError::Protocol(format!("expected WorkerRegistered, got {other:?}"))),
+        _ => return Err(ClusterError::Protocol("the master did not answer with WorkerRegistered".into())),
     };
     tracing::info!("worker {worker_id} registered with ember://{}", options.master);
     println!("ember worker {worker_id} registered with ember://{}", options.master);
@@ -155,9 +155,7 @@ async fn session(
             Ok(Some(proto::MasterToWorker { kind: Some(FromMaster::Kill(k)) })) => {
                 let _ = commands.send(Order::Kill { app_id: k.app_id, executor_id: k.executor_id });
             }
-            Ok(Some(other)) => {
-                break Err(ClusterError::Protocol(format!("unexpected message from the master: {other:?}")));
-            }
+            Ok(Some(_)) => break Err(ClusterError::Protocol("an unexpected message from the master".into())),
             Ok(None) => break Err(ClusterError::Transport("the master ended the session".into())),
             Err(e) => break Err(ClusterError::Transport(format!("the master's session failed: {}", e.message()))),
         }
@@ -185,7 +183,21 @@ impl Binaries {
         let lock = self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone();
         let _held = lock.lock().await;
         if path.exists() {
-            return Ok(path);
+            // Checked again before every use: the file is executed.
+            let again = path.clone();
+            let digest = tokio::task::spawn_blocking(move || sha256_of(&again))
+                .await
+                .map_err(|e| ClusterError::Protocol(format!("hashing a cached executable: {e}")))?;
+            match digest {
+                Ok(d) if d.as_slice() == hash => return Ok(path),
+                _ => {
+                    tracing::warn!(
+                        "the cached executable {} does not match its hash: fetching it again",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{driver}"))
             .map_err(|e| ClusterError::Protocol(format!("driver address `{driver}`: {e}")))?
@@ -240,7 +252,7 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
         }
     }
     let exe = binaries.get(&l.binary_sha256, &l.driver, &secret).await?;
-    let dir = options.work_dir.join(&l.app_id).join(&l.executor_id);
+    let dir = options.work_dir.join("apps").join(&l.app_id).join(&l.executor_id);
     std::fs::create_dir_all(dir.join("local"))
         .map_err(|source| ClusterError::Io { path: dir.display().to_string(), source })?;
     let log = |name: &str| {
@@ -267,8 +279,13 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
 /// The launcher thread: starts and stops executors, and reports those that exit.
 fn launch_loop(commands: &std::sync::mpsc::Receiver<Order>, to_master: &ToMasterTx, work_dir: &Path) {
     let mut children: HashMap<(String, String), Child> = HashMap::new();
+    // Executors killed before they started (their executable was still being fetched).
+    let mut killed: std::collections::HashSet<(String, String)> = Default::default();
     loop {
         match commands.recv_timeout(Duration::from_millis(100)) {
+            Ok(Order::Start { app_id, executor_id, .. }) if killed.remove(&(app_id.clone(), executor_id.clone())) => {
+                let _ = to_master.send(exited(&app_id, &executor_id, "it was stopped before it started".into()));
+            }
             Ok(Order::Start { app_id, executor_id, mut command }) => match spawn_retrying(&mut command) {
                 Ok(child) => {
                     tracing::info!("started {app_id} executor {executor_id} (pid {})", child.id());
@@ -278,11 +295,14 @@ fn launch_loop(commands: &std::sync::mpsc::Receiver<Order>, to_master: &ToMaster
                     let _ = to_master.send(exited(&app_id, &executor_id, format!("it could not start: {e}")));
                 }
             },
-            Ok(Order::Kill { app_id, executor_id }) => {
-                if let Some(child) = children.get_mut(&(app_id, executor_id)) {
+            Ok(Order::Kill { app_id, executor_id }) => match children.get_mut(&(app_id.clone(), executor_id.clone())) {
+                Some(child) => {
                     let _ = child.kill();
                 }
-            }
+                None => {
+                    killed.insert((app_id, executor_id));
+                }
+            },
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -294,7 +314,7 @@ fn launch_loop(commands: &std::sync::mpsc::Receiver<Order>, to_master: &ToMaster
         }
         for (app_id, executor_id, status) in ended {
             children.remove(&(app_id.clone(), executor_id.clone()));
-            let _ = std::fs::remove_dir_all(work_dir.join(&app_id).join(&executor_id).join("local"));
+            let _ = std::fs::remove_dir_all(work_dir.join("apps").join(&app_id).join(&executor_id).join("local"));
             let _ = to_master.send(exited(&app_id, &executor_id, format!("it exited ({status})")));
         }
     }
@@ -317,4 +337,20 @@ fn spawn_retrying(command: &mut Command) -> std::io::Result<Child> {
             other => return other,
         }
     }
+}
+
+/// The SHA-256 of a file's contents.
+fn sha256_of(path: &Path) -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
 }

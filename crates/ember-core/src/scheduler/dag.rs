@@ -195,6 +195,7 @@ impl State {
             let ev = match events.recv_timeout(tick) {
                 Ok(ev) => ev,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.revive_awaited_shuffles();
                     self.speculate();
                     self.backend.flush();
                     self.render_progress();
@@ -219,6 +220,7 @@ impl State {
             if self.settings.speculation && self.last_speculation.elapsed() >= SPECULATION_INTERVAL {
                 self.speculate();
             }
+            self.revive_awaited_shuffles();
             // Pre-scheduled tasks gathered while handling the event go out together.
             self.backend.flush();
             if self.jobs.is_empty() {
@@ -386,6 +388,34 @@ impl State {
         }
     }
 
+    /// Pre-scheduled stages wait on their executors for their parents' shuffles. A parent that
+    /// stopped running with outputs missing (lost with an executor after its tasks succeeded)
+    /// runs its missing maps again; nothing else would, and those stages would wait forever.
+    fn revive_awaited_shuffles(&mut self) {
+        let mut revive = Vec::new();
+        for s in self.stages.values() {
+            if s.waits.is_empty() || !matches!(s.state, StageState::Running(_)) {
+                continue;
+            }
+            for &(sid, maps) in &s.waits {
+                let Some(p) = self.shuffle_stages.get(&sid).and_then(|p| self.stages.get(p)) else { continue };
+                let idle = !matches!(p.state, StageState::Running(_) | StageState::Waiting);
+                if idle && !self.tracker.missing(sid, maps).is_empty() {
+                    revive.push(p.id);
+                }
+            }
+        }
+        revive.sort_unstable();
+        revive.dedup();
+        for p in revive {
+            if let Some(ps) = self.stages.get_mut(&p) {
+                tracing::info!("stage {} ({}): map outputs were lost; running them again", p.0, ps.name);
+                ps.state = StageState::New;
+            }
+            self.submit_stage(p);
+        }
+    }
+
     // ---- speculation ---------------------------------------------------------------------------
 
     /// Launches a copy of every task that runs much longer than its stage's others
@@ -398,8 +428,14 @@ impl State {
         let (quantile, multiplier) = (self.settings.speculation_quantile, self.settings.speculation_multiplier);
         let epoch = self.tracker.epoch();
         let backend = self.backend.clone();
+        let slots = backend.slots();
         for stage in self.stages.values_mut() {
             let StageState::Running(ts) = &mut stage.state else { continue };
+            // Only a stage's tail: while it has more attempts than there are slots, some wait for
+            // one, and their time since launch says nothing about their speed.
+            if ts.running.len() > slots || !stage.waits.is_empty() {
+                continue;
+            }
             for index in ts.stragglers(quantile, multiplier, SPECULATION_FLOOR) {
                 let partition = stage.kind.partition_of(index);
                 let attempt = stage.failures.get(&index).copied().unwrap_or(0) + 1;
@@ -709,7 +745,10 @@ impl State {
                     StageKind::Result { job, .. } => Some((*job, output)),
                 };
                 ts.pending.remove(&end.index);
-                ts.durations.extend(took);
+                // What the task itself took (its executor measured it); the launch-to-status time
+                // when it did not say.
+                let ran = std::time::Duration::from_micros(end.metrics.run_micros);
+                ts.durations.extend(if end.metrics.run_micros > 0 { Some(ran) } else { took });
                 // The first attempt to succeed wins; any other (a speculative copy, or the
                 // straggler it copied) is killed and its status ignored.
                 let losers = ts.others_of(end.index);

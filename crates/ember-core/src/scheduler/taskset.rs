@@ -141,7 +141,9 @@ impl TaskSet {
         let mut sorted = self.durations.clone();
         sorted.sort();
         let median = sorted[sorted.len() / 2];
-        let threshold = median.mul_f64(multiplier).max(floor);
+        let scaled = std::time::Duration::try_from_secs_f64(median.as_secs_f64() * multiplier)
+            .unwrap_or(std::time::Duration::MAX);
+        let threshold = scaled.max(floor);
         let mut attempts: HashMap<usize, usize> = HashMap::new();
         for &index in self.running.values() {
             *attempts.entry(index).or_default() += 1;

@@ -204,6 +204,11 @@ impl MapOutputTracker {
         gone
     }
 
+    /// How many map tasks a known shuffle has (0 for an unknown one).
+    pub fn map_count(&self, shuffle: ShuffleId) -> usize {
+        self.read().shuffles.get(&shuffle).map_or(0, |v| v.len())
+    }
+
     /// Map partitions of a shuffle with `maps` map tasks whose output is missing.
     pub fn missing(&self, shuffle: ShuffleId, maps: usize) -> Vec<usize> {
         match self.read().shuffles.get(&shuffle) {

@@ -619,10 +619,16 @@ fn running_sum_group(ctx: &Context, (iters, group): (usize, usize), victim: u32)
 /// executors announce; every job's result is exact. A lone job is scheduled stage by stage.
 pub fn a_group_of_jobs_is_prescheduled_across_executors() {
     let ctx = context("local-cluster[2,1,256]");
-    let results = running_sum_group(&ctx, (8, 8), 0);
-    assert_eq!(results, running_sum_model(4000, 4, 8));
+    let start = Instant::now();
+    let results = running_sum_group(&ctx, (12, 2), 0);
+    let took = start.elapsed();
+    assert_eq!(results, running_sum_model(4000, 4, 12));
+    // Reducers start on the map outputs the other executor announces. Were the announcements
+    // lost, every group would wait 300 ms before its executors ask the driver: six groups could
+    // not end within 1.2 s (they take about 0.3 s).
+    assert!(took < Duration::from_millis(1200), "reducers waited for the driver: {took:?}");
     let summaries = ctx.job_summaries();
-    let group = &summaries[summaries.len() - 8..];
+    let group = &summaries[summaries.len() - 12..];
     for s in group {
         assert!(s.succeeded);
         let reducers = s.stages.iter().filter(|st| st.name.contains("map")).count();

@@ -61,6 +61,8 @@ pub(crate) struct BlockService {
     pub(crate) env: Arc<OnceLock<Arc<Env>>>,
     /// Takes the map outputs other executors announce (with a small output's segments).
     pub(crate) notices: Arc<OnceLock<Arc<dyn Fn(MapStatus, Vec<(Vec<u8>, bool)>) + Send + Sync>>>,
+    /// Tells the driver about cached partitions gained (a replica kept here).
+    pub(crate) blocks_changed: Arc<OnceLock<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::SegmentChunk, Status>> + Send>>;
@@ -68,6 +70,24 @@ type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<p
 #[tonic::async_trait]
 impl proto::block_transfer_server::BlockTransfer for BlockService {
     type FetchSegmentsStream = ChunkStream;
+
+    async fn put_replica(
+        &self,
+        request: Request<proto::Replica>,
+    ) -> std::result::Result<Response<proto::NoticeReply>, Status> {
+        let env = self.env.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
+        let r = request.into_inner();
+        let split = usize::try_from(r.split).map_err(|_| Status::invalid_argument("split out of range"))?;
+        let rdd = ember_core::storage::RddId(r.rdd);
+        tokio::task::spawn_blocking(move || env.blocks.put_replica(rdd, split, &r.data, r.size, r.records))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(changed) = self.blocks_changed.get() {
+            changed();
+        }
+        Ok(Response::new(proto::NoticeReply {}))
+    }
 
     async fn map_output_ready(
         &self,
@@ -219,6 +239,20 @@ impl Fetcher {
             out.extend_from_slice(data);
         }
         Some(segments)
+    }
+
+    /// Sends a copy of a cached partition to executor `peer`, without waiting.
+    pub(crate) fn replicate(&self, peer: &str, replica: proto::Replica) {
+        let Ok(mut client) = self.client(peer) else {
+            tracing::warn!("no second copy of a partition: executor {peer} is unknown");
+            return;
+        };
+        let peer = peer.to_string();
+        self.handle.spawn(async move {
+            if let Err(e) = client.put_replica(replica).await {
+                tracing::warn!("executor {peer} did not keep a copy of a partition: {}", e.message());
+            }
+        });
     }
 
     /// Announces a finished map output to `peers` (executor ids), without waiting; a small

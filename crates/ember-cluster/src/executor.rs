@@ -153,6 +153,8 @@ async fn session(
     let env_cell = Arc::new(std::sync::OnceLock::new());
     let notices_cell: Arc<std::sync::OnceLock<Arc<dyn Fn(MapStatus, Vec<(Vec<u8>, bool)>) + Send + Sync>>> =
         Arc::new(std::sync::OnceLock::new());
+    let blocks_changed_cell: Arc<std::sync::OnceLock<Arc<dyn Fn() + Send + Sync>>> =
+        Arc::new(std::sync::OnceLock::new());
     let listener = tokio::net::TcpListener::bind((config.host, 0))
         .await
         .map_err(|source| ClusterError::Io { path: format!("{} (the executor's data plane)", config.host), source })?;
@@ -162,6 +164,7 @@ async fn session(
         proto::block_transfer_server::BlockTransferServer::new(BlockService {
             env: env_cell.clone(),
             notices: notices_cell.clone(),
+            blocks_changed: blocks_changed_cell.clone(),
         })
         .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
@@ -231,18 +234,7 @@ async fn session(
             running.lock().unwrap_or_else(|p| p.into_inner()).remove(&status.task_id);
             // Where the task's cached partitions are, before the status that makes them useful.
             if let Some(env) = env_cell.get() {
-                let (added, removed) = env.blocks.take_location_changes();
-                if !added.is_empty() || !removed.is_empty() {
-                    let block = |(rdd, split): (ember_core::storage::RddId, usize)| proto::RddBlock {
-                        rdd: rdd.0,
-                        split: split as u64,
-                    };
-                    let update = proto::BlockUpdate {
-                        added: added.into_iter().map(block).collect(),
-                        removed: removed.into_iter().map(block).collect(),
-                    };
-                    let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Blocks(update)) });
-                }
+                report_blocks(env, &tx);
             }
             let batch = proto::StatusBatch { statuses: vec![wire::status_message(status)] };
             let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Statuses(batch)) });
@@ -261,6 +253,21 @@ async fn session(
         let (mirror, holder) = (mirror.clone(), holder.clone());
         let fetcher = fetcher.clone();
         fetcher.set_push_cap(started.env().blocks.budget() / 16);
+        let (env, tx) = (started.env().clone(), tx.clone());
+        let _ = blocks_changed_cell.set(Arc::new(move || report_blocks(&env, &tx)));
+        // Copies of partitions cached at replicated levels go to another executor, the same for
+        // a partition whoever computes it.
+        let (peers, replicas, me) = (peers.clone(), fetcher.clone(), config.id.clone());
+        started.env().blocks.set_replicator(Arc::new(move |rdd, split, data, size, records| {
+            let peers = peers.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let others: Vec<&String> = peers.iter().filter(|p| **p != me).collect();
+            if others.is_empty() {
+                return;
+            }
+            let pick = (rdd.0 as usize).wrapping_mul(31).wrapping_add(split) % others.len();
+            let replica = proto::Replica { rdd: rdd.0, split: split as u64, data, size, records };
+            replicas.replicate(others[pick], replica);
+        }));
         let _ = notices_cell.set(Arc::new(move |status: MapStatus, segments: Vec<(Vec<u8>, bool)>| {
             fetcher.keep_pushed(&status, segments);
             mirror.notice(status);
@@ -383,4 +390,18 @@ fn small_output(env: &ember_core::env::Env, m: &MapStatus) -> Vec<(Vec<u8>, bool
         reduce += 1;
     }
     out
+}
+
+/// Sends the driver the cached partitions this executor gained and lost since the last report.
+fn report_blocks(env: &ember_core::env::Env, tx: &mpsc::UnboundedSender<proto::ExecutorMessage>) {
+    let (added, removed) = env.blocks.take_location_changes();
+    if added.is_empty() && removed.is_empty() {
+        return;
+    }
+    let block = |(rdd, split): (ember_core::storage::RddId, usize)| proto::RddBlock { rdd: rdd.0, split: split as u64 };
+    let update = proto::BlockUpdate {
+        added: added.into_iter().map(block).collect(),
+        removed: removed.into_iter().map(block).collect(),
+    };
+    let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Blocks(update)) });
 }

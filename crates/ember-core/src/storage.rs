@@ -40,22 +40,57 @@ pub enum StorageLevel {
     MemoryAndDiskSer,
     /// On local disk only.
     DiskOnly,
+    /// [`MemoryOnly`](Self::MemoryOnly), and a copy on a second executor (on its disk).
+    MemoryOnly2,
+    /// [`MemoryOnlySer`](Self::MemoryOnlySer), and a copy on a second executor.
+    MemoryOnlySer2,
+    /// [`MemoryAndDisk`](Self::MemoryAndDisk), and a copy on a second executor.
+    MemoryAndDisk2,
+    /// [`MemoryAndDiskSer`](Self::MemoryAndDiskSer), and a copy on a second executor.
+    MemoryAndDiskSer2,
+    /// [`DiskOnly`](Self::DiskOnly), and a copy on a second executor.
+    DiskOnly2,
 }
 
 impl StorageLevel {
+    /// The level without its replication: how the first copy is kept.
+    pub fn base(self) -> StorageLevel {
+        match self {
+            StorageLevel::MemoryOnly2 => StorageLevel::MemoryOnly,
+            StorageLevel::MemoryOnlySer2 => StorageLevel::MemoryOnlySer,
+            StorageLevel::MemoryAndDisk2 => StorageLevel::MemoryAndDisk,
+            StorageLevel::MemoryAndDiskSer2 => StorageLevel::MemoryAndDiskSer,
+            StorageLevel::DiskOnly2 => StorageLevel::DiskOnly,
+            other => other,
+        }
+    }
+    /// How many executors keep a copy of each partition (Spark's `_2` levels keep two: a
+    /// partition survives the loss of one executor without recomputation). A cluster keeps the
+    /// second copy on another executor's disk; in local mode there is one copy.
+    pub fn replication(self) -> usize {
+        match self {
+            StorageLevel::None => 0,
+            l if l != l.base() => 2,
+            _ => 1,
+        }
+    }
     /// Whether the level keeps data in memory.
     pub fn use_memory(self) -> bool {
-        !matches!(self, StorageLevel::None | StorageLevel::DiskOnly)
+        !matches!(self.base(), StorageLevel::None | StorageLevel::DiskOnly)
     }
     /// Whether the level may keep data on disk.
     pub fn use_disk(self) -> bool {
-        matches!(self, StorageLevel::MemoryAndDisk | StorageLevel::MemoryAndDiskSer | StorageLevel::DiskOnly)
+        matches!(self.base(), StorageLevel::MemoryAndDisk | StorageLevel::MemoryAndDiskSer | StorageLevel::DiskOnly)
     }
     /// Whether in-memory data is kept as objects rather than bytes.
     pub fn deserialized(self) -> bool {
-        matches!(self, StorageLevel::MemoryOnly | StorageLevel::MemoryAndDisk)
+        matches!(self.base(), StorageLevel::MemoryOnly | StorageLevel::MemoryAndDisk)
     }
 }
+
+/// Sends a copy of a cached partition to another executor: the partition (RDD and split) and
+/// its block file's bytes, size and record count.
+pub type Replicator = Arc<dyn Fn(RddId, usize, Vec<u8>, u64, u64) + Send + Sync>;
 
 /// Identifies an RDD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -208,6 +243,8 @@ pub struct StorageStatus {
 
 /// Keeps cached blocks and accounts the memory budget of one executor.
 pub struct BlockManager {
+    /// Where copies of partitions of replicated levels go (a cluster executor's peers).
+    replicator: std::sync::OnceLock<Replicator>,
     budget: u64,
     storage_floor: u64,
     slots: u64,
@@ -390,6 +427,7 @@ impl<T> Iterator for PassThrough<'_, T> {
 impl BlockManager {
     pub(crate) fn new(budget: u64, storage_fraction: f64, slots: usize, dir: PathBuf, codec: Codec) -> Self {
         BlockManager {
+            replicator: std::sync::OnceLock::new(),
             budget,
             storage_floor: (budget as f64 * storage_fraction) as u64,
             slots: slots.max(1) as u64,
@@ -602,12 +640,75 @@ impl BlockManager {
             }
         }
         match self.cache(id, level, compute(), tc) {
-            Ok(it) => it,
+            Ok(it) => {
+                if level.replication() > 1 {
+                    self.replicate(id);
+                }
+                it
+            }
             Err(e) => {
                 tc.fail(e);
                 Box::new(std::iter::empty())
             }
         }
+    }
+
+    /// Sets where copies of partitions of replicated levels go.
+    pub fn set_replicator(&self, replicator: Replicator) {
+        let _ = self.replicator.set(replicator);
+    }
+
+    /// Sends a copy of a block just cached to the replicator, as a block file's bytes (a copy
+    /// that cannot be made is left out: the partition is then recomputed if its executor goes).
+    fn replicate(&self, id: BlockId) {
+        let Some(replicator) = self.replicator.get() else { return };
+        let BlockId::Rdd { rdd, split } = id;
+        let copy = || -> Result<Option<(Vec<u8>, u64, u64)>> {
+            let on_disk = self.lock().disk.get(&id).map(|d| (d.path.clone(), d.size, d.records));
+            if let Some((path, size, records)) = on_disk {
+                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                return Ok(Some((bytes, size, records)));
+            }
+            // In memory: written to a staging file (apart from this executor's own block files).
+            let staging = self.dir.join("replicas-out");
+            let unique = {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            };
+            let mut f = BlockFile::create(&staging, &id, self.codec, unique)?;
+            {
+                let st = self.lock();
+                let Some(entry) = st.memory.get(&id) else { return Ok(None) };
+                (entry.to_file)(&entry.stored, &mut f)?;
+            }
+            let d = f.finish()?;
+            let bytes = std::fs::read(&d.path).map_err(|e| Error::io(&d.path, e));
+            let _ = std::fs::remove_file(&d.path);
+            Ok(Some((bytes?, d.size, d.records)))
+        };
+        match copy() {
+            Ok(Some((bytes, size, records))) => replicator(rdd, split, bytes, size, records),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("no second copy of block {id}: {e}"),
+        }
+    }
+
+    /// Keeps a copy of a partition another executor cached (its block file's bytes, size and
+    /// record count), on disk.
+    pub fn put_replica(&self, rdd: RddId, split: usize, bytes: &[u8], size: u64, records: u64) -> Result<()> {
+        let id = BlockId::Rdd { rdd, split };
+        if self.contains(rdd, split) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let path = self.dir.join(id.to_string());
+        let tmp = self.dir.join(format!("{id}.replica.tmp"));
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let mut st = self.lock();
+        st.disk.insert(id, DiskEntry { path, size, records });
+        st.touch(id);
+        Ok(())
     }
 
     fn cache<'a, T: Data>(
@@ -946,5 +1047,29 @@ impl<'a> MemoryConsumer<'a> {
 impl Drop for MemoryConsumer<'_> {
     fn drop(&mut self) {
         self.release_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StorageLevel as L;
+
+    #[test]
+    fn replicated_levels_keep_their_base_level_and_two_copies() {
+        let pairs = [
+            (L::MemoryOnly2, L::MemoryOnly),
+            (L::MemoryOnlySer2, L::MemoryOnlySer),
+            (L::MemoryAndDisk2, L::MemoryAndDisk),
+            (L::MemoryAndDiskSer2, L::MemoryAndDiskSer),
+            (L::DiskOnly2, L::DiskOnly),
+        ];
+        for (replicated, base) in pairs {
+            assert_eq!(replicated.base(), base);
+            assert_eq!((replicated.replication(), base.replication()), (2, 1));
+            assert_eq!(replicated.use_memory(), base.use_memory());
+            assert_eq!(replicated.use_disk(), base.use_disk());
+            assert_eq!(replicated.deserialized(), base.deserialized());
+        }
+        assert_eq!(L::None.replication(), 0);
     }
 }

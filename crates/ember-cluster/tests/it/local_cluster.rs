@@ -785,3 +785,35 @@ pub fn damaged_shuffle_files_on_executors_are_recomputed() {
     let reading = summary.stages.iter().find(|s| !s.name.starts_with("shuffle ")).expect("the reading stage");
     assert!(reading.fetch_failures > 0, "{summary:?}");
 }
+
+/// A partition cached at a replicated level (`MemoryOnly2`) is kept on two executors; when one
+/// of them is killed, jobs over the cached RDD read the other copy: nothing is computed again.
+pub fn a_replicated_partition_survives_the_loss_of_an_executor() {
+    let ctx = context_with("local-cluster[3,1,256]", &[("ember.locality.wait", "10s")]);
+    let computed = ctx.long_accumulator();
+    let cached = ctx
+        .parallelize((0..6000u64).collect(), 6)
+        .map_with(computed.clone(), |acc, x| {
+            acc.add(1);
+            x
+        })
+        .persist(ember_core::StorageLevel::MemoryOnly2)
+        .unwrap();
+    assert_eq!(cached.count().unwrap(), 6000);
+    assert_eq!(computed.value().unwrap(), 6000);
+    let locations = ctx.env().block_locations.clone();
+    let id = cached.id();
+    wait_until("every partition has two copies", Duration::from_secs(20), || {
+        (0..6).all(|s| locations.locations(id, s).len() == 2)
+    });
+    // An executor that holds cached partitions (tasks over the cache run where it is).
+    let holders: HashSet<u32> = cached.map(|_| std::process::id()).collect().unwrap().into_iter().collect();
+    let victim = *holders.iter().next().unwrap();
+    signal(victim, libc::SIGKILL);
+    wait_until("the killed executor is gone", Duration::from_secs(10), || !alive(victim));
+    for _ in 0..3 {
+        assert_eq!(cached.reduce(|a, b| a + b).unwrap(), Some((0..6000u64).sum()));
+    }
+    assert_eq!(computed.value().unwrap(), 6000, "a partition was computed again");
+    assert!((0..6).all(|s| !locations.locations(id, s).is_empty()));
+}

@@ -45,5 +45,6 @@ fn main() {
         local_cluster::a_straggler_is_overtaken_by_its_speculative_copy,
         local_cluster::an_executor_that_keeps_failing_tasks_is_excluded,
         local_cluster::damaged_shuffle_files_on_executors_are_recomputed,
+        local_cluster::a_replicated_partition_survives_the_loss_of_an_executor,
     ]);
 }

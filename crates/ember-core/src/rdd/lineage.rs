@@ -133,6 +133,8 @@ pub(super) fn with_disk(level: StorageLevel) -> StorageLevel {
     match level {
         StorageLevel::None | StorageLevel::MemoryOnly => StorageLevel::MemoryAndDisk,
         StorageLevel::MemoryOnlySer => StorageLevel::MemoryAndDiskSer,
+        StorageLevel::MemoryOnly2 => StorageLevel::MemoryAndDisk2,
+        StorageLevel::MemoryOnlySer2 => StorageLevel::MemoryAndDiskSer2,
         other => other,
     }
 }

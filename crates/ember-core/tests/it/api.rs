@@ -697,3 +697,22 @@ fn local_checkpoint_truncates_lineage_onto_cached_blocks() {
         assert_eq!(computed.value().unwrap(), 500, "{mode}");
     }
 }
+
+/// In local mode a replicated level caches one copy, as its base level does: the partition is
+/// computed once and read back from the cache.
+#[test]
+fn replicated_levels_cache_in_local_mode() {
+    let ctx = ember_core::Context::local(2).unwrap();
+    let computed = ctx.long_accumulator();
+    let r = ctx
+        .parallelize((0..1000u64).collect(), 4)
+        .map_with(computed.clone(), |acc, x| {
+            acc.add(1);
+            x
+        })
+        .persist(ember_core::StorageLevel::MemoryAndDisk2)
+        .unwrap();
+    assert_eq!(r.count().unwrap(), 1000);
+    assert_eq!(r.reduce(|a, b| a + b).unwrap(), Some((0..1000u64).sum()));
+    assert_eq!(computed.value().unwrap(), 1000);
+}

@@ -450,11 +450,16 @@ impl Mirror {
 }
 
 impl Mirror {
-    /// A map output finished on this executor or another: known here from now on.
+    /// A map output finished on this executor or another: known here from now on. The first
+    /// announced output of a map stays (as on the driver, the first attempt to succeed wins; a
+    /// later one is a speculative loser about to be deleted); what replaces a lost one comes
+    /// from the driver's table.
     pub(crate) fn notice(&self, status: MapStatus) {
         let maps = self.tracker.map_count(status.shuffle);
         if maps > 0 {
-            let _ = self.tracker.register(status, maps, u64::MAX);
+            if !self.tracker.is_registered(status.shuffle, status.map) {
+                let _ = self.tracker.register(status, maps, u64::MAX);
+            }
         } else {
             self.notices.lock().unwrap_or_else(|p| p.into_inner()).entry(status.shuffle).or_default().push(status);
         }
@@ -466,7 +471,7 @@ impl Mirror {
     pub(crate) fn complete(&self, shuffle: ShuffleId, maps: usize, ask_driver: bool) -> bool {
         let pending = self.notices.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
         for s in pending.into_iter().flatten() {
-            if s.map < maps {
+            if s.map < maps && !self.tracker.is_registered(s.shuffle, s.map) {
                 let _ = self.tracker.register(s, maps, u64::MAX);
             }
         }

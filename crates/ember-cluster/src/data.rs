@@ -368,6 +368,9 @@ pub(crate) struct Mirror {
     notices: Mutex<HashMap<ShuffleId, Vec<MapStatus>>>,
     /// When the driver was last asked about a shuffle a held task waits for.
     asked: Mutex<HashMap<ShuffleId, std::time::Instant>>,
+    /// The application's executors now (this one included): an announced output held by one
+    /// that left is replaced by the next announcement of that map.
+    live: RwLock<std::collections::HashSet<String>>,
     /// The driver's epoch when each shuffle was fetched.
     fetched: Mutex<HashMap<ShuffleId, u64>>,
     /// The newest epoch of a task this executor was sent.
@@ -387,6 +390,7 @@ impl Mirror {
             tracker: MapOutputTracker::new(),
             notices: Mutex::default(),
             asked: Mutex::default(),
+            live: RwLock::default(),
             fetched: Mutex::default(),
             epoch_seen: AtomicU64::new(0),
             driver,
@@ -450,14 +454,26 @@ impl Mirror {
 }
 
 impl Mirror {
-    /// A map output finished on this executor or another: known here from now on. The first
-    /// announced output of a map stays (as on the driver, the first attempt to succeed wins; a
-    /// later one is a speculative loser about to be deleted); what replaces a lost one comes
-    /// from the driver's table.
+    /// The application's executors are now `live` (this one included).
+    pub(crate) fn set_live(&self, live: std::collections::HashSet<String>) {
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+
+    /// Whether an announced output of `map` may be installed: none is known, or the one known
+    /// is held by an executor that left. (As on the driver the first attempt to succeed wins:
+    /// a later one is a speculative loser about to be deleted.)
+    fn may_install(&self, shuffle: ShuffleId, map: usize) -> bool {
+        match self.tracker.location_of(shuffle, map) {
+            None => true,
+            Some(holder) => !self.live.read().unwrap_or_else(|p| p.into_inner()).contains(&*holder),
+        }
+    }
+
+    /// A map output finished on this executor or another: known here from now on.
     pub(crate) fn notice(&self, status: MapStatus) {
         let maps = self.tracker.map_count(status.shuffle);
         if maps > 0 {
-            if !self.tracker.is_registered(status.shuffle, status.map) {
+            if self.may_install(status.shuffle, status.map) {
                 let _ = self.tracker.register(status, maps, u64::MAX);
             }
         } else {
@@ -471,7 +487,7 @@ impl Mirror {
     pub(crate) fn complete(&self, shuffle: ShuffleId, maps: usize, ask_driver: bool) -> bool {
         let pending = self.notices.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
         for s in pending.into_iter().flatten() {
-            if s.map < maps && !self.tracker.is_registered(s.shuffle, s.map) {
+            if s.map < maps && self.may_install(s.shuffle, s.map) {
                 let _ = self.tracker.register(s, maps, u64::MAX);
             }
         }

@@ -326,6 +326,9 @@ async fn session(
             Ok(Some(proto::DriverMessage { kind: Some(In::Peers(p)) })) => {
                 let mut ids: Vec<String> = p.executors.keys().filter(|id| **id != config.id).cloned().collect();
                 ids.sort();
+                let mut live: std::collections::HashSet<String> = p.executors.keys().cloned().collect();
+                live.insert(config.id.clone());
+                mirror.set_live(live);
                 addresses.write().unwrap_or_else(|e| e.into_inner()).extend(p.executors);
                 *peers.write().unwrap_or_else(|e| e.into_inner()) = ids;
             }

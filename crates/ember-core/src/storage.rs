@@ -88,6 +88,9 @@ impl StorageLevel {
     }
 }
 
+/// The largest partition copied to a second executor (it travels in one message).
+pub const MAX_REPLICA_BYTES: u64 = 256 << 20;
+
 /// Sends a copy of a cached partition to another executor: the partition (RDD and split) and
 /// its block file's bytes, size and record count.
 pub type Replicator = Arc<dyn Fn(RddId, usize, Vec<u8>, u64, u64) + Send + Sync>;
@@ -669,24 +672,36 @@ impl BlockManager {
                 let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
                 return Ok(Some((bytes, size, records)));
             }
-            // In memory: written to a staging file (apart from this executor's own block files).
-            let staging = self.dir.join("replicas-out");
+            // In memory: written (outside the lock) to a staging file of this copy's own, apart
+            // from this executor's block files.
+            let (stored, to_file) = {
+                let st = self.lock();
+                let Some(entry) = st.memory.get(&id) else { return Ok(None) };
+                let stored = match &entry.stored {
+                    Stored::Objects(o) => Stored::Objects(o.clone()),
+                    Stored::Bytes(b, n) => Stored::Bytes(b.clone(), *n),
+                };
+                (stored, entry.to_file)
+            };
             let unique = {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             };
+            let staging = self.dir.join("replicas-out").join(unique.to_string());
             let mut f = BlockFile::create(&staging, &id, self.codec, unique)?;
-            {
-                let st = self.lock();
-                let Some(entry) = st.memory.get(&id) else { return Ok(None) };
-                (entry.to_file)(&entry.stored, &mut f)?;
-            }
-            let d = f.finish()?;
-            let bytes = std::fs::read(&d.path).map_err(|e| Error::io(&d.path, e));
-            let _ = std::fs::remove_file(&d.path);
-            Ok(Some((bytes?, d.size, d.records)))
+            to_file(&stored, &mut f)?;
+            let d = f.finish();
+            let read = d.and_then(|d| {
+                let bytes = std::fs::read(&d.path).map_err(|e| Error::io(&d.path, e))?;
+                Ok((bytes, d.size, d.records))
+            });
+            let _ = std::fs::remove_dir_all(&staging);
+            read.map(Some)
         };
         match copy() {
+            Ok(Some((bytes, _, _))) if bytes.len() as u64 > MAX_REPLICA_BYTES => {
+                tracing::warn!("no second copy of block {id}: {} bytes is more than a copy may have", bytes.len());
+            }
             Ok(Some((bytes, size, records))) => replicator(rdd, split, bytes, size, records),
             Ok(None) => {}
             Err(e) => tracing::warn!("no second copy of block {id}: {e}"),
@@ -697,15 +712,38 @@ impl BlockManager {
     /// record count), on disk.
     pub fn put_replica(&self, rdd: RddId, split: usize, bytes: &[u8], size: u64, records: u64) -> Result<()> {
         let id = BlockId::Rdd { rdd, split };
+        if bytes.len() as u64 != size && size > bytes.len() as u64 {
+            return Err(Error::Serialization(format!(
+                "a copy of block {id} says it has {size} bytes but carries {}",
+                bytes.len()
+            )));
+        }
         if self.contains(rdd, split) {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let path = self.dir.join(id.to_string());
-        let tmp = self.dir.join(format!("{id}.replica.tmp"));
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        // A copy's own file name: never this executor's block file of the same partition.
+        let path = self.dir.join(format!("{id}.replica"));
+        let unique = {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        let tmp = self.dir.join(format!("{id}.replica.{unique}.tmp"));
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&tmp, e));
+        }
         let mut st = self.lock();
+        if st.memory.contains_key(&id) || st.disk.contains_key(&id) {
+            drop(st);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(());
+        }
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            drop(st);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&path, e));
+        }
         st.disk.insert(id, DiskEntry { path, size, records });
         st.touch(id);
         Ok(())

@@ -165,7 +165,8 @@ impl State {
                     .workers
                     .iter()
                     .filter(|(_, w)| {
-                        w.cores - w.cores_used >= need && w.memory_mib - w.memory_used_mib >= app.executor_memory_mib
+                        w.cores.saturating_sub(w.cores_used) >= need
+                            && w.memory_mib.saturating_sub(w.memory_used_mib) >= app.executor_memory_mib
                     })
                     // Without a set size an application has one executor per worker.
                     .filter(|(wid, _)| {

@@ -35,7 +35,7 @@ impl StorageLevel {
             s.push_str("Memory ");
         }
         s.push_str(if self.deserialized() { "Deserialized " } else { "Serialized " });
-        s.push_str("1x Replicated");
+        s.push_str(&format!("{}x Replicated", self.replication()));
         s
     }
 }

@@ -161,6 +161,10 @@ pub(super) struct State {
     pending_blocks: HashMap<(crate::storage::RddId, usize), Arc<str>>,
     /// When stragglers were last looked for.
     last_speculation: Instant,
+    /// The map output epoch at the last look for lost outputs awaited by pre-scheduled stages,
+    /// and whether a stage finished since (outputs go missing only with a newer epoch, and a
+    /// stage that finishes with some missing stops running them).
+    revive_checked: (u64, bool),
 }
 
 impl State {
@@ -186,6 +190,7 @@ impl State {
             prescheduling: None,
             pending_blocks: HashMap::new(),
             last_speculation: Instant::now(),
+            revive_checked: (0, true),
         }
     }
 
@@ -392,6 +397,11 @@ impl State {
     /// stopped running with outputs missing (lost with an executor after its tasks succeeded)
     /// runs its missing maps again; nothing else would, and those stages would wait forever.
     fn revive_awaited_shuffles(&mut self) {
+        let epoch = self.tracker.epoch();
+        if self.revive_checked == (epoch, false) {
+            return;
+        }
+        self.revive_checked = (epoch, false);
         let mut revive = Vec::new();
         for s in self.stages.values() {
             if s.waits.is_empty() || !matches!(s.state, StageState::Running(_)) {
@@ -893,6 +903,7 @@ impl State {
     }
 
     fn on_stage_done(&mut self, id: StageId) {
+        self.revive_checked.1 = true;
         if let Some(s) = self.stages.get(&id) {
             tracing::debug!("stage {} ({}) done", id.0, s.name);
         }

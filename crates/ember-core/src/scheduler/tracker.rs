@@ -204,6 +204,16 @@ impl MapOutputTracker {
         gone
     }
 
+    /// The executor holding the registered output of map `map` of `shuffle`.
+    pub fn location_of(&self, shuffle: ShuffleId, map: usize) -> Option<Arc<str>> {
+        self.read()
+            .shuffles
+            .get(&shuffle)
+            .and_then(|v| v.get(map))
+            .and_then(|s| s.as_ref())
+            .map(|r| r.status.location.clone())
+    }
+
     /// Whether an output of map `map` of `shuffle` is registered.
     pub fn is_registered(&self, shuffle: ShuffleId, map: usize) -> bool {
         self.read().shuffles.get(&shuffle).and_then(|v| v.get(map)).is_some_and(|s| s.is_some())

@@ -260,29 +260,7 @@ impl Cluster {
             assigned.entry(id).or_default().push(task);
         }
         state.queue = kept;
-        for (id, tasks) in assigned {
-            let message = match wire::launch_message(&tasks) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!("cannot send tasks to executor {id}: {e}");
-                    let reason = e.to_string();
-                    failed.extend(tasks.into_iter().map(|t| (t, Error::Internal(reason.clone()))));
-                    continue;
-                }
-            };
-            let Some(session) = state.sessions.get_mut(&id) else {
-                // Chosen under this lock, so present; were it not, the tasks go back.
-                state.queue.extend(tasks.into_iter().map(|t| (t, now)));
-                continue;
-            };
-            // A send that fails means the session is ending; its end fails these tasks over.
-            let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
-            session.given += tasks.len() as u64;
-            for t in tasks {
-                session.running.insert(t.task_id);
-                state.running.insert(t.task_id, (id.clone(), t));
-            }
-        }
+        failed.extend(Self::send_batches(state, assigned, false));
         failed
     }
 
@@ -389,6 +367,45 @@ impl Cluster {
         }
     }
 
+    /// Sends each executor its tasks in one message and records them as running there (`held`:
+    /// pre-scheduled, taking no slot until they run). Tasks whose executor is gone go back to
+    /// the queue; tasks whose launch does not encode are returned, failed.
+    fn send_batches(
+        state: &mut State,
+        batches: BTreeMap<String, Vec<TaskLaunch>>,
+        held: bool,
+    ) -> Vec<(TaskLaunch, Error)> {
+        let mut failed = Vec::new();
+        let now = Instant::now();
+        for (id, tasks) in batches {
+            let message = match wire::launch_message(&tasks) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!("cannot send tasks to executor {id}: {e}");
+                    let reason = e.to_string();
+                    failed.extend(tasks.into_iter().map(|t| (t, Error::Internal(reason.clone()))));
+                    continue;
+                }
+            };
+            let Some(session) = state.sessions.get_mut(&id) else {
+                // Chosen under this lock, so present; were it not, the tasks wait in the queue.
+                state.queue.extend(tasks.into_iter().map(|t| (t, now)));
+                continue;
+            };
+            // A send that fails means the session is ending; its end fails these tasks over.
+            let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
+            session.given += tasks.len() as u64;
+            for t in tasks {
+                match held {
+                    true => session.held.insert(t.task_id),
+                    false => session.running.insert(t.task_id),
+                };
+                state.running.insert(t.task_id, (id.clone(), t));
+            }
+        }
+        failed
+    }
+
     /// Sends the gathered pre-scheduled tasks, each to the executor it was placed on (or, when
     /// that one is gone, to the one with the most free slots), one message per executor.
     fn send_outbox(state: &mut State) -> Vec<(TaskLaunch, Error)> {
@@ -419,27 +436,7 @@ impl Cluster {
                 None => state.queue.push_back((t, now)),
             }
         }
-        for (id, tasks) in by_executor {
-            let message = match wire::launch_message(&tasks) {
-                Ok(m) => m,
-                Err(e) => {
-                    let reason = e.to_string();
-                    failed.extend(tasks.into_iter().map(|t| (t, Error::Internal(reason.clone()))));
-                    continue;
-                }
-            };
-            let Some(session) = state.sessions.get_mut(&id) else {
-                // Chosen under this lock, so present; were it not, the tasks wait in the queue.
-                state.queue.extend(tasks.into_iter().map(|t| (t, now)));
-                continue;
-            };
-            let _ = session.tx.send(Ok(proto::DriverMessage { kind: Some(Out::Launch(message)) }));
-            session.given += tasks.len() as u64;
-            for t in tasks {
-                session.held.insert(t.task_id);
-                state.running.insert(t.task_id, (id.clone(), t));
-            }
-        }
+        failed.extend(Self::send_batches(state, by_executor, true));
         failed
     }
 

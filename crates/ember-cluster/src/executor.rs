@@ -318,10 +318,12 @@ async fn session(
                 Err(e) => break Err(e),
             },
             Ok(Some(proto::DriverMessage { kind: Some(In::Kill(k)) })) => {
-                executor.kill(&k.task_ids);
+                // The hold first: a task it releases meanwhile is launched before the executor's
+                // kill, which then reaches it.
                 for t in holder.kill(&k.task_ids) {
                     report(crate::hold::killed(t));
                 }
+                executor.kill(&k.task_ids);
             }
             Ok(Some(proto::DriverMessage { kind: Some(In::Peers(p)) })) => {
                 let mut ids: Vec<String> = p.executors.keys().filter(|id| **id != config.id).cloned().collect();
@@ -397,6 +399,10 @@ fn small_output(env: &ember_core::env::Env, m: &MapStatus) -> Vec<(Vec<u8>, bool
 
 /// Sends the driver the cached partitions this executor gained and lost since the last report.
 fn report_blocks(env: &ember_core::env::Env, tx: &mpsc::UnboundedSender<proto::ExecutorMessage>) {
+    // Taken and sent under one lock, so that reports from several threads reach the driver in
+    // the order they were taken.
+    static REPORTING: Mutex<()> = Mutex::new(());
+    let _order = REPORTING.lock().unwrap_or_else(|p| p.into_inner());
     let (added, removed) = env.blocks.take_location_changes();
     if added.is_empty() && removed.is_empty() {
         return;

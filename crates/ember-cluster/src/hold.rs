@@ -32,6 +32,10 @@ struct Held {
 /// The tasks an executor holds.
 pub(crate) struct Holder {
     held: Mutex<VecDeque<Held>>,
+    /// Held while ready tasks leave the hold and are launched, and while killed ones are taken
+    /// out: a kill then either finds its task held, or comes after its launch (and the
+    /// executor's own kill reaches it).
+    release: Mutex<()>,
     wake: Mutex<std::sync::mpsc::Sender<()>>,
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -40,7 +44,12 @@ impl Holder {
     /// A holder and the receiver its checking thread waits on.
     pub(crate) fn new() -> (Arc<Holder>, std::sync::mpsc::Receiver<()>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let holder = Holder { held: Mutex::default(), wake: Mutex::new(tx), stopped: Default::default() };
+        let holder = Holder {
+            held: Mutex::default(),
+            release: Mutex::default(),
+            wake: Mutex::new(tx),
+            stopped: Default::default(),
+        };
         (Arc::new(holder), rx)
     }
 
@@ -63,6 +72,7 @@ impl Holder {
 
     /// Drops held tasks the driver killed; returns them, to report cancelled.
     pub(crate) fn kill(&self, task_ids: &[u64]) -> Vec<TaskLaunch> {
+        let _release = self.release.lock().unwrap_or_else(|p| p.into_inner());
         let wanted: HashSet<u64> = task_ids.iter().copied().collect();
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let (killed, kept): (VecDeque<Held>, VecDeque<Held>) =
@@ -71,9 +81,9 @@ impl Holder {
         killed.into_iter().map(|h| h.task).collect()
     }
 
-    /// The tasks ready to run, in the order they arrived. `pending` is every task launched here
-    /// and not yet reported (held ones included).
-    fn ready(&self, env: &Env, mirror: &Mirror, pending: &HashSet<u64>) -> Vec<TaskLaunch> {
+    /// Runs the tasks ready to run, in the order they arrived. `pending` is every task launched
+    /// here and not yet reported (held ones included).
+    fn release_ready(&self, env: &Env, mirror: &Mirror, pending: &HashSet<u64>, executor: &Executor) {
         // Checked without the lock (asking the driver takes a round trip): tasks arriving or
         // killed meanwhile wait for the next check.
         let taken: Vec<(u64, Arc<Prerequisites>, Instant)> = self
@@ -95,8 +105,9 @@ impl Holder {
             }
         }
         if ready.is_empty() {
-            return Vec::new();
+            return;
         }
+        let _release = self.release.lock().unwrap_or_else(|p| p.into_inner());
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(held.len());
@@ -108,7 +119,10 @@ impl Holder {
             }
         }
         *held = kept;
-        out
+        drop(held);
+        for task in out {
+            executor.launch(task);
+        }
     }
 }
 
@@ -129,9 +143,7 @@ pub(crate) fn run(
         }
         while wakes.try_recv().is_ok() {}
         let ids = pending.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for task in holder.ready(executor.env(), &mirror, &ids) {
-            executor.launch(task);
-        }
+        holder.release_ready(executor.env(), &mirror, &ids, &executor);
     }
 }
 

@@ -775,19 +775,25 @@ class Bench:
 
     def tiny_ember(self, group: int, label: str, rep: int) -> Row:
         cfg = self.cfg
-        row = Row("tiny", "ember", f"running_sum group={group}", label, TIME_BASIS_TINY)
-        if self.tools.ember_error:
-            self.fail(row, f"not run: {self.tools.ember_error}")
-            return row
         log(f"tiny: ember running_sum group={group}, run {rep + 1}/{cfg.repeat}")
         cmd = ember_cmd(cfg, self.tools, "running_sum",
                         [str(cfg.iters), str(cfg.tasks), str(group), "--trials", str(cfg.tiny_trials)])
-        m = measure(cmd, self.logs / f"tiny-ember-group{group}-{rep + 1}", cfg)
+        return self.ember_running_sum("tiny", f"running_sum group={group}", label, cmd,
+                                      f"tiny-ember-group{group}-{rep + 1}", cfg.tasks)
+
+    def ember_running_sum(self, workload: str, variant: str, label: str, cmd: list[str], stem: str,
+                          tasks: int) -> Row:
+        """Runs one Ember running_sum command and reads its trials into a row."""
+        row = Row(workload, "ember", variant, label, TIME_BASIS_TINY)
+        if self.tools.ember_error:
+            self.fail(row, f"not run: {self.tools.ember_error}")
+            return row
+        m = measure(cmd, self.logs / stem, self.cfg)
         fill_memory(row, m)
         if m.returncode != 0 or m.timed_out:
             self.fail(row, describe_failure(m))
             return row
-        self.fill_trials(row, m.stdout, "ember", cfg.iters, cfg.tasks)
+        self.fill_trials(row, m.stdout, "ember", self.cfg.iters, tasks)
         return row
 
     def tiny_spark_running_sum(self, label: str, rep: int) -> Row:
@@ -889,22 +895,13 @@ class Bench:
 
     def cluster_tiny_ember(self, group: str, label: str, rep: int) -> Row:
         cfg = self.cfg
-        row = Row("cluster-tiny", "ember", f"running_sum group={group}", label, TIME_BASIS_TINY)
-        if self.tools.ember_error:
-            self.fail(row, f"not run: {self.tools.ember_error}")
-            return row
         log(f"cluster-tiny: ember running_sum group={group} on {CLUSTER_TINY_MASTER}, run {rep + 1}/{cfg.repeat}")
         args = [str(cfg.iters), str(CLUSTER_TINY_TASKS)]
         args += ["--conf", "ember.scheduler.groupSize=auto"] if group == "auto" else [group]
-        cmd = [str(self.tools.ember_bins["running_sum"]), *args, "--trials", str(cfg.tiny_trials),
+        cmd = [str(self.tools.ember_bins.get("running_sum", "running_sum")), *args, "--trials", str(cfg.tiny_trials),
                "--master", CLUSTER_TINY_MASTER]
-        m = measure(cmd, self.logs / f"cluster-tiny-ember-group{group}-{rep + 1}", cfg)
-        fill_memory(row, m)
-        if m.returncode != 0 or m.timed_out:
-            self.fail(row, describe_failure(m))
-            return row
-        self.fill_trials(row, m.stdout, "ember", cfg.iters, CLUSTER_TINY_TASKS)
-        return row
+        return self.ember_running_sum("cluster-tiny", f"running_sum group={group}", label, cmd,
+                                      f"cluster-tiny-ember-group{group}-{rep + 1}", CLUSTER_TINY_TASKS)
 
     def cluster_tiny_spark(self, label: str, rep: int) -> Row:
         cfg = self.cfg

@@ -614,7 +614,7 @@ impl State {
             pending.get(&(id, split)).cloned()
         });
         let (exec, blocks) = match found {
-            super::locality::Cached::Held(holder) => (holder, Vec::new()),
+            super::locality::Cached::Held(holders) => (holders[0].clone(), Vec::new()),
             super::locality::Cached::Coming(id, exec) => (exec, vec![(id, split)]),
             super::locality::Cached::Nothing => (executors[split % executors.len()].clone(), Vec::new()),
         };

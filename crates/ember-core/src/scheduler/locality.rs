@@ -77,36 +77,16 @@ impl BlockLocations {
 /// The executors a task computing partition `split` of `rdd` should prefer: holders of the
 /// nearest cached partition on its narrow lineage (empty when none is known).
 pub(crate) fn preferred(rdd: &Arc<dyn RddBase>, split: usize, locations: &BlockLocations) -> Vec<Arc<str>> {
-    let mut frontier = vec![rdd.clone()];
-    let mut seen = HashSet::new();
-    let mut steps = 0;
-    while let Some(node) = frontier.pop() {
-        steps += 1;
-        if steps > MAX_STEPS || !seen.insert(node.id()) {
-            continue;
-        }
-        if node.storage_level() != StorageLevel::None {
-            let holders = locations.locations(node.id(), split);
-            if !holders.is_empty() {
-                return holders;
-            }
-        }
-        // Only parents with as many partitions: their partition `split` is this one's input.
-        for dep in node.dependencies().into_iter().rev() {
-            if let Dependency::Narrow(parent) = dep {
-                if parent.num_partitions() == node.num_partitions() {
-                    frontier.push(parent);
-                }
-            }
-        }
+    match walk_cached(rdd, split, locations, |_| None).0 {
+        Cached::Held(holders) => holders,
+        Cached::Coming(..) | Cached::Nothing => Vec::new(),
     }
-    Vec::new()
 }
 
 /// What a pre-scheduled task reads from the cache, found up its narrow lineage.
 pub(crate) enum Cached {
-    /// A cached partition, and an executor holding it.
-    Held(Arc<str>),
+    /// A cached partition's holders (never empty).
+    Held(Vec<Arc<str>>),
     /// A partition an earlier task of the group will cache, and on which executor.
     Coming(RddId, Arc<str>),
     /// Nothing cached or coming.
@@ -133,8 +113,9 @@ pub(crate) fn walk_cached(
             continue;
         }
         if node.storage_level() != StorageLevel::None {
-            if let Some(holder) = locations.locations(node.id(), split).into_iter().next() {
-                return (Cached::Held(holder), passed);
+            let holders = locations.locations(node.id(), split);
+            if !holders.is_empty() {
+                return (Cached::Held(holders), passed);
             }
             if let Some(exec) = coming(node.id()) {
                 return (Cached::Coming(node.id(), exec), passed);

@@ -214,11 +214,6 @@ impl MapOutputTracker {
             .map(|r| r.status.location.clone())
     }
 
-    /// Whether an output of map `map` of `shuffle` is registered.
-    pub fn is_registered(&self, shuffle: ShuffleId, map: usize) -> bool {
-        self.read().shuffles.get(&shuffle).and_then(|v| v.get(map)).is_some_and(|s| s.is_some())
-    }
-
     /// How many map tasks a known shuffle has (0 for an unknown one).
     pub fn map_count(&self, shuffle: ShuffleId) -> usize {
         self.read().shuffles.get(&shuffle).map_or(0, |v| v.len())

@@ -79,6 +79,7 @@ fn master(args: Args) -> Result<ExitCode> {
         secret: conf.get("ember.authenticate.secret").map(str::to_string),
         scheduling,
         worker_timeout: std::time::Duration::from_millis(settings.network_timeout_ms),
+        ssl: settings.ssl,
     };
     let handle = ember_cluster::standalone::start_master(options)?;
     // Scripts and tests read the address from this line (with --port 0 the port is picked).
@@ -118,6 +119,7 @@ fn worker(args: Args) -> Result<ExitCode> {
         memory_mib,
         work_dir,
         secret: conf.get("ember.authenticate.secret").map(str::to_string),
+        ssl: conf.settings()?.ssl,
     };
     ember_cluster::standalone::run_worker(options)?;
     Ok(ExitCode::SUCCESS)
@@ -170,7 +172,9 @@ fn submit(args: Args) -> Result<ExitCode> {
 fn status(args: Args) -> Result<ExitCode> {
     let conf = args.conf()?;
     let master = args.master()?;
-    let status = ember_cluster::standalone::cluster_status(&master, conf.get("ember.authenticate.secret"))?;
+    let ssl = conf.settings()?.ssl;
+    let status =
+        ember_cluster::standalone::cluster_status(&master, conf.get("ember.authenticate.secret"), ssl.as_ref())?;
     print!("{}", ember_cluster::standalone::format_status(&master, &status));
     Ok(ExitCode::SUCCESS)
 }

@@ -160,6 +160,8 @@ pub(crate) struct Fetcher {
     pub(crate) handle: tokio::runtime::Handle,
     pub(crate) auth: Auth,
     pub(crate) addresses: Addresses,
+    /// TLS for connections to other executors' data planes, when on.
+    tls: Option<Arc<crate::tls::Tls>>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Small map outputs other executors pushed with their announcements.
     pushed: Pushed,
@@ -181,8 +183,13 @@ struct Pushed {
 pub(crate) const PUSH_MAX_BYTES: usize = 64 << 10;
 
 impl Fetcher {
-    pub(crate) fn new(handle: tokio::runtime::Handle, auth: Auth, addresses: Addresses) -> Fetcher {
-        Fetcher { handle, auth, addresses, channels: Mutex::default(), pushed: Pushed::default() }
+    pub(crate) fn new(
+        handle: tokio::runtime::Handle,
+        auth: Auth,
+        addresses: Addresses,
+        tls: Option<Arc<crate::tls::Tls>>,
+    ) -> Fetcher {
+        Fetcher { handle, auth, addresses, tls, channels: Mutex::default(), pushed: Pushed::default() }
     }
 
     /// Bounds what pushed outputs may hold here.
@@ -289,8 +296,8 @@ impl Fetcher {
             match channels.get(&address) {
                 Some(c) => c.clone(),
                 None => {
-                    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                        .map_err(|e| format!("address {address}: {e}"))?
+                    let endpoint = crate::tls::endpoint(&address, self.tls.as_deref())
+                        .map_err(|e| format!("executor {executor} at {address}: {e}"))?
                         .connect_timeout(std::time::Duration::from_secs(10))
                         .tcp_nodelay(true);
                     let c = {

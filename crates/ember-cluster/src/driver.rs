@@ -918,12 +918,15 @@ pub(crate) struct ControlService {
 }
 
 impl ControlService {
-    /// Serves `cluster` on `ember.driver.host:ember.driver.port`, authenticated with `secret`.
+    /// Serves `cluster` on `ember.driver.host:ember.driver.port`, authenticated with `secret`,
+    /// over TLS when `tls` is given.
     pub(crate) fn start(
         cluster: &Arc<Cluster>,
         settings: &ember_core::conf::Settings,
         secret: &auth::Secret,
+        tls: Option<&crate::tls::Tls>,
     ) -> Result<ControlService> {
+        let mut server = crate::tls::server(tls)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ember-driver-io")
@@ -945,7 +948,7 @@ impl ControlService {
         );
         runtime.spawn(async move {
             let incoming = crate::incoming(listener);
-            let served = tonic::transport::Server::builder()
+            let served = server
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = shutdown_rx.await;

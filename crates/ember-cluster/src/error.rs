@@ -30,6 +30,9 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// TLS is enabled but its files are missing, unreadable or not usable PEM.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
     /// An error of the core engine.
     #[error(transparent)]
     Core(#[from] ember_core::Error),
@@ -50,7 +53,7 @@ impl From<ClusterError> for ember_core::Error {
                 ember_core::Error::io("network", std::io::Error::other(m))
             }
             ClusterError::Protocol(m) => ember_core::Error::Serialization(m),
-            e @ (ClusterError::Refused(_) | ClusterError::Environment(_)) => {
+            e @ (ClusterError::Refused(_) | ClusterError::Environment(_) | ClusterError::Tls(_)) => {
                 ember_core::Error::InvalidArgument(e.to_string())
             }
         }
@@ -59,8 +62,35 @@ impl From<ClusterError> for ember_core::Error {
 
 impl From<tonic::transport::Error> for ClusterError {
     fn from(e: tonic::transport::Error) -> Self {
-        ClusterError::Transport(e.to_string())
+        // The transport's own text is terse ("transport error"); what failed is in its sources
+        // (refused connection, an untrusted certificate, a handshake that is not TLS).
+        ClusterError::Transport(chain(&e))
     }
+}
+
+/// A status's message followed by what caused it (a transport failure's own causes: a
+/// refused connection, an untrusted certificate).
+pub(crate) fn status_text(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(cause) => format!("{}: {}", s.message(), chain(cause)),
+        None => s.message().to_string(),
+    }
+}
+
+/// An error's text followed by those of its sources, `: `-separated.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        // Wrappers often repeat their cause's text.
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl From<tonic::Status> for ClusterError {
@@ -69,7 +99,7 @@ impl From<tonic::Status> for ClusterError {
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
                 ClusterError::Refused(s.message().to_string())
             }
-            _ => ClusterError::Rpc(format!("{:?}: {}", s.code(), s.message())),
+            _ => ClusterError::Rpc(format!("{:?}: {}", s.code(), status_text(&s))),
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::data::{Addresses, Auth, BlockService, Broadcasts, Fetcher, Mirror};
 use crate::hold::Holder;
+use crate::tls::Tls;
 
 use crate::auth::{self, Secret};
 use crate::error::{ClusterError, Result};
@@ -32,6 +33,8 @@ struct Config {
     host: std::net::IpAddr,
     /// Root of its local files, when the starter chose it.
     local_dir: Option<std::path::PathBuf>,
+    /// TLS for its connections and its data plane, when its starter runs with TLS.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             cores,
             memory_mib,
             secret: Secret::from_hex(&var(vars::SECRET)?)?,
+            tls: Tls::load(Tls::settings_from_env().as_ref())?,
         })
     }
 }
@@ -88,6 +92,7 @@ pub(crate) fn run_from_env() -> i32 {
         }
     };
     let id = config.id.clone();
+    let tls_on = config.tls.is_some();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ember-executor-io")
@@ -101,6 +106,7 @@ pub(crate) fn run_from_env() -> i32 {
         }
     };
     let (executor, hold_thread, outcome) = runtime.block_on(serve(config));
+    let outcome = outcome.map_err(|e| crate::tls::hint_mismatch(e, tls_on));
     // Threads are joined outside the runtime (stopping blocks).
     if let Some(t) = hold_thread {
         let _ = t.join();
@@ -138,8 +144,7 @@ async fn session(
     hold_thread: &mut Option<std::thread::JoinHandle<()>>,
 ) -> Result<()> {
     let binary = *auth::binary_sha256()?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.driver))
-        .map_err(|e| ClusterError::Environment(format!("driver address `{}`: {e}", config.driver)))?
+    let channel = crate::tls::endpoint(&config.driver, config.tls.as_deref())?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .connect()
@@ -170,9 +175,10 @@ async fn session(
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
         crate::driver::authenticator(config.secret.token()),
     );
+    let mut server = crate::tls::server(config.tls.as_deref())?;
     tokio::spawn(async move {
         let incoming = crate::incoming(listener);
-        if let Err(e) = tonic::transport::Server::builder().add_service(blocks).serve_with_incoming(incoming).await {
+        if let Err(e) = server.add_service(blocks).serve_with_incoming(incoming).await {
             tracing::error!("the executor's data plane failed: {e}");
         }
     });
@@ -214,7 +220,7 @@ async fn session(
     let handle = tokio::runtime::Handle::current();
     let addresses: Addresses = Arc::default();
     let mirror = Arc::new(Mirror::new(client.clone(), handle.clone(), addresses.clone()));
-    let fetcher = Arc::new(Fetcher::new(handle.clone(), auth_out, addresses.clone()));
+    let fetcher = Arc::new(Fetcher::new(handle.clone(), auth_out, addresses.clone(), config.tls.clone()));
     let peers: Arc<std::sync::RwLock<Vec<String>>> = Arc::default();
     let (holder, wakes) = Holder::new();
     let report: Arc<dyn Fn(ember_core::runtime::TaskStatus) + Send + Sync> = {

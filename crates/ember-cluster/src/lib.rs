@@ -24,6 +24,7 @@ mod executor;
 mod hold;
 mod local_cluster;
 pub mod standalone;
+mod tls;
 mod wire;
 
 /// The generated protocol types and services.
@@ -70,8 +71,28 @@ pub(crate) mod vars {
     pub const LOCAL_DIR: &str = "EMBER_EXECUTOR_LOCAL_DIR";
     /// What `ember submit` gives the driver it starts: `key=value` lines (master and settings).
     pub const SUBMIT_CONF: &str = "EMBER_SUBMIT_CONF";
+    /// TLS: the certificate chain the executor's data plane presents.
+    pub const SSL_CERT_FILE: &str = "EMBER_SSL_CERT_FILE";
+    /// TLS: that certificate's private key.
+    pub const SSL_KEY_FILE: &str = "EMBER_SSL_KEY_FILE";
+    /// TLS: the authorities the executor trusts, when not its own certificate.
+    pub const SSL_TRUST_FILE: &str = "EMBER_SSL_TRUST_FILE";
+    /// TLS: the name the executor expects in servers' certificates.
+    pub const SSL_SERVER_NAME: &str = "EMBER_SSL_SERVER_NAME";
     /// Every variable an executor reads (and removes from its environment).
-    pub const EXECUTOR: [&str; 7] = [DRIVER, ID, CORES, MEMORY_MIB, SECRET, HOST, LOCAL_DIR];
+    pub const EXECUTOR: [&str; 11] = [
+        DRIVER,
+        ID,
+        CORES,
+        MEMORY_MIB,
+        SECRET,
+        HOST,
+        LOCAL_DIR,
+        SSL_CERT_FILE,
+        SSL_KEY_FILE,
+        SSL_TRUST_FILE,
+        SSL_SERVER_NAME,
+    ];
 }
 
 /// The environment variable through which `ember submit` hands a driver its master and

@@ -10,6 +10,7 @@ use ember_core::runtime::{ClusterBackend, ClusterManager, ClusterStart};
 use crate::auth::{self, Secret};
 use crate::driver::{Cluster, ControlService, RemoteBackend};
 use crate::error::{ClusterError, Result};
+use crate::tls::Tls;
 use crate::vars;
 
 /// How long executors have to start and register.
@@ -43,7 +44,8 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     let exe = std::path::PathBuf::from(auth::SELF_EXE);
     let cluster =
         Cluster::new(start.app_id.clone(), binary, &start.settings, (start.statuses, start.tracker, start.driver_env))?;
-    let service = ControlService::start(&cluster, &start.settings, &secret)?;
+    let tls = Tls::load(start.settings.ssl.as_ref())?;
+    let service = ControlService::start(&cluster, &start.settings, &secret, tls.as_deref())?;
     let address = service.address;
     tracing::info!("driver control service on {address}; starting {executors} executors");
 
@@ -58,12 +60,14 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let launcher = {
         let (children, ids, secret) = (children.clone(), ids.clone(), secret.clone());
+        // Executors on this host use the driver's TLS files.
+        let tls_env = tls.as_ref().map(|t| t.env()).unwrap_or_default();
         std::thread::Builder::new()
             .name("ember-executor-launcher".into())
             .spawn(move || {
                 let mut result = Ok(());
                 for id in &ids {
-                    match spawn_executor(&exe, id, address, cores, memory_mib, &secret) {
+                    match spawn_executor(&exe, id, address, cores, memory_mib, &secret, &tls_env) {
                         Ok(child) => children.lock().unwrap_or_else(|p| p.into_inner()).push((id.clone(), child)),
                         Err(e) => {
                             result = Err(e);
@@ -112,8 +116,10 @@ fn spawn_executor(
     cores: usize,
     memory_mib: u64,
     secret: &Secret,
+    tls_env: &[(&str, String)],
 ) -> Result<Child> {
     let mut command = Command::new(exe);
+    command.envs(tls_env.iter().map(|(k, v)| (*k, v)));
     command
         .env(vars::DRIVER, driver.to_string())
         .env(vars::ID, id)

@@ -252,6 +252,37 @@ pub const KEYS: &[ConfKey] = &[
               local-cluster generates one per application when unset.",
     },
     ConfKey {
+        key: "ember.ssl.enabled",
+        default: "false",
+        doc: "Cluster masters: TLS (rustls) on every connection, control plane and data plane alike. Each \
+              process reads its own node's files: the driver and a standalone master from their settings, a \
+              worker from its settings (and hands them to the executors it starts), local-cluster executors \
+              from their driver's.",
+    },
+    ConfKey {
+        key: "ember.ssl.certFile",
+        default: "(unset)",
+        doc: "PEM certificate chain a TLS listener (driver, master, an executor's data plane) presents; \
+              required with ember.ssl.enabled on every process that listens.",
+    },
+    ConfKey {
+        key: "ember.ssl.keyFile",
+        default: "(unset)",
+        doc: "PEM private key (PKCS#8, PKCS#1 or SEC1) of ember.ssl.certFile's certificate.",
+    },
+    ConfKey {
+        key: "ember.ssl.trustFile",
+        default: "(ember.ssl.certFile)",
+        doc: "PEM certificates of the authorities a TLS client trusts; by default the node's own \
+              certificate, which suits one self-signed certificate shared by the whole cluster.",
+    },
+    ConfKey {
+        key: "ember.ssl.serverName",
+        default: "(the address connected to)",
+        doc: "The name a TLS client expects in every server's certificate; by default the host or IP \
+              address it connects to, so each certificate must then name its node's address.",
+    },
+    ConfKey {
         key: "ember.cores.max",
         default: "(all)",
         doc: "Standalone: the most cores (task slots) the application takes from the cluster; all that are \
@@ -388,12 +419,29 @@ pub struct Settings {
     pub speculation_multiplier: f64,
     /// Jobs per group of an iterative program.
     pub group_size: crate::scheduler::group::GroupSize,
+    /// TLS for both planes of a cluster (`ember.ssl.*`), when enabled. Each process reads its own
+    /// node's files, so these are never sent to executors.
+    #[serde(skip)]
+    pub ssl: Option<SslSettings>,
     /// Standalone: the most cores the application takes (`None`: all that are free).
     pub cores_max: Option<usize>,
     /// Standalone: task slots per executor (`None`: all of a worker's free cores).
     pub executor_cores: Option<usize>,
     /// Standalone: memory budget of each executor, in bytes.
     pub executor_memory_bytes: u64,
+}
+
+/// TLS settings (`ember.ssl.*`): files on the local node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslSettings {
+    /// PEM certificate chain a listener presents (`ember.ssl.certFile`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (`ember.ssl.keyFile`).
+    pub key_file: Option<PathBuf>,
+    /// PEM certificates a client trusts (`ember.ssl.trustFile`; the certificate file when unset).
+    pub trust_file: Option<PathBuf>,
+    /// The name clients expect in servers' certificates (`ember.ssl.serverName`).
+    pub server_name: Option<String>,
 }
 
 /// Parses a duration such as `120s`, `500ms` or `30` (seconds) into milliseconds.
@@ -639,12 +687,55 @@ impl EmberConf {
             "ember.deploy.scheduling" if !matches!(value, "fifo" | "fair") => {
                 return Err(bad("expected fifo or fair"));
             }
-            "ember.app.name" | "ember.local.dir" | "ember.checkpoint.dir" if value.trim().is_empty() => {
+            "ember.ssl.enabled" if !matches!(value, "true" | "false") => {
+                return Err(bad("expected true or false"));
+            }
+            "ember.ssl.serverName" if value.trim().is_empty() || value.contains(char::is_whitespace) => {
+                return Err(bad("expected a host name or IP address"));
+            }
+            "ember.app.name"
+            | "ember.local.dir"
+            | "ember.checkpoint.dir"
+            | "ember.ssl.certFile"
+            | "ember.ssl.keyFile"
+            | "ember.ssl.trustFile"
+                if value.trim().is_empty() =>
+            {
                 return Err(bad("must not be empty"));
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// `ember.ssl.*`, when enabled: at least a file to trust (a certificate, or the trust file).
+    fn ssl(&self) -> Result<Option<SslSettings>> {
+        if self.get("ember.ssl.enabled") != Some("true") {
+            return Ok(None);
+        }
+        let ssl = SslSettings {
+            cert_file: self.get("ember.ssl.certFile").map(PathBuf::from),
+            key_file: self.get("ember.ssl.keyFile").map(PathBuf::from),
+            trust_file: self.get("ember.ssl.trustFile").map(PathBuf::from),
+            server_name: self.get("ember.ssl.serverName").map(str::to_string),
+        };
+        if ssl.cert_file.is_some() != ssl.key_file.is_some() {
+            return Err(Error::Config {
+                key: "ember.ssl.keyFile".into(),
+                value: self.get("ember.ssl.keyFile").unwrap_or("(unset)").into(),
+                reason: "ember.ssl.certFile and ember.ssl.keyFile go together".into(),
+            });
+        }
+        if ssl.cert_file.is_none() && ssl.trust_file.is_none() {
+            return Err(Error::Config {
+                key: "ember.ssl.enabled".into(),
+                value: "true".into(),
+                reason: "TLS needs ember.ssl.certFile and ember.ssl.keyFile (or, for a process that only \
+                         connects, ember.ssl.trustFile)"
+                    .into(),
+            });
+        }
+        Ok(Some(ssl))
     }
 
     /// Parses every setting, applying defaults.
@@ -706,6 +797,7 @@ impl EmberConf {
                 .get("ember.scheduler.groupSize")
                 .and_then(crate::scheduler::group::GroupSize::parse)
                 .unwrap_or(crate::scheduler::group::GroupSize::Fixed(1)),
+            ssl: self.ssl()?,
             cores_max: self.get("ember.cores.max").and_then(|v| v.trim().parse().ok()),
             executor_cores: self.get("ember.executor.cores").and_then(|v| v.trim().parse().ok()),
             executor_memory_bytes: self.get("ember.executor.memory").and_then(parse_size).unwrap_or(1 << 30),
@@ -716,6 +808,38 @@ impl EmberConf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_need_files_that_go_together() {
+        assert_eq!(EmberConf::new().settings().unwrap().ssl, None, "off by default");
+        let on = EmberConf::new().set("ember.ssl.enabled", "true").unwrap();
+        let err = on.settings().unwrap_err().to_string();
+        assert!(err.contains("ember.ssl.certFile"), "{err}");
+        let err = on.clone().set("ember.ssl.certFile", "node.pem").unwrap().settings().unwrap_err().to_string();
+        assert!(err.contains("go together"), "{err}");
+        let ssl = on
+            .clone()
+            .set("ember.ssl.certFile", "node.pem")
+            .unwrap()
+            .set("ember.ssl.keyFile", "node.key")
+            .unwrap()
+            .settings()
+            .unwrap()
+            .ssl
+            .unwrap();
+        assert_eq!(ssl.cert_file, Some(PathBuf::from("node.pem")));
+        assert_eq!(ssl.key_file, Some(PathBuf::from("node.key")));
+        assert_eq!(ssl.trust_file, None);
+        // A process that only connects needs only what it trusts.
+        let client = on.clone().set("ember.ssl.trustFile", "ca.pem").unwrap().settings().unwrap().ssl.unwrap();
+        assert_eq!(client.trust_file, Some(PathBuf::from("ca.pem")));
+        assert!(EmberConf::new().set("ember.ssl.enabled", "yes").is_err());
+        assert!(EmberConf::new().set("ember.ssl.serverName", "two words").is_err());
+        assert!(EmberConf::new().set("ember.ssl.certFile", " ").is_err());
+        // Set but off: nothing is read.
+        let off = EmberConf::new().set("ember.ssl.certFile", "node.pem").unwrap().settings().unwrap();
+        assert_eq!(off.ssl, None);
+    }
 
     #[test]
     fn out_of_range_values_are_errors_not_saturated() {

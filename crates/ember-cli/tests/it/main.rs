@@ -4,5 +4,7 @@
 //! The submitted programs are the repository's examples (`word_count`, `running_sum`), built
 //! with the workspace (`cargo test --workspace` builds them before any test runs).
 
+#[path = "../../../ember-cluster/tests/it/certs.rs"]
+mod certs;
 mod netns;
 mod standalone;

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::certs;
+
 const SECRET: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
 fn ember() -> Command {
@@ -43,6 +45,8 @@ pub(crate) fn wait_for_line(child: &mut Child, needle: &str) -> String {
 /// A master and workers, killed when dropped.
 struct Standalone {
     url: String,
+    /// `key=value` settings every command gets: the cluster's secret, and TLS when on.
+    common: Vec<String>,
     master: Child,
     workers: Vec<Child>,
     dir: tempfile::TempDir,
@@ -50,17 +54,25 @@ struct Standalone {
 
 impl Standalone {
     fn start(workers: usize, cores: u32, extra: &[&str]) -> Standalone {
+        Standalone::start_with(workers, cores, extra, &[])
+    }
+
+    /// [`Standalone::start`] with more settings for every command (master, workers, submit,
+    /// status).
+    fn start_with(workers: usize, cores: u32, extra: &[&str], common: &[String]) -> Standalone {
         let dir = tempfile::tempdir().unwrap();
+        let mut common = common.to_vec();
+        common.push(format!("ember.authenticate.secret={SECRET}"));
         let mut master = ember()
-            .args(["master", "--host", "127.0.0.1", "--port", "0", "--conf"])
-            .arg(format!("ember.authenticate.secret={SECRET}"))
+            .args(["master", "--host", "127.0.0.1", "--port", "0"])
+            .args(common.iter().flat_map(|kv| ["--conf", kv]))
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let line = wait_for_line(&mut master, "listening on");
         let url = line.split_whitespace().last().unwrap().to_string();
-        let mut cluster = Standalone { url, master, workers: Vec::new(), dir };
+        let mut cluster = Standalone { url, common, master, workers: Vec::new(), dir };
         for _ in 0..workers {
             cluster.add_worker(cores);
         }
@@ -73,7 +85,7 @@ impl Standalone {
         let mut worker = ember()
             .args(["worker", "--master", &self.url, "--cores", &cores.to_string(), "--memory", "2g", "--work-dir"])
             .arg(&work)
-            .args(["--conf", &format!("ember.authenticate.secret={SECRET}")])
+            .args(self.common.iter().flat_map(|kv| ["--conf", kv]))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -83,7 +95,7 @@ impl Standalone {
 
     fn submit(&self, conf: &[&str], program: &Path, args: &[&str]) -> Child {
         let mut c = ember();
-        c.args(["submit", "--master", &self.url, "--conf", &format!("ember.authenticate.secret={SECRET}")]);
+        c.args(["submit", "--master", &self.url]).args(self.common.iter().flat_map(|kv| ["--conf", kv]));
         for kv in conf {
             c.args(["--conf", kv]);
         }
@@ -92,7 +104,8 @@ impl Standalone {
 
     fn status(&self) -> String {
         let out = ember()
-            .args(["status", "--master", &self.url, "--conf", &format!("ember.authenticate.secret={SECRET}")])
+            .args(["status", "--master", &self.url])
+            .args(self.common.iter().flat_map(|kv| ["--conf", kv]))
             .output()
             .unwrap();
         assert!(out.status.success(), "ember status failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -206,6 +219,42 @@ fn submits_word_count_and_running_sum_at_the_same_time() {
         }
         assert!(Instant::now() < deadline, "executors were not freed:\n{status}");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// TLS on every connection of a standalone cluster: master, worker, driver and executors present
+/// or check the test authority's certificates; a client in the clear is refused.
+#[test]
+fn a_standalone_cluster_runs_over_tls() {
+    let certs = certs::make(&["127.0.0.1"]);
+    let tls = [
+        "ember.ssl.enabled=true".to_string(),
+        format!("ember.ssl.certFile={}", certs.cert.display()),
+        format!("ember.ssl.keyFile={}", certs.key.display()),
+        format!("ember.ssl.trustFile={}", certs.ca.display()),
+    ];
+    let cluster = Standalone::start_with(1, 2, &[], &tls);
+    let work = tempfile::tempdir().unwrap();
+    let (input, expected) = corpus(work.path());
+    let output = work.path().join("counts");
+    let wc = cluster.submit(&[], &example("word_count"), &[input.to_str().unwrap(), output.to_str().unwrap()]);
+    finish(wc, "word_count over TLS");
+    assert_eq!(read_counts(&output), expected);
+    assert!(cluster.status().contains("1 workers"));
+    // The same request in the clear, or trusting another authority, is refused.
+    for conf in [
+        vec![],
+        vec!["ember.ssl.enabled=true".to_string(), format!("ember.ssl.trustFile={}", certs.other_ca.display())],
+    ] {
+        let out = ember()
+            .args(["status", "--master", &cluster.url, "--conf", &format!("ember.authenticate.secret={SECRET}")])
+            .args(conf.iter().flat_map(|kv| ["--conf", kv]))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("cannot reach the master"), "{conf:?}: {err}");
+        let why = if conf.is_empty() { "if the peer requires TLS" } else { "certificate" };
+        assert!(err.contains(why), "the refusal says why: {err}");
     }
 }
 

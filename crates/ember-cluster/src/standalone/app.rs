@@ -19,6 +19,7 @@ use crate::data::Auth;
 use crate::driver::{Cluster, ControlService, RemoteBackend};
 use crate::error::{ClusterError, Result};
 use crate::proto::{self, application_message::Kind as ToMaster, master_to_application::Kind as FromMaster};
+use crate::tls::Tls;
 
 /// How long the executors granted at registration have to register with the driver.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,7 +45,8 @@ pub(crate) fn start_standalone(start: ClusterStart, address: &str) -> Result<Clu
     let cluster =
         Cluster::new(start.app_id.clone(), binary, settings, (start.statuses, start.tracker, start.driver_env))?;
     cluster.set_elastic(true);
-    let service = ControlService::start(&cluster, settings, &secret)?;
+    let tls = Tls::load(settings.ssl.as_ref())?;
+    let service = ControlService::start(&cluster, settings, &secret, tls.as_deref())?;
     let handle = service.handle();
     let driver = std::net::SocketAddr::new(settings.driver_host, service.address.port());
     let register = proto::RegisterApplication {
@@ -58,7 +60,9 @@ pub(crate) fn start_standalone(start: ClusterStart, address: &str) -> Result<Clu
     };
     let (to_master, to_master_rx) = mpsc::unbounded_channel::<proto::ApplicationMessage>();
     let _ = to_master.send(proto::ApplicationMessage { kind: Some(ToMaster::Register(register)) });
-    let registered = handle.block_on(register_with(address, cluster_secret.as_ref(), to_master_rx, &cluster));
+    let registered = handle
+        .block_on(register_with(address, cluster_secret.as_ref(), tls.as_deref(), to_master_rx, &cluster))
+        .map_err(|e| crate::tls::hint_mismatch(e, tls.is_some()));
     let (app_id, granted, inbound) = match registered {
         Ok(r) => r,
         Err(e) => {
@@ -128,17 +132,17 @@ pub(crate) fn start_standalone(start: ClusterStart, address: &str) -> Result<Clu
 async fn register_with(
     address: &str,
     secret: Option<&Secret>,
+    tls: Option<&Tls>,
     outbound: mpsc::UnboundedReceiver<proto::ApplicationMessage>,
     cluster: &Cluster,
 ) -> Result<(String, usize, tonic::Streaming<proto::MasterToApplication>)> {
     let unreachable = |e: String| ClusterError::Transport(format!("cannot reach the master at ember://{address}: {e}"));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| ClusterError::Environment(format!("master address `{address}`: {e}")))?
+    let channel = crate::tls::endpoint(address, tls)?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(crate::error::chain(&e)))?;
     let mut client = proto::master_client::MasterClient::with_interceptor(channel, Auth::new(secret)?);
     let opened = client.application_session(tokio_stream::wrappers::UnboundedReceiverStream::new(outbound)).await;
     let mut inbound = match opened {

@@ -76,6 +76,8 @@ pub struct MasterOptions {
     pub scheduling: Scheduling,
     /// How long a worker may stay silent before it is declared lost.
     pub worker_timeout: Duration,
+    /// TLS (`ember.ssl.*`): the master presents this node's certificate.
+    pub ssl: Option<ember_core::conf::SslSettings>,
 }
 
 type WorkerTx = mpsc::UnboundedSender<std::result::Result<proto::MasterToWorker, Status>>;
@@ -376,6 +378,7 @@ pub fn start_master(options: MasterOptions) -> Result<MasterHandle> {
         Some(hex) => Some(Secret::from_hex(hex)?.token()),
         None => None,
     };
+    let mut server = crate::tls::server(crate::tls::Tls::load(options.ssl.as_ref())?.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ember-master")
@@ -398,7 +401,7 @@ pub fn start_master(options: MasterOptions) -> Result<MasterHandle> {
     );
     let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     runtime.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = server
             .add_service(service)
             .serve_with_incoming_shutdown(crate::incoming(listener), async {
                 let _ = shutdown_rx.await;

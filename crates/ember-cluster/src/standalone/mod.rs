@@ -20,24 +20,44 @@ use crate::error::{ClusterError, Result};
 pub use crate::proto::{ApplicationStatus, ClusterStatus, ExecutorStatus, WorkerStatus};
 
 /// Asks the master at `address` (`host:port`) for its workers, applications and executors;
-/// `secret` is the cluster's, when the master has one.
-pub fn cluster_status(address: &str, secret: Option<&str>) -> Result<ClusterStatus> {
+/// `secret` is the cluster's, when the master has one; `ssl` this node's TLS settings, when the
+/// master runs with TLS.
+pub fn cluster_status(
+    address: &str,
+    secret: Option<&str>,
+    ssl: Option<&ember_core::conf::SslSettings>,
+) -> Result<ClusterStatus> {
     let secret = secret.map(Secret::from_hex).transpose()?;
+    let tls = crate::tls::Tls::load(ssl)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|source| ClusterError::Io { path: "a network runtime".into(), source })?;
-    runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClusterError::Environment(format!("master address `{address}`: {e}")))?
+    let tls_on = tls.is_some();
+    let asked = runtime.block_on(async {
+        let channel = crate::tls::endpoint(address, tls.as_deref())?
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
-            .map_err(|e| ClusterError::Transport(format!("cannot reach the master at ember://{address}: {e}")))?;
+            .map_err(|e| {
+                ClusterError::Transport(format!(
+                    "cannot reach the master at ember://{address}: {}",
+                    crate::error::chain(&e)
+                ))
+            })?;
         let mut client =
             crate::proto::master_client::MasterClient::with_interceptor(channel, Auth::new(secret.as_ref())?);
-        Ok(client.status(crate::proto::StatusRequest {}).await?.into_inner())
-    })
+        client.status(crate::proto::StatusRequest {}).await.map(tonic::Response::into_inner).map_err(|s| {
+            match s.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ClusterError::from(s),
+                _ => ClusterError::Rpc(format!(
+                    "cannot reach the master at ember://{address}: {}",
+                    crate::error::status_text(&s)
+                )),
+            }
+        })
+    });
+    asked.map_err(|e| crate::tls::hint_mismatch(e, tls_on))
 }
 
 /// The status as text: one table each for workers, applications and executors.

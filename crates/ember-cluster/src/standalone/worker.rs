@@ -20,6 +20,7 @@ use crate::auth::{self, Secret};
 use crate::data::Auth;
 use crate::error::{ClusterError, Result};
 use crate::proto::{self, master_to_worker::Kind as FromMaster, worker_message::Kind as ToMaster};
+use crate::tls::Tls;
 use crate::vars;
 
 /// How to run a worker.
@@ -37,6 +38,9 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// The cluster's secret, when the master has one.
     pub secret: Option<String>,
+    /// TLS (`ember.ssl.*`) for the worker's connections and its executors' (which also listen,
+    /// so a certificate and key are needed).
+    pub ssl: Option<ember_core::conf::SslSettings>,
 }
 
 /// What the launcher thread is asked to do.
@@ -62,6 +66,10 @@ pub fn run_worker(mut options: WorkerOptions) -> Result<()> {
     if options.cores == 0 || options.memory_mib == 0 {
         return Err(ClusterError::Environment("a worker offers at least one core and one MiB".into()));
     }
+    let tls = Tls::load(options.ssl.as_ref())?;
+    if let Some(tls) = &tls {
+        tls.can_listen()?;
+    }
     std::fs::create_dir_all(options.work_dir.join("binaries"))
         .and_then(|()| options.work_dir.canonicalize())
         .map(|dir| options.work_dir = dir)
@@ -83,7 +91,10 @@ pub fn run_worker(mut options: WorkerOptions) -> Result<()> {
             .spawn(move || launch_loop(&commands_rx, &to_master, &work_dir))
             .map_err(|source| ClusterError::Io { path: "the worker's launcher thread".into(), source })?
     };
-    let outcome = runtime.block_on(session(options, to_master, to_master_rx, commands));
+    let tls_on = tls.is_some();
+    let outcome = runtime
+        .block_on(session(options, tls, to_master, to_master_rx, commands))
+        .map_err(|e| crate::tls::hint_mismatch(e, tls_on));
     // The command channel is closed by now: the launcher kills what still runs and ends.
     let _ = launcher.join();
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -92,13 +103,13 @@ pub fn run_worker(mut options: WorkerOptions) -> Result<()> {
 
 async fn session(
     options: WorkerOptions,
+    tls: Option<Arc<Tls>>,
     to_master: ToMasterTx,
     to_master_rx: mpsc::UnboundedReceiver<proto::WorkerMessage>,
     commands: std::sync::mpsc::Sender<Order>,
 ) -> Result<()> {
     let secret = options.secret.as_deref().map(Secret::from_hex).transpose()?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", options.master))
-        .map_err(|e| ClusterError::Environment(format!("master address `{}`: {e}", options.master)))?
+    let channel = crate::tls::endpoint(&options.master, tls.as_deref())?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .connect()
@@ -132,7 +143,7 @@ async fn session(
             }
         })
     };
-    let binaries = Arc::new(Binaries { dir: options.work_dir.join("binaries"), locks: Mutex::default() });
+    let binaries = Arc::new(Binaries { dir: options.work_dir.join("binaries"), locks: Mutex::default(), tls });
     let outcome = loop {
         match inbound.message().await {
             Ok(Some(proto::MasterToWorker { kind: Some(FromMaster::Launch(l)) })) => {
@@ -170,6 +181,8 @@ struct Binaries {
     dir: PathBuf,
     /// One fetch per hash at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The worker's TLS: for fetching from drivers, and handed to its executors.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Binaries {
@@ -199,8 +212,7 @@ impl Binaries {
                 }
             }
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{driver}"))
-            .map_err(|e| ClusterError::Protocol(format!("driver address `{driver}`: {e}")))?
+        let channel = crate::tls::endpoint(driver, self.tls.as_deref())?
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await?;
@@ -269,6 +281,7 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
         .env(vars::SECRET, secret.to_hex())
         .env(vars::HOST, options.host.to_string())
         .env(vars::LOCAL_DIR, dir.join("local"))
+        .envs(binaries.tls.as_ref().map(|t| t.env()).unwrap_or_default())
         .env_remove(vars::SUBMIT_CONF)
         .stdin(Stdio::null())
         .stdout(log("stdout")?)

@@ -19,7 +19,7 @@ fn context(master: &str) -> Context {
 }
 
 /// The process ids of the executors that ran a job of `n` tasks.
-fn executor_pids(ctx: &Context, n: usize) -> HashSet<u32> {
+pub(crate) fn executor_pids(ctx: &Context, n: usize) -> HashSet<u32> {
     ctx.parallelize((0..n as u32).collect(), n).map(|_| std::process::id()).collect().unwrap().into_iter().collect()
 }
 
@@ -29,7 +29,7 @@ fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0, "signal {sig} to {pid}");
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -137,7 +137,19 @@ pub fn accumulators_count_once_across_processes() {
 /// Starts this binary as an executor of the driver at `port`, as the driver would but with
 /// `secret`, and returns its exit status and standard error.
 fn run_executor(exe: &std::path::Path, port: u16, id: &str, secret: &str) -> (Option<i32>, String) {
+    run_executor_with(exe, port, id, secret, &[])
+}
+
+/// [`run_executor`] with more environment variables.
+pub(crate) fn run_executor_with(
+    exe: &std::path::Path,
+    port: u16,
+    id: &str,
+    secret: &str,
+    env: &[(&str, &std::path::Path)],
+) -> (Option<i32>, String) {
     let mut child = Command::new(exe)
+        .envs(env.iter().copied())
         .env("EMBER_EXECUTOR_DRIVER", format!("127.0.0.1:{port}"))
         .env("EMBER_EXECUTOR_ID", id)
         .env("EMBER_EXECUTOR_CORES", "1")
@@ -281,7 +293,7 @@ pub fn executors_die_with_a_killed_driver() {
     wait_until("the executor died with its driver", Duration::from_secs(10), || !alive(executor));
 }
 
-fn context_with(master: &str, settings: &[(&str, &str)]) -> Context {
+pub(crate) fn context_with(master: &str, settings: &[(&str, &str)]) -> Context {
     let mut conf = EmberConf::new().master(master).unwrap().set("ember.ui.showConsoleProgress", "false").unwrap();
     for (k, v) in settings {
         conf = conf.set(k, *v).unwrap();

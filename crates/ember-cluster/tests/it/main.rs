@@ -2,8 +2,10 @@
 //! in executor mode, so `main` calls the executor entry first and then runs the tests itself
 //! (the standard harness would run every test in each executor instead).
 
+mod certs;
 mod harness;
 mod local_cluster;
+mod tls;
 
 /// The named test functions, as `(name, fn)` pairs.
 macro_rules! tests {
@@ -46,5 +48,7 @@ fn main() {
         local_cluster::an_executor_that_keeps_failing_tasks_is_excluded,
         local_cluster::damaged_shuffle_files_on_executors_are_recomputed,
         local_cluster::a_replicated_partition_survives_the_loss_of_an_executor,
+        tls::a_cluster_runs_over_tls_on_both_planes,
+        tls::bad_tls_files_are_reported_by_name,
     ]);
 }

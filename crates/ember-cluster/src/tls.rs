@@ -1,0 +1,188 @@
+//! TLS for both planes (`ember.ssl.*`): rustls through tonic.
+//!
+//! Every listener of a cluster (a driver's control service, a standalone master, an executor's
+//! data plane) presents its node's certificate when TLS is on, and every client checks the
+//! server's certificate against the trusted authorities and the expected name. The shared secret
+//! still authenticates each call on top: TLS keeps the traffic private and the servers genuine,
+//! the secret keeps strangers out.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ember_core::conf::SslSettings;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+
+use crate::error::{chain, ClusterError, Result};
+use crate::vars;
+
+/// A node's TLS material, read once from its files.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    files: SslSettings,
+    /// The certificate chain and key a listener presents (absent on a process that only connects).
+    identity: Option<Identity>,
+    /// The authorities a client trusts.
+    trust: Certificate,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+fn read_pem(path: &Path, setting: &str, what: &str) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| ClusterError::Tls(format!("{setting} {}: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !text.contains("-----BEGIN ") || !text.contains(what) {
+        return Err(ClusterError::Tls(format!("{setting} {}: not a PEM file holding {what}", path.display())));
+    }
+    Ok(bytes)
+}
+
+impl Tls {
+    /// Reads the files `ssl` names; `None` when TLS is off.
+    pub(crate) fn load(ssl: Option<&SslSettings>) -> Result<Option<Arc<Tls>>> {
+        let Some(ssl) = ssl else { return Ok(None) };
+        let identity = match (&ssl.cert_file, &ssl.key_file) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(
+                read_pem(cert, "ember.ssl.certFile", "CERTIFICATE")?,
+                read_pem(key, "ember.ssl.keyFile", "PRIVATE KEY")?,
+            )),
+            (None, None) => None,
+            _ => return Err(ClusterError::Tls("ember.ssl.certFile and ember.ssl.keyFile go together".into())),
+        };
+        let trust = match (&ssl.trust_file, &ssl.cert_file) {
+            (Some(path), _) => read_pem(path, "ember.ssl.trustFile", "CERTIFICATE")?,
+            (None, Some(path)) => read_pem(path, "ember.ssl.certFile", "CERTIFICATE")?,
+            (None, None) => return Err(ClusterError::Tls("nothing to trust: set ember.ssl.trustFile".into())),
+        };
+        let tls = Tls { files: ssl.clone(), identity, trust: Certificate::from_pem(trust) };
+        // Build both sides once now, so that a key that does not parse is reported at start-up
+        // and names its file, not at the first connection.
+        if tls.identity.is_some() {
+            Server::builder().tls_config(tls.server_config()?).map_err(|e| {
+                ClusterError::Tls(format!(
+                    "the certificate {} or key {} is not usable: {}",
+                    show(ssl.cert_file.as_deref()),
+                    show(ssl.key_file.as_deref()),
+                    chain(&e)
+                ))
+            })?;
+        }
+        Endpoint::from_static("https://127.0.0.1:1").tls_config(tls.client_config()).map_err(|e| {
+            ClusterError::Tls(format!(
+                "the trusted certificates {} are not usable: {}",
+                show(ssl.trust_file.as_deref().or(ssl.cert_file.as_deref())),
+                chain(&e)
+            ))
+        })?;
+        Ok(Some(Arc::new(tls)))
+    }
+
+    /// The TLS settings an executor started by this process uses: the same files. Read back by
+    /// [`Tls::from_env`].
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut put = |var, path: &Option<PathBuf>| {
+            if let Some(p) = path {
+                out.push((var, p.display().to_string()));
+            }
+        };
+        put(vars::SSL_CERT_FILE, &self.files.cert_file);
+        put(vars::SSL_KEY_FILE, &self.files.key_file);
+        put(vars::SSL_TRUST_FILE, &self.files.trust_file);
+        if let Some(name) = &self.files.server_name {
+            out.push((vars::SSL_SERVER_NAME, name.clone()));
+        }
+        out
+    }
+
+    /// The settings [`Tls::env`] handed to this executor, if any.
+    pub(crate) fn settings_from_env() -> Option<SslSettings> {
+        let get = |var| std::env::var_os(var).filter(|v| !v.is_empty());
+        let ssl = SslSettings {
+            cert_file: get(vars::SSL_CERT_FILE).map(PathBuf::from),
+            key_file: get(vars::SSL_KEY_FILE).map(PathBuf::from),
+            trust_file: get(vars::SSL_TRUST_FILE).map(PathBuf::from),
+            server_name: get(vars::SSL_SERVER_NAME).and_then(|v| v.into_string().ok()),
+        };
+        (ssl.cert_file.is_some() || ssl.trust_file.is_some()).then_some(ssl)
+    }
+
+    /// Whether this node can present a certificate (it, or processes it starts, listen).
+    pub(crate) fn can_listen(&self) -> Result<()> {
+        self.server_config().map(drop)
+    }
+
+    fn server_config(&self) -> Result<ServerTlsConfig> {
+        let identity = self.identity.clone().ok_or_else(|| {
+            ClusterError::Tls("this process listens, so it needs ember.ssl.certFile and ember.ssl.keyFile".into())
+        })?;
+        Ok(ServerTlsConfig::new().identity(identity))
+    }
+
+    fn client_config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().ca_certificate(self.trust.clone());
+        match &self.files.server_name {
+            Some(name) => config.domain_name(name.clone()),
+            None => config,
+        }
+    }
+}
+
+fn show(path: Option<&Path>) -> String {
+    path.map_or_else(|| "(unset)".to_string(), |p| p.display().to_string())
+}
+
+/// A client endpoint for `address` (`host:port`): `https` with this node's trust when TLS is on.
+pub(crate) fn endpoint(address: &str, tls: Option<&Tls>) -> Result<Endpoint> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+        .map_err(|e| ClusterError::Environment(format!("address `{address}`: {e}")))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.client_config()).map_err(|e| ClusterError::Tls(chain(&e))),
+        None => Ok(endpoint),
+    }
+}
+
+/// A server builder: presenting this node's certificate when TLS is on.
+pub(crate) fn server(tls: Option<&Tls>) -> Result<Server> {
+    match tls {
+        Some(tls) => Server::builder().tls_config(tls.server_config()?).map_err(|e| ClusterError::Tls(chain(&e))),
+        None => Ok(Server::builder()),
+    }
+}
+
+/// `e`, with a hint when it looks like one side of a connection speaking TLS and the other not
+/// (a plaintext HTTP/2 client reading a TLS record, or a TLS client reading plaintext).
+pub(crate) fn hint_mismatch(e: ClusterError, tls_on: bool) -> ClusterError {
+    let hint = |text: &str| {
+        let garbled = text.contains("h2 protocol error")
+            || text.contains("frame with invalid size")
+            || text.contains("InvalidContentType")
+            || text.contains("corrupt message")
+            || text.contains("broken pipe")
+            || text.contains("connection reset");
+        if !garbled {
+            return String::new();
+        }
+        if tls_on {
+            " (if the peer runs without TLS: this process has ember.ssl.enabled, and both sides must agree)".to_string()
+        } else {
+            " (if the peer requires TLS: set ember.ssl.enabled, and ember.ssl.trustFile or ember.ssl.certFile)"
+                .to_string()
+        }
+    };
+    match e {
+        ClusterError::Transport(m) => {
+            let h = hint(&m);
+            ClusterError::Transport(m + &h)
+        }
+        ClusterError::Rpc(m) => {
+            let h = hint(&m);
+            ClusterError::Rpc(m + &h)
+        }
+        e => e,
+    }
+}

@@ -89,15 +89,20 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         Ok(Response::new(proto::NoticeReply {}))
     }
 
-    async fn map_output_ready(
+    async fn map_outputs_ready(
         &self,
-        request: Request<proto::MapOutputNotice>,
+        request: Request<tonic::Streaming<proto::MapOutputNotice>>,
     ) -> std::result::Result<Response<proto::NoticeReply>, Status> {
-        let notice = request.into_inner();
-        let status = postcard::from_bytes::<MapStatus>(&notice.status)
-            .map_err(|e| Status::invalid_argument(format!("the map status does not decode: {e}")))?;
-        let take = self.notices.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
-        take(status, notice.segments.into_iter().map(|s| (s.data, s.framed)).collect());
+        let mut notices = request.into_inner();
+        while let Some(notice) = notices.message().await? {
+            let status = postcard::from_bytes::<MapStatus>(&notice.status)
+                .map_err(|e| Status::invalid_argument(format!("a map status does not decode: {e}")))?;
+            match self.notices.get() {
+                Some(take) => take(status, notice.segments.into_iter().map(|s| (s.data, s.framed)).collect()),
+                // Not serving yet: its reducers ask the driver instead.
+                None => tracing::debug!("a map output was announced before this executor started"),
+            }
+        }
         Ok(Response::new(proto::NoticeReply {}))
     }
 
@@ -163,6 +168,8 @@ pub(crate) struct Fetcher {
     /// TLS for connections to other executors' data planes, when on.
     tls: Option<Arc<crate::tls::Tls>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// The open announcement stream to each peer executor.
+    announcers: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<proto::MapOutputNotice>>>,
     /// Small map outputs other executors pushed with their announcements.
     pushed: Pushed,
 }
@@ -189,7 +196,15 @@ impl Fetcher {
         addresses: Addresses,
         tls: Option<Arc<crate::tls::Tls>>,
     ) -> Fetcher {
-        Fetcher { handle, auth, addresses, tls, channels: Mutex::default(), pushed: Pushed::default() }
+        Fetcher {
+            handle,
+            auth,
+            addresses,
+            tls,
+            channels: Mutex::default(),
+            announcers: Mutex::default(),
+            pushed: Pushed::default(),
+        }
     }
 
     /// Bounds what pushed outputs may hold here.
@@ -263,18 +278,36 @@ impl Fetcher {
     }
 
     /// Announces a finished map output to `peers` (executor ids), without waiting; a small
-    /// output's segments (`pushed`) go with it.
+    /// output's segments (`pushed`) go with it. Each peer's notices go, in order, on one stream
+    /// opened at the first and again after it broke (a peer that left); a notice that does not
+    /// arrive leaves the peer's reducers to ask the driver.
     pub(crate) fn announce(&self, peers: &[String], status: &MapStatus, pushed: &[(Vec<u8>, bool)]) {
         let Ok(bytes) = postcard::to_allocvec(status) else { return };
         let segments: Vec<proto::PushedSegment> =
             pushed.iter().map(|(data, framed)| proto::PushedSegment { data: data.clone(), framed: *framed }).collect();
+        let mut announcers = self.announcers.lock().unwrap_or_else(|p| p.into_inner());
         for peer in peers {
-            let Ok(mut client) = self.client(peer) else { continue };
             let notice = proto::MapOutputNotice { status: bytes.clone(), segments: segments.clone() };
+            let notice = match announcers.get(peer) {
+                None => notice,
+                Some(tx) => match tx.send(notice) {
+                    Ok(()) => continue,
+                    // The stream ended: open another.
+                    Err(tokio::sync::mpsc::error::SendError(notice)) => notice,
+                },
+            };
+            let Ok(mut client) = self.client(peer) else {
+                announcers.remove(peer);
+                continue;
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let _ = tx.send(notice);
+            announcers.insert(peer.clone(), tx);
             let peer = peer.clone();
             self.handle.spawn(async move {
-                if let Err(e) = client.map_output_ready(notice).await {
-                    tracing::debug!("announcing a map output to executor {peer} failed: {}", e.message());
+                let notices = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+                if let Err(e) = client.map_outputs_ready(notices).await {
+                    tracing::debug!("announcing map outputs to executor {peer} failed: {}", e.message());
                 }
             });
         }

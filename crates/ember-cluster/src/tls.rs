@@ -163,7 +163,8 @@ pub(crate) fn hint_mismatch(e: ClusterError, tls_on: bool) -> ClusterError {
             || text.contains("InvalidContentType")
             || text.contains("corrupt message")
             || text.contains("broken pipe")
-            || text.contains("connection reset");
+            || text.contains("connection reset")
+            || text.contains("connection closed");
         if !garbled {
             return String::new();
         }

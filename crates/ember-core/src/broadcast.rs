@@ -235,8 +235,19 @@ impl<T: Data> Serialize for Broadcast<T> {
     }
 }
 
+thread_local! {
+    static DECODED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many broadcast handles this thread has decoded: a lineage node whose decode changed it
+/// holds a broadcast value.
+pub(crate) fn decoded_on_this_thread() -> u64 {
+    DECODED.with(std::cell::Cell::get)
+}
+
 impl<'de, T: Data> Deserialize<'de> for Broadcast<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        DECODED.with(|n| n.set(n.get().wrapping_add(1)));
         let id = u64::deserialize(d)?;
         let env = crate::env::current().ok_or_else(|| {
             crate::ship::decode_failed(format!("broadcast {id} decoded outside a task: no executor to resolve it"))

@@ -310,6 +310,12 @@ impl ShipKey {
     }
 }
 
+/// A fingerprint of the key of the decode running on this thread (not the key itself), if any:
+/// what the decoded-lineage cache keys its nodes by.
+pub(crate) fn decode_key_fingerprint() -> Option<u64> {
+    ShipKey::current().map(|k| k.mac(b"ember-decoded-lineage-v1"))
+}
+
 /// The address ranges of this binary's executable code, or `None` where they cannot be read.
 fn code_ranges() -> Option<&'static [(usize, usize)]> {
     static RANGES: std::sync::OnceLock<Option<Vec<(usize, usize)>>> = std::sync::OnceLock::new();

@@ -9,6 +9,7 @@
 
 mod actions;
 mod approx;
+mod decoded;
 mod keyed;
 mod lineage;
 mod more_actions;
@@ -482,15 +483,9 @@ struct EncodeSession {
     nodes: Vec<EncodedNode>,
 }
 
-#[derive(Default)]
-struct DecodeSession {
-    bytes: std::collections::HashMap<RddId, (bool, Vec<u8>)>,
-    decoded: std::collections::HashMap<RddId, Arc<dyn std::any::Any + Send + Sync>>,
-}
-
 thread_local! {
     static ENCODING: std::cell::RefCell<Option<EncodeSession>> = const { std::cell::RefCell::new(None) };
-    static DECODING: std::cell::RefCell<Option<DecodeSession>> = const { std::cell::RefCell::new(None) };
+    static DECODING: std::cell::RefCell<Option<decoded::Session>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Ends this thread's encode session when the outermost encode returns, even by unwinding: a
@@ -536,23 +531,40 @@ impl<T: Data> Rdd<T> {
         Ok(())
     }
 
+    /// The node `r` names in the decode in progress: decoded once per decode, and taken from
+    /// earlier decodes when it is the very same node (see `decoded`).
     fn resolve(r: NodeRef) -> Result<Rdd<T>> {
-        let cached = DECODING.with(|d| d.borrow().as_ref().and_then(|s| s.decoded.get(&r.id).cloned()));
-        if let Some(any) = cached {
+        let reused = DECODING.with(|d| {
+            let mut d = d.borrow_mut();
+            let s = d.as_mut()?;
+            let (any, keep) = s.reuse(r.id, Some(r.level))?;
+            s.resolved(r.id, &any, keep);
+            Some(any)
+        });
+        if let Some(any) = reused {
             let node = any
                 .downcast::<Node<T>>()
                 .map_err(|_| Error::Serialization(format!("rdd {} is referenced with two types", r.id.0)))?;
             return Ok(Rdd { node });
         }
         let (checkpointed, bytes) = DECODING
-            .with(|d| d.borrow_mut().as_mut().and_then(|s| s.bytes.remove(&r.id)))
+            .with(|d| d.borrow_mut().as_mut().and_then(|s| s.begin(r.id)))
             .ok_or_else(|| Error::Serialization(format!("encoded lineage lacks rdd {}", r.id.0)))?;
+        let broadcasts = crate::broadcast::decoded_on_this_thread();
         // Decoded with the key of the decode in progress, which sealed the table's code references.
-        let imp = Ship::<dyn RddImpl<T>>::decode_nested(&bytes)?;
-        let node = Arc::new(Node::new(r.id, None, imp, checkpointed, r.level));
+        // No borrow is held: decoding the node resolves its parents.
+        let imp = Ship::<dyn RddImpl<T>>::decode_nested(&bytes);
+        let parents = DECODING.with(|d| d.borrow_mut().as_mut().map(|s| s.end()).unwrap_or_default());
+        let node = Arc::new(Node::new(r.id, None, imp?, checkpointed, r.level));
+        let any: decoded::AnyNode = node.clone();
+        // A node that holds a broadcast value, itself or through a parent, is not kept.
+        let keep = broadcasts == crate::broadcast::decoded_on_this_thread() && parents.iter().all(|p| p.2);
         DECODING.with(|d| {
             if let Some(s) = d.borrow_mut().as_mut() {
-                s.decoded.insert(r.id, node.clone() as Arc<dyn std::any::Any + Send + Sync>);
+                s.resolved(r.id, &any, keep);
+                if keep {
+                    s.keep(r.id, (checkpointed, r.level, bytes), parents, &any);
+                }
             }
         });
         Ok(Rdd { node })
@@ -585,7 +597,7 @@ impl<'de, T: Data> Deserialize<'de> for Rdd<T> {
         }
         let lineage = Lineage::deserialize(d)?;
         let bytes = lineage.nodes.into_iter().map(|n| (n.id, (n.checkpointed, n.bytes))).collect();
-        let session = DecodeSession { bytes, decoded: Default::default() };
+        let session = decoded::Session::new(crate::ship::decode_key_fingerprint(), bytes);
         DECODING.with(|s| *s.borrow_mut() = Some(session));
         let guard = DecodingGuard;
         let root = Rdd::resolve(lineage.root);

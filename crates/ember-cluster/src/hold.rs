@@ -56,18 +56,26 @@ impl Holder {
     /// Holds a pre-scheduled task.
     pub(crate) fn hold(&self, task: TaskLaunch, after: Arc<Prerequisites>) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).push_back(Held { task, after, since: Instant::now() });
-        self.wake();
+        self.signal();
     }
 
-    /// Something a held task may wait for happened: check them.
+    /// Something a held task may wait for happened: check them (when any are held: a task
+    /// held later is checked as it arrives).
     pub(crate) fn wake(&self) {
+        if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return;
+        }
+        self.signal();
+    }
+
+    fn signal(&self) {
         let _ = self.wake.lock().unwrap_or_else(|p| p.into_inner()).send(());
     }
 
     /// Ends the checking thread (the executor stops; held tasks are dropped with it).
     pub(crate) fn stop(&self) {
         self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.wake();
+        self.signal();
     }
 
     /// Drops held tasks the driver killed; returns them, to report cancelled.

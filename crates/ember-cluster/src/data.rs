@@ -168,11 +168,16 @@ pub(crate) struct Fetcher {
     /// TLS for connections to other executors' data planes, when on.
     tls: Option<Arc<crate::tls::Tls>>,
     channels: Mutex<HashMap<String, Channel>>,
-    /// The open announcement stream to each peer executor.
-    announcers: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<proto::MapOutputNotice>>>,
+    /// The open announcement stream to each peer executor, with a number of its own.
+    announcers: Arc<Mutex<HashMap<String, (u64, NoticeTx)>>>,
     /// Small map outputs other executors pushed with their announcements.
     pushed: Pushed,
 }
+
+type NoticeTx = tokio::sync::mpsc::UnboundedSender<proto::MapOutputNotice>;
+
+/// Numbers announcement streams, so that one that ended removes itself and not its successor.
+static STREAMS: AtomicU64 = AtomicU64::new(0);
 
 /// A pushed output's segments, in reduce order: bytes and whether each is a record stream.
 type Segments = Arc<Vec<(Vec<u8>, bool)>>;
@@ -202,7 +207,7 @@ impl Fetcher {
             addresses,
             tls,
             channels: Mutex::default(),
-            announcers: Mutex::default(),
+            announcers: Arc::default(),
             pushed: Pushed::default(),
         }
     }
@@ -227,6 +232,11 @@ impl Fetcher {
             self.pushed.bytes.fetch_sub(freed, Ordering::Relaxed);
         }
         self.pushed.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Closes the announcement streams to executors that are not among `live` any more.
+    pub(crate) fn keep_streams_to(&self, live: &std::collections::HashSet<String>) {
+        self.announcers.lock().unwrap_or_else(|p| p.into_inner()).retain(|peer, _| live.contains(peer));
     }
 
     /// Forgets the pushed outputs of a removed shuffle.
@@ -290,7 +300,7 @@ impl Fetcher {
             let notice = proto::MapOutputNotice { status: bytes.clone(), segments: segments.clone() };
             let notice = match announcers.get(peer) {
                 None => notice,
-                Some(tx) => match tx.send(notice) {
+                Some((_, tx)) => match tx.send(notice) {
                     Ok(()) => continue,
                     // The stream ended: open another.
                     Err(tokio::sync::mpsc::error::SendError(notice)) => notice,
@@ -302,12 +312,18 @@ impl Fetcher {
             };
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let _ = tx.send(notice);
-            announcers.insert(peer.clone(), tx);
-            let peer = peer.clone();
+            let number = STREAMS.fetch_add(1, Ordering::Relaxed);
+            announcers.insert(peer.clone(), (number, tx));
+            let (peer, streams) = (peer.clone(), self.announcers.clone());
             self.handle.spawn(async move {
                 let notices = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
                 if let Err(e) = client.map_outputs_ready(notices).await {
                     tracing::debug!("announcing map outputs to executor {peer} failed: {}", e.message());
+                }
+                // Ended: the next notice opens another stream.
+                let mut streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+                if streams.get(&peer).is_some_and(|(n, _)| *n == number) {
+                    streams.remove(&peer);
                 }
             });
         }

@@ -92,7 +92,6 @@ pub(crate) fn run_from_env() -> i32 {
         }
     };
     let id = config.id.clone();
-    let tls_on = config.tls.is_some();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ember-executor-io")
@@ -106,7 +105,6 @@ pub(crate) fn run_from_env() -> i32 {
         }
     };
     let (executor, hold_thread, outcome) = runtime.block_on(serve(config));
-    let outcome = outcome.map_err(|e| crate::tls::hint_mismatch(e, tls_on));
     // Threads are joined outside the runtime (stopping blocks).
     if let Some(t) = hold_thread {
         let _ = t.join();
@@ -148,7 +146,8 @@ async fn session(
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .connect()
-        .await?;
+        .await
+        .map_err(|e| crate::tls::hint_mismatch(e.into(), config.tls.is_some()))?;
     let auth_out = Auth::new(Some(&config.secret))?;
     let mut client = proto::driver_client::DriverClient::with_interceptor(channel, auth_out.clone())
         .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
@@ -196,8 +195,11 @@ async fn session(
         data_port: u32::from(data_port),
     };
     let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Register(register)) });
-    let mut inbound = client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await?.into_inner();
-    let settings = match inbound.message().await? {
+    // Until the driver first answers, a failure may be TLS on one side only.
+    let hinted = |s: tonic::Status| crate::tls::hint_mismatch(s.into(), config.tls.is_some());
+    let mut inbound =
+        client.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.map_err(hinted)?.into_inner();
+    let settings = match inbound.message().await.map_err(hinted)? {
         Some(proto::DriverMessage { kind: Some(In::Registered(r)) }) => {
             postcard::from_bytes::<ember_core::conf::Settings>(&r.settings)
                 .map_err(|e| ClusterError::Protocol(format!("the driver's settings do not decode: {e}")))?
@@ -336,6 +338,7 @@ async fn session(
                 ids.sort();
                 let mut live: std::collections::HashSet<String> = p.executors.keys().cloned().collect();
                 live.insert(config.id.clone());
+                fetcher.keep_streams_to(&live);
                 mirror.set_live(live);
                 addresses.write().unwrap_or_else(|e| e.into_inner()).extend(p.executors);
                 *peers.write().unwrap_or_else(|e| e.into_inner()) = ids;

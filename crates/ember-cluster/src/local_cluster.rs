@@ -119,6 +119,9 @@ fn spawn_executor(
     tls_env: &[(&str, String)],
 ) -> Result<Child> {
     let mut command = Command::new(exe);
+    for var in crate::tls::ENV_VARS {
+        command.env_remove(var);
+    }
     command.envs(tls_env.iter().map(|(k, v)| (*k, v)));
     command
         .env(vars::DRIVER, driver.to_string())

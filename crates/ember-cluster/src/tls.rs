@@ -15,6 +15,14 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server,
 use crate::error::{chain, ClusterError, Result};
 use crate::vars;
 
+/// How long a server waits for a client's TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Variables of a process's environment naming TLS files: removed from the environment of an
+/// executor started without TLS, which would otherwise turn it on against a driver without it.
+pub(crate) const ENV_VARS: [&str; 4] =
+    [vars::SSL_CERT_FILE, vars::SSL_KEY_FILE, vars::SSL_TRUST_FILE, vars::SSL_SERVER_NAME];
+
 /// A node's TLS material, read once from its files.
 #[derive(Clone)]
 pub(crate) struct Tls {
@@ -31,30 +39,70 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-fn read_pem(path: &Path, setting: &str, what: &str) -> Result<Vec<u8>> {
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    /// At least one certificate, every one of which parses.
+    Certificates,
+    /// A private key.
+    Key,
+}
+
+fn read_pem(path: &Path, setting: &str, what: Pem) -> Result<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let bytes = std::fs::read(path).map_err(|e| ClusterError::Tls(format!("{setting} {}: {e}", path.display())))?;
-    let text = String::from_utf8_lossy(&bytes);
-    if !text.contains("-----BEGIN ") || !text.contains(what) {
-        return Err(ClusterError::Tls(format!("{setting} {}: not a PEM file holding {what}", path.display())));
+    let bad = |why: String| ClusterError::Tls(format!("{setting} {}: {why}", path.display()));
+    match what {
+        Pem::Certificates => {
+            // Parsed as trust anchors: a block that is not a certificate would otherwise be
+            // skipped, and every handshake fail later.
+            let mut store = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| bad(format!("not a PEM file of certificates ({e})")))?;
+                store.add(cert).map_err(|e| bad(format!("a certificate that does not parse ({e})")))?;
+            }
+            if store.is_empty() {
+                return Err(bad("not a PEM file holding a CERTIFICATE".into()));
+            }
+        }
+        Pem::Key => {
+            PrivateKeyDer::from_pem_slice(&bytes)
+                .map_err(|e| bad(format!("not a PEM file holding a PRIVATE KEY ({e})")))?;
+        }
     }
     Ok(bytes)
+}
+
+/// `path` made absolute against this process's working directory: processes started with
+/// another one (a worker's executors) read the same file.
+fn absolute(path: &Option<PathBuf>, setting: &str) -> Result<Option<PathBuf>> {
+    path.as_ref()
+        .map(|p| std::path::absolute(p).map_err(|e| ClusterError::Tls(format!("{setting} {}: {e}", p.display()))))
+        .transpose()
 }
 
 impl Tls {
     /// Reads the files `ssl` names; `None` when TLS is off.
     pub(crate) fn load(ssl: Option<&SslSettings>) -> Result<Option<Arc<Tls>>> {
         let Some(ssl) = ssl else { return Ok(None) };
+        let ssl = &SslSettings {
+            cert_file: absolute(&ssl.cert_file, "ember.ssl.certFile")?,
+            key_file: absolute(&ssl.key_file, "ember.ssl.keyFile")?,
+            trust_file: absolute(&ssl.trust_file, "ember.ssl.trustFile")?,
+            server_name: ssl.server_name.clone(),
+        };
         let identity = match (&ssl.cert_file, &ssl.key_file) {
             (Some(cert), Some(key)) => Some(Identity::from_pem(
-                read_pem(cert, "ember.ssl.certFile", "CERTIFICATE")?,
-                read_pem(key, "ember.ssl.keyFile", "PRIVATE KEY")?,
+                read_pem(cert, "ember.ssl.certFile", Pem::Certificates)?,
+                read_pem(key, "ember.ssl.keyFile", Pem::Key)?,
             )),
             (None, None) => None,
             _ => return Err(ClusterError::Tls("ember.ssl.certFile and ember.ssl.keyFile go together".into())),
         };
         let trust = match (&ssl.trust_file, &ssl.cert_file) {
-            (Some(path), _) => read_pem(path, "ember.ssl.trustFile", "CERTIFICATE")?,
-            (None, Some(path)) => read_pem(path, "ember.ssl.certFile", "CERTIFICATE")?,
+            (Some(path), _) => read_pem(path, "ember.ssl.trustFile", Pem::Certificates)?,
+            (None, Some(path)) => read_pem(path, "ember.ssl.certFile", Pem::Certificates)?,
             (None, None) => return Err(ClusterError::Tls("nothing to trust: set ember.ssl.trustFile".into())),
         };
         let tls = Tls { files: ssl.clone(), identity, trust: Certificate::from_pem(trust) };
@@ -119,7 +167,8 @@ impl Tls {
         let identity = self.identity.clone().ok_or_else(|| {
             ClusterError::Tls("this process listens, so it needs ember.ssl.certFile and ember.ssl.keyFile".into())
         })?;
-        Ok(ServerTlsConfig::new().identity(identity))
+        // A client that never finishes its handshake is not kept waiting for.
+        Ok(ServerTlsConfig::new().identity(identity).timeout(HANDSHAKE_TIMEOUT))
     }
 
     fn client_config(&self) -> ClientTlsConfig {

@@ -8,6 +8,15 @@ use crate::certs;
 
 const SECRET: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
 
+/// [`ember`] with its working directory at `cwd`, when given.
+fn ember_in(cwd: Option<&Path>) -> Command {
+    let mut c = ember();
+    if let Some(dir) = cwd {
+        c.current_dir(dir);
+    }
+    c
+}
+
 fn ember() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
     c.env("RUST_LOG", "warn");
@@ -47,6 +56,8 @@ struct Standalone {
     url: String,
     /// `key=value` settings every command gets: the cluster's secret, and TLS when on.
     common: Vec<String>,
+    /// The working directory of every command, when not the test's.
+    cwd: Option<PathBuf>,
     master: Child,
     workers: Vec<Child>,
     dir: tempfile::TempDir,
@@ -54,16 +65,17 @@ struct Standalone {
 
 impl Standalone {
     fn start(workers: usize, cores: u32, extra: &[&str]) -> Standalone {
-        Standalone::start_with(workers, cores, extra, &[])
+        Standalone::start_with(workers, cores, extra, &[], None)
     }
 
     /// [`Standalone::start`] with more settings for every command (master, workers, submit,
     /// status).
-    fn start_with(workers: usize, cores: u32, extra: &[&str], common: &[String]) -> Standalone {
+    fn start_with(workers: usize, cores: u32, extra: &[&str], common: &[String], cwd: Option<&Path>) -> Standalone {
         let dir = tempfile::tempdir().unwrap();
         let mut common = common.to_vec();
         common.push(format!("ember.authenticate.secret={SECRET}"));
-        let mut master = ember()
+        let cwd = cwd.map(Path::to_path_buf);
+        let mut master = ember_in(cwd.as_deref())
             .args(["master", "--host", "127.0.0.1", "--port", "0"])
             .args(common.iter().flat_map(|kv| ["--conf", kv]))
             .args(extra)
@@ -72,7 +84,7 @@ impl Standalone {
             .unwrap();
         let line = wait_for_line(&mut master, "listening on");
         let url = line.split_whitespace().last().unwrap().to_string();
-        let mut cluster = Standalone { url, common, master, workers: Vec::new(), dir };
+        let mut cluster = Standalone { url, common, cwd, master, workers: Vec::new(), dir };
         for _ in 0..workers {
             cluster.add_worker(cores);
         }
@@ -82,7 +94,7 @@ impl Standalone {
     /// Starts a worker and waits until it registered.
     fn add_worker(&mut self, cores: u32) {
         let work = self.dir.path().join(format!("worker-{}", self.workers.len() + 1));
-        let mut worker = ember()
+        let mut worker = ember_in(self.cwd.as_deref())
             .args(["worker", "--master", &self.url, "--cores", &cores.to_string(), "--memory", "2g", "--work-dir"])
             .arg(&work)
             .args(self.common.iter().flat_map(|kv| ["--conf", kv]))
@@ -94,7 +106,7 @@ impl Standalone {
     }
 
     fn submit(&self, conf: &[&str], program: &Path, args: &[&str]) -> Child {
-        let mut c = ember();
+        let mut c = ember_in(self.cwd.as_deref());
         c.args(["submit", "--master", &self.url]).args(self.common.iter().flat_map(|kv| ["--conf", kv]));
         for kv in conf {
             c.args(["--conf", kv]);
@@ -103,7 +115,7 @@ impl Standalone {
     }
 
     fn status(&self) -> String {
-        let out = ember()
+        let out = ember_in(self.cwd.as_deref())
             .args(["status", "--master", &self.url])
             .args(self.common.iter().flat_map(|kv| ["--conf", kv]))
             .output()
@@ -223,17 +235,18 @@ fn submits_word_count_and_running_sum_at_the_same_time() {
 }
 
 /// TLS on every connection of a standalone cluster: master, worker, driver and executors present
-/// or check the test authority's certificates; a client in the clear is refused.
+/// or check the test authority's certificates; a client in the clear is refused. The files are
+/// named relative to the commands' working directory, which the worker's executors do not share.
 #[test]
 fn a_standalone_cluster_runs_over_tls() {
     let certs = certs::make(&["127.0.0.1"]);
     let tls = [
         "ember.ssl.enabled=true".to_string(),
-        format!("ember.ssl.certFile={}", certs.cert.display()),
-        format!("ember.ssl.keyFile={}", certs.key.display()),
-        format!("ember.ssl.trustFile={}", certs.ca.display()),
+        "ember.ssl.certFile=node.pem".to_string(),
+        "ember.ssl.keyFile=node.key".to_string(),
+        "ember.ssl.trustFile=ca.pem".to_string(),
     ];
-    let cluster = Standalone::start_with(1, 2, &[], &tls);
+    let cluster = Standalone::start_with(1, 2, &[], &tls, Some(certs.dir.path()));
     let work = tempfile::tempdir().unwrap();
     let (input, expected) = corpus(work.path());
     let output = work.path().join("counts");

@@ -91,10 +91,7 @@ pub fn run_worker(mut options: WorkerOptions) -> Result<()> {
             .spawn(move || launch_loop(&commands_rx, &to_master, &work_dir))
             .map_err(|source| ClusterError::Io { path: "the worker's launcher thread".into(), source })?
     };
-    let tls_on = tls.is_some();
-    let outcome = runtime
-        .block_on(session(options, tls, to_master, to_master_rx, commands))
-        .map_err(|e| crate::tls::hint_mismatch(e, tls_on));
+    let outcome = runtime.block_on(session(options, tls, to_master, to_master_rx, commands));
     // The command channel is closed by now: the launcher kills what still runs and ends.
     let _ = launcher.join();
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -109,11 +106,13 @@ async fn session(
     commands: std::sync::mpsc::Sender<Order>,
 ) -> Result<()> {
     let secret = options.secret.as_deref().map(Secret::from_hex).transpose()?;
+    let tls_on = tls.is_some();
     let channel = crate::tls::endpoint(&options.master, tls.as_deref())?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .connect()
-        .await?;
+        .await
+        .map_err(|e| crate::tls::hint_mismatch(e.into(), tls_on))?;
     let mut client = proto::master_client::MasterClient::with_interceptor(channel, Auth::new(secret.as_ref())?);
     let host = match options.host {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
@@ -122,9 +121,14 @@ async fn session(
     let register =
         proto::RegisterWorker { host, cores: options.cores, memory_mib: options.memory_mib, pid: std::process::id() };
     let _ = to_master.send(proto::WorkerMessage { kind: Some(ToMaster::Register(register)) });
-    let mut inbound =
-        client.worker_session(tokio_stream::wrappers::UnboundedReceiverStream::new(to_master_rx)).await?.into_inner();
-    let worker_id = match inbound.message().await? {
+    // Until the master first answers, a failure may be TLS on one side only.
+    let hinted = |s: tonic::Status| crate::tls::hint_mismatch(s.into(), tls_on);
+    let mut inbound = client
+        .worker_session(tokio_stream::wrappers::UnboundedReceiverStream::new(to_master_rx))
+        .await
+        .map_err(hinted)?
+        .into_inner();
+    let worker_id = match inbound.message().await.map_err(hinted)? {
         Some(proto::MasterToWorker { kind: Some(FromMaster::Registered(r)) }) => r.worker_id,
         _ => return Err(ClusterError::Protocol("the master did not answer with WorkerRegistered".into())),
     };
@@ -272,6 +276,9 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
             .map_err(|source| ClusterError::Io { path: dir.join(name).display().to_string(), source })
     };
     let mut command = Command::new(&exe);
+    for var in crate::tls::ENV_VARS {
+        command.env_remove(var);
+    }
     command
         .current_dir(&dir)
         .env(vars::DRIVER, &l.driver)

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-/// PEM files in a temporary directory that lives as long as this value.
+/// PEM files in a temporary directory that lives as long as this value. (Each test binary that
+/// includes this file reads some of them.)
+#[allow(dead_code)]
 pub struct Certs {
-    /// Holds the files (the command-line tests only keep it alive).
-    #[allow(dead_code)]
+    /// Holds the files.
     pub dir: tempfile::TempDir,
     /// The authority that signed `cert`.
     pub ca: PathBuf,
@@ -19,6 +20,10 @@ pub struct Certs {
     pub key: PathBuf,
     /// An authority that signed nothing here.
     pub other_ca: PathBuf,
+    /// A self-signed certificate for the same names (not an authority), and its key.
+    pub self_signed: PathBuf,
+    /// `self_signed`'s private key.
+    pub self_signed_key: PathBuf,
 }
 
 fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -37,6 +42,8 @@ pub fn make(names: &[&str]) -> Certs {
     let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(DnType::CommonName, "ember node");
     let cert = params.signed_by(&key, &ca).unwrap();
+    let own_key = KeyPair::generate().unwrap();
+    let own = params.self_signed(&own_key).unwrap();
     let write = |name: &str, text: String| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
@@ -47,6 +54,8 @@ pub fn make(names: &[&str]) -> Certs {
         cert: write("node.pem", cert.pem()),
         key: write("node.key", key.serialize_pem()),
         other_ca: write("other-ca.pem", other.pem()),
+        self_signed: write("self-signed.pem", own.pem()),
+        self_signed_key: write("self-signed.key", own_key.serialize_pem()),
         dir,
     }
 }

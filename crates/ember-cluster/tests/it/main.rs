@@ -50,5 +50,6 @@ fn main() {
         local_cluster::a_replicated_partition_survives_the_loss_of_an_executor,
         tls::a_cluster_runs_over_tls_on_both_planes,
         tls::bad_tls_files_are_reported_by_name,
+        tls::a_self_signed_certificate_is_trusted_by_default,
     ]);
 }

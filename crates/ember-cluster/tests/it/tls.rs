@@ -114,6 +114,29 @@ pub fn a_cluster_runs_over_tls_on_both_planes() {
     assert_eq!(executor_pids(&ctx, 4), pids);
 }
 
+pub fn a_self_signed_certificate_is_trusted_by_default() {
+    let certs = certs::make(&["127.0.0.1"]);
+    // No trust file: each process trusts the node's own certificate.
+    let ctx = context_with(
+        "local-cluster[2,1,256]",
+        &[
+            ("ember.ssl.enabled", "true"),
+            ("ember.ssl.certFile", certs.self_signed.to_str().unwrap()),
+            ("ember.ssl.keyFile", certs.self_signed_key.to_str().unwrap()),
+        ],
+    );
+    let sums: std::collections::BTreeMap<u64, u64> = ctx
+        .parallelize((0..5_000u64).collect(), 4)
+        .map(|x| (x % 7, 1u64))
+        .reduce_by_key(|a, b| a + b, Some(3))
+        .collect()
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(sums.values().sum::<u64>(), 5_000);
+    assert_eq!(sums.len(), 7);
+}
+
 fn start_err(settings: &[(&str, &str)]) -> String {
     let mut conf = EmberConf::new().master("local-cluster[1,1,64]").unwrap();
     for (k, v) in settings {
@@ -140,8 +163,8 @@ pub fn bad_tls_files_are_reported_by_name() {
         ("ember.ssl.certFile", certs.key.to_str().unwrap()),
         ("ember.ssl.keyFile", certs.cert.to_str().unwrap()),
     ]);
-    assert!(err.contains("not a PEM file holding CERTIFICATE") && err.contains("node.key"), "{err}");
-    // A key that does not belong to the certificate.
+    assert!(err.contains("not a PEM file holding a CERTIFICATE") && err.contains("node.key"), "{err}");
+    // A key file whose block does not decode.
     let garbled = certs.dir.path().join("garbled.key");
     let key = std::fs::read_to_string(&certs.key).unwrap();
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
@@ -152,7 +175,24 @@ pub fn bad_tls_files_are_reported_by_name() {
         ("ember.ssl.certFile", certs.cert.to_str().unwrap()),
         ("ember.ssl.keyFile", garbled.to_str().unwrap()),
     ]);
-    assert!(err.contains("not usable") && err.contains("garbled.key"), "{err}");
+    assert!(err.contains("garbled.key") && (err.contains("not usable") || err.contains("PRIVATE KEY")), "{err}");
+    // A key that is not the certificate's.
+    let err = start_err(&[
+        ("ember.ssl.enabled", "true"),
+        ("ember.ssl.certFile", certs.cert.to_str().unwrap()),
+        ("ember.ssl.keyFile", certs.self_signed_key.to_str().unwrap()),
+    ]);
+    assert!(err.contains("not usable") && err.contains("self-signed.key"), "{err}");
+    // A trust file with a block that is no certificate.
+    let junk = certs.dir.path().join("junk.pem");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n").unwrap();
+    let err = start_err(&[
+        ("ember.ssl.enabled", "true"),
+        ("ember.ssl.certFile", certs.cert.to_str().unwrap()),
+        ("ember.ssl.keyFile", certs.key.to_str().unwrap()),
+        ("ember.ssl.trustFile", junk.to_str().unwrap()),
+    ]);
+    assert!(err.contains("ember.ssl.trustFile") && err.contains("does not parse"), "{err}");
     // TLS with nothing to present or trust.
     let err = EmberConf::new().set("ember.ssl.enabled", "true").unwrap().settings().unwrap_err().to_string();
     assert!(err.contains("ember.ssl.certFile"), "{err}");

@@ -8,8 +8,11 @@
 //! unique in the driver's process), the same bytes (sealed with the same key), the same storage
 //! level and checkpoint state, and parents that are themselves the very nodes it was decoded
 //! with. A node that fetched a broadcast value while decoding (or whose parents did) is not
-//! kept, so that a destroyed broadcast's value is not held here; the cache keeps at most
-//! [`CACHE_BYTES`] of encodings and starts afresh when full.
+//! kept, so that a destroyed broadcast's value is not held here. Nodes of more than
+//! [`MAX_NODE_BYTES`] (a large `parallelize`d collection) are not kept either, and the cache
+//! starts afresh once its entries weigh [`CACHE_WEIGHT`]: a node's weight is its encoding
+//! counted [`DECODED_FACTOR`] times (decoded records take several times their compact encoding),
+//! so what the cache holds stays within some tens of MiB.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -20,8 +23,19 @@ use crate::storage::{RddId, StorageLevel};
 /// A decoded node, type-erased (`Arc<Node<T>>`).
 pub(super) type AnyNode = Arc<dyn Any + Send + Sync>;
 
-/// Most bytes of encodings the cache holds.
-pub(super) const CACHE_BYTES: usize = 32 << 20;
+/// Most weight the cache holds.
+pub(super) const CACHE_WEIGHT: usize = 16 << 20;
+
+/// The largest encoding of a node kept.
+pub(super) const MAX_NODE_BYTES: usize = 16 << 10;
+
+/// How many times its encoding a node is taken to weigh.
+pub(super) const DECODED_FACTOR: usize = 8;
+
+/// A node's weight: its encoding (kept, and decoded) and its bookkeeping.
+fn weight(entry: &Decoded) -> usize {
+    (DECODED_FACTOR + 1) * entry.bytes.len() + 64 * (entry.parents.len() + 1)
+}
 
 /// A node kept for reuse.
 struct Decoded {
@@ -38,7 +52,7 @@ struct Decoded {
 #[derive(Default)]
 struct Cache {
     nodes: HashMap<RddId, Arc<Decoded>>,
-    bytes: usize,
+    weight: usize,
 }
 
 fn cache() -> &'static Mutex<Cache> {
@@ -65,13 +79,22 @@ pub(super) struct Session {
     decoded: HashMap<RddId, AnyNode>,
     /// Decoded nodes that may not be kept (they or their parents hold a broadcast value).
     unkept: HashSet<RddId>,
+    /// Nodes found not to be reusable: not looked for again.
+    missed: HashSet<RddId>,
     /// One frame per node being decoded: the parents it resolved, and whether each may be kept.
     frames: Vec<Vec<(RddId, AnyNode, bool)>>,
 }
 
 impl Session {
     pub(super) fn new(key: Option<u64>, bytes: HashMap<RddId, (bool, Vec<u8>)>) -> Session {
-        Session { key, bytes, decoded: HashMap::new(), unkept: HashSet::new(), frames: Vec::new() }
+        Session {
+            key,
+            bytes,
+            decoded: HashMap::new(),
+            unkept: HashSet::new(),
+            missed: HashSet::new(),
+            frames: Vec::new(),
+        }
     }
 
     /// The node `id` without decoding it: one this decode already made, or a kept one that is
@@ -82,6 +105,17 @@ impl Session {
         if let Some(node) = self.decoded.get(&id) {
             return Some((node.clone(), !self.unkept.contains(&id)));
         }
+        if self.missed.contains(&id) {
+            return None;
+        }
+        let found = self.reuse_kept(id, level);
+        if found.is_none() {
+            self.missed.insert(id);
+        }
+        found
+    }
+
+    fn reuse_kept(&mut self, id: RddId, level: Option<StorageLevel>) -> Option<(AnyNode, bool)> {
         let key = self.key?;
         let kept = lookup(id)?;
         let (checkpointed, bytes) = self.bytes.get(&id)?;
@@ -136,7 +170,7 @@ impl Session {
         node: &AnyNode,
     ) {
         let Some(key) = self.key else { return };
-        if bytes.len() > CACHE_BYTES / 4 {
+        if bytes.len() > MAX_NODE_BYTES {
             return;
         }
         let entry = Decoded {
@@ -147,9 +181,9 @@ impl Session {
             node: node.clone(),
             bytes,
         };
-        let size = entry.bytes.len() + 64 * (entry.parents.len() + 1);
+        let size = weight(&entry);
         let mut cache = cache().lock().unwrap_or_else(|p| p.into_inner());
-        if cache.bytes + size > CACHE_BYTES {
+        if cache.weight + size > CACHE_WEIGHT {
             // Dropped outside the lock: nodes may hold much.
             let old = std::mem::take(&mut *cache);
             drop(cache);
@@ -157,9 +191,9 @@ impl Session {
             cache = self::cache().lock().unwrap_or_else(|p| p.into_inner());
         }
         if let Some(old) = cache.nodes.insert(id, Arc::new(entry)) {
-            cache.bytes = cache.bytes.saturating_sub(old.bytes.len() + 64 * (old.parents.len() + 1));
+            cache.weight = cache.weight.saturating_sub(weight(&old));
         }
-        cache.bytes += size;
+        cache.weight += size;
     }
 }
 

@@ -357,7 +357,16 @@ impl<T: Data> Rdd<T> {
     /// level is a no-op, at another level an [`Error::InvalidArgument`] (call
     /// [`Rdd::unpersist`] first). On a locally checkpointed RDD, as in Spark, the level may
     /// change but keeps using disk.
+    ///
+    /// Inside a task (an executor's decoded copy of an RDD) it is an error: levels are the
+    /// driver's to set, and decoded nodes are shared by the executor's tasks.
     pub fn persist(&self, level: StorageLevel) -> Result<Rdd<T>> {
+        if self.node.ctx.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "rdd {} is persisted from the driver program, not inside a task",
+                self.node.id.0
+            )));
+        }
         if self.is_locally_checkpointed() {
             let kept = if level == StorageLevel::None { StorageLevel::DiskOnly } else { lineage::with_disk(level) };
             self.force_level(kept);
@@ -387,10 +396,11 @@ impl<T: Data> Rdd<T> {
         *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = level;
     }
 
-    /// Drops cached partitions and stops caching.
+    /// Drops cached partitions and stops caching. Inside a task (on a decoded copy) it does
+    /// nothing: levels are the driver's to set.
     pub fn unpersist(&self) -> Rdd<T> {
-        *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = StorageLevel::None;
         if let Some(ctx) = &self.node.ctx {
+            *self.node.level.lock().unwrap_or_else(|p| p.into_inner()) = StorageLevel::None;
             ctx.env().blocks.remove_rdd(self.node.id);
         }
         self.clone()

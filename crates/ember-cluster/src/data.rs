@@ -106,6 +106,27 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         Ok(Response::new(proto::NoticeReply {}))
     }
 
+    async fn fetch_block(
+        &self,
+        request: Request<proto::BlockRequest>,
+    ) -> std::result::Result<Response<proto::BlockReply>, Status> {
+        let env = self.env.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
+        let r = request.into_inner();
+        let split = usize::try_from(r.split).map_err(|_| Status::invalid_argument("split out of range"))?;
+        let rdd = ember_core::storage::RddId(r.rdd);
+        let copy = tokio::task::spawn_blocking(move || env.blocks.block_file_bytes(rdd, split))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match copy {
+            // One message: a larger partition is computed again by the reader.
+            Some((data, size, records)) if data.len() as u64 <= ember_core::storage::MAX_REPLICA_BYTES => {
+                proto::BlockReply { found: true, data, size, records }
+            }
+            _ => proto::BlockReply::default(),
+        }))
+    }
+
     async fn fetch_segments(
         &self,
         request: Request<proto::FetchRequest>,
@@ -271,6 +292,25 @@ impl Fetcher {
             out.extend_from_slice(data);
         }
         Some(segments)
+    }
+
+    /// Partition `split` of `rdd` as executor `holder` keeps it (its block file's bytes, size
+    /// and record count), or `None` when it does not hold it. Blocks the calling (task) thread.
+    pub(crate) fn fetch_block(
+        &self,
+        holder: &str,
+        rdd: ember_core::storage::RddId,
+        split: usize,
+    ) -> ember_core::Result<Option<(Vec<u8>, u64, u64)>> {
+        let network = |m: String| Error::io(format!("executor {holder}"), std::io::Error::other(m));
+        let mut client = self.client(holder).map_err(network)?;
+        let request = proto::BlockRequest { rdd: rdd.0, split: split as u64 };
+        let reply = self
+            .handle
+            .block_on(async move { client.fetch_block(request).await })
+            .map_err(|s| network(s.message().to_string()))?
+            .into_inner();
+        Ok(reply.found.then_some((reply.data, reply.size, reply.records)))
     }
 
     /// Sends a copy of a cached partition to executor `peer`, without waiting.

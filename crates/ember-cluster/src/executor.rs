@@ -276,6 +276,12 @@ async fn session(
             let replica = proto::Replica { rdd: rdd.0, split: split as u64, data, size, records };
             replicas.replicate(others[pick], replica);
         }));
+        // A task placed away from its cached input reads it from an executor holding it.
+        let reader = fetcher.clone();
+        started
+            .env()
+            .blocks
+            .set_remote_reader(Arc::new(move |holder, rdd, split| reader.fetch_block(holder, rdd, split)));
         let _ = notices_cell.set(Arc::new(move |status: MapStatus, segments: Vec<(Vec<u8>, bool)>| {
             fetcher.keep_pushed(&status, segments);
             mirror.notice(status);
@@ -307,9 +313,11 @@ async fn session(
     let outcome = loop {
         match inbound.message().await {
             Ok(Some(proto::DriverMessage { kind: Some(In::Launch(l)) })) => match wire::launches(l) {
-                Ok(tasks) => {
-                    for t in &tasks {
+                Ok(mut tasks) => {
+                    for t in &mut tasks {
                         mirror.observe_epoch(t.epoch);
+                        // Its cached input is read from the others.
+                        t.preferred.retain(|h| **h != *config.id);
                     }
                     let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
                     r.extend(tasks.iter().map(|t| t.task_id));

@@ -41,6 +41,11 @@ pub(crate) fn launch_message(tasks: &[TaskLaunch]) -> Result<proto::LaunchTasks>
                     .map_err(|e| ClusterError::Protocol(format!("prerequisites do not encode: {e}")))?,
                 None => Vec::new(),
             },
+            cached_input: t.cached_input.filter(|_| !t.preferred.is_empty()).map(|(rdd, split)| proto::CachedInput {
+                rdd: rdd.0,
+                split: split as u64,
+                holders: t.preferred.iter().map(|h| h.to_string()).collect(),
+            }),
         });
     }
     Ok(proto::LaunchTasks { bodies, tasks: out })
@@ -61,8 +66,16 @@ pub(crate) fn launches(msg: proto::LaunchTasks) -> Result<Vec<TaskLaunch>> {
                     ClusterError::Protocol(format!("task {}: its prerequisites do not decode: {e}", t.task_id))
                 })?)),
             };
+            let (cached_input, preferred) = match t.cached_input {
+                Some(c) => (
+                    Some((ember_core::storage::RddId(c.rdd), usize_of(c.split, "cached split")?)),
+                    c.holders.into_iter().map(Arc::from).collect(),
+                ),
+                None => (None, Vec::new()),
+            };
             Ok(TaskLaunch {
-                preferred: Vec::new(),
+                preferred,
+                cached_input,
                 after,
                 speculative: false,
                 task_id: t.task_id,
@@ -183,6 +196,7 @@ mod tests {
     fn launch(task_id: u64, body: &Arc<Vec<u8>>) -> TaskLaunch {
         TaskLaunch {
             preferred: Vec::new(),
+            cached_input: None,
             after: None,
             speculative: false,
             task_id,

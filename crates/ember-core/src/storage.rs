@@ -95,6 +95,11 @@ pub const MAX_REPLICA_BYTES: u64 = 256 << 20;
 /// its block file's bytes, size and record count.
 pub type Replicator = Arc<dyn Fn(RddId, usize, Vec<u8>, u64, u64) + Send + Sync>;
 
+/// Reads partition `split` of `rdd` from another executor (named by its id): the bytes, size
+/// and record count of its block file, or `None` when that executor does not hold it. Set by a
+/// cluster runtime; a task whose cached input is elsewhere reads it so instead of computing it.
+pub type RemoteReader = Arc<dyn Fn(&str, RddId, usize) -> Result<Option<(Vec<u8>, u64, u64)>> + Send + Sync>;
+
 /// Identifies an RDD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RddId(pub u64);
@@ -248,6 +253,7 @@ pub struct StorageStatus {
 pub struct BlockManager {
     /// Where copies of partitions of replicated levels go (a cluster executor's peers).
     replicator: std::sync::OnceLock<Replicator>,
+    remote: std::sync::OnceLock<RemoteReader>,
     budget: u64,
     storage_floor: u64,
     slots: u64,
@@ -431,6 +437,7 @@ impl BlockManager {
     pub(crate) fn new(budget: u64, storage_fraction: f64, slots: usize, dir: PathBuf, codec: Codec) -> Self {
         BlockManager {
             replicator: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
             budget,
             storage_floor: (budget as f64 * storage_fraction) as u64,
             slots: slots.max(1) as u64,
@@ -642,6 +649,9 @@ impl BlockManager {
                 self.remove_block(&id);
             }
         }
+        if let Some(it) = self.read_remote::<T>(id, tc) {
+            return it;
+        }
         match self.cache(id, level, compute(), tc) {
             Ok(it) => {
                 if level.replication() > 1 {
@@ -656,9 +666,77 @@ impl BlockManager {
         }
     }
 
+    /// Sets how partitions other executors hold are read (see [`RemoteReader`]).
+    pub fn set_remote_reader(&self, reader: RemoteReader) {
+        let _ = self.remote.set(reader);
+    }
+
+    /// Partition `id` read from an executor the task names as holding it, kept here (on disk,
+    /// as a copy) and read back; `None` when there is no such executor or none could give it
+    /// (the caller computes it).
+    fn read_remote<'a, T: Data>(&'a self, id: BlockId, tc: &'a TaskContext) -> Option<BoxIter<'a, T>> {
+        let BlockId::Rdd { rdd, split } = id;
+        let reader = self.remote.get()?;
+        for holder in tc.remote_holders(rdd, split) {
+            match reader(holder, rdd, split) {
+                Ok(Some((bytes, size, records))) => match self.put_replica(rdd, split, &bytes, size, records) {
+                    Ok(()) => match self.get::<T>(&id, tc) {
+                        Ok(Some(it)) => return Some(it),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!("block {id} read from executor {holder} is unreadable: {e}");
+                            self.remove_block(&id);
+                        }
+                    },
+                    Err(e) => tracing::warn!("block {id} read from executor {holder} was not kept: {e}"),
+                },
+                Ok(None) => tracing::debug!("executor {holder} no longer holds block {id}"),
+                Err(e) => tracing::warn!("reading block {id} from executor {holder} failed: {e}"),
+            }
+        }
+        None
+    }
+
     /// Sets where copies of partitions of replicated levels go.
     pub fn set_replicator(&self, replicator: Replicator) {
         let _ = self.replicator.set(replicator);
+    }
+
+    /// The bytes, size and record count of partition `split` of `rdd` as a block file (read
+    /// from disk, or written from memory to a staging file of its own and read back), or `None`
+    /// when it is not cached here: what a copy on another executor is made of.
+    pub fn block_file_bytes(&self, rdd: RddId, split: usize) -> Result<Option<(Vec<u8>, u64, u64)>> {
+        let id = BlockId::Rdd { rdd, split };
+        let on_disk = self.lock().disk.get(&id).map(|d| (d.path.clone(), d.size, d.records));
+        if let Some((path, size, records)) = on_disk {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            return Ok(Some((bytes, size, records)));
+        }
+        // In memory: written (outside the lock) to a staging file of this copy's own, apart
+        // from this executor's block files.
+        let (stored, to_file) = {
+            let st = self.lock();
+            let Some(entry) = st.memory.get(&id) else { return Ok(None) };
+            let stored = match &entry.stored {
+                Stored::Objects(o) => Stored::Objects(o.clone()),
+                Stored::Bytes(b, n) => Stored::Bytes(b.clone(), *n),
+            };
+            (stored, entry.to_file)
+        };
+        let unique = {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        let staging = self.dir.join("replicas-out").join(unique.to_string());
+        let mut f = BlockFile::create(&staging, &id, self.codec, unique)?;
+        to_file(&stored, &mut f)?;
+        let d = f.finish();
+        let read = d.and_then(|d| {
+            let bytes = std::fs::read(&d.path).map_err(|e| Error::io(&d.path, e))?;
+            Ok((bytes, d.size, d.records))
+        });
+        let _ = std::fs::remove_dir_all(&staging);
+        read.map(Some)
     }
 
     /// Sends a copy of a block just cached to the replicator, as a block file's bytes (a copy
@@ -666,39 +744,7 @@ impl BlockManager {
     fn replicate(&self, id: BlockId) {
         let Some(replicator) = self.replicator.get() else { return };
         let BlockId::Rdd { rdd, split } = id;
-        let copy = || -> Result<Option<(Vec<u8>, u64, u64)>> {
-            let on_disk = self.lock().disk.get(&id).map(|d| (d.path.clone(), d.size, d.records));
-            if let Some((path, size, records)) = on_disk {
-                let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-                return Ok(Some((bytes, size, records)));
-            }
-            // In memory: written (outside the lock) to a staging file of this copy's own, apart
-            // from this executor's block files.
-            let (stored, to_file) = {
-                let st = self.lock();
-                let Some(entry) = st.memory.get(&id) else { return Ok(None) };
-                let stored = match &entry.stored {
-                    Stored::Objects(o) => Stored::Objects(o.clone()),
-                    Stored::Bytes(b, n) => Stored::Bytes(b.clone(), *n),
-                };
-                (stored, entry.to_file)
-            };
-            let unique = {
-                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            };
-            let staging = self.dir.join("replicas-out").join(unique.to_string());
-            let mut f = BlockFile::create(&staging, &id, self.codec, unique)?;
-            to_file(&stored, &mut f)?;
-            let d = f.finish();
-            let read = d.and_then(|d| {
-                let bytes = std::fs::read(&d.path).map_err(|e| Error::io(&d.path, e))?;
-                Ok((bytes, d.size, d.records))
-            });
-            let _ = std::fs::remove_dir_all(&staging);
-            read.map(Some)
-        };
-        match copy() {
+        match self.block_file_bytes(rdd, split) {
             Ok(Some((bytes, _, _))) if bytes.len() as u64 > MAX_REPLICA_BYTES => {
                 tracing::warn!("no second copy of block {id}: {} bytes is more than a copy may have", bytes.len());
             }

@@ -93,6 +93,8 @@ pub struct TaskContext {
     /// INVARIANT: only ever appended to; an entry is dropped with the context, never before.
     /// `keep_alive`'s soundness rests on it: no code may remove, clear, drain or replace entries.
     kept: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    /// A cached partition the task reads that other executors hold: (rdd, split, holders).
+    remote_input: Option<(crate::storage::RddId, usize, Vec<Arc<str>>)>,
 }
 
 impl TaskContext {
@@ -115,6 +117,26 @@ impl TaskContext {
             error: Mutex::new(None),
             metrics: AtomicMetrics::default(),
             kept: Mutex::new(Vec::new()),
+            remote_input: None,
+        }
+    }
+
+    /// Names a cached partition the task reads, held by `holders` (other executors): on a miss
+    /// here the block manager reads it from one of them before computing it.
+    pub(crate) fn with_remote_input(
+        mut self,
+        input: Option<(crate::storage::RddId, usize)>,
+        holders: &[Arc<str>],
+    ) -> Self {
+        self.remote_input = input.filter(|_| !holders.is_empty()).map(|(rdd, split)| (rdd, split, holders.to_vec()));
+        self
+    }
+
+    /// The executors holding partition `split` of `rdd`, when it is the task's remote input.
+    pub(crate) fn remote_holders(&self, rdd: crate::storage::RddId, split: usize) -> &[Arc<str>] {
+        match &self.remote_input {
+            Some((r, s, holders)) if *r == rdd && *s == split => holders,
+            _ => &[],
         }
     }
 

@@ -829,3 +829,45 @@ pub fn a_replicated_partition_survives_the_loss_of_an_executor() {
     assert_eq!(computed.value().unwrap(), 6000, "a partition was computed again");
     assert!((0..6).all(|s| !locations.locations(id, s).is_empty()));
 }
+
+pub fn a_task_away_from_its_cached_input_reads_it_from_a_holder() {
+    // No waiting for a busy holder: a task whose cached input is there runs elsewhere at once.
+    let ctx = context_with("local-cluster[2,1,256]", &[("ember.locality.wait", "0")]);
+    let computed = ctx.long_accumulator();
+    let cached = ctx
+        .parallelize((0..4000u64).collect(), 2)
+        .map_with(computed.clone(), |acc, x| {
+            acc.add(1);
+            x
+        })
+        .persist(ember_core::StorageLevel::MemoryOnly)
+        .unwrap();
+    assert_eq!(cached.count().unwrap(), 4000);
+    assert_eq!(computed.value().unwrap(), 4000);
+    // Partition 0's holder is kept busy by a task of another job, which runs there (its input
+    // is there) and sleeps.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("busy").to_str().unwrap().to_string();
+    let busy = {
+        let (cached, marker) = (cached.clone(), marker.clone());
+        std::thread::spawn(move || {
+            cached
+                .map_with(marker, |m, x| {
+                    if x == 0 {
+                        std::fs::write(m, b"busy").unwrap();
+                        std::thread::sleep(Duration::from_secs(3));
+                    }
+                    x
+                })
+                .count()
+        })
+    };
+    wait_until("the holder is busy", Duration::from_secs(30), || std::path::Path::new(&marker).exists());
+    let sum = cached.map(|x| x + 1).reduce(|a, b| a + b).unwrap();
+    assert_eq!(sum, Some((1..=4000u64).sum()));
+    assert_eq!(computed.value().unwrap(), 4000, "a partition held elsewhere was computed again");
+    assert_eq!(busy.join().unwrap().unwrap(), 4000);
+    // The reader kept what it read: partition 0 is now on both executors.
+    let locations = &ctx.env().block_locations;
+    assert_eq!(locations.locations(cached.id(), 0).len(), 2, "{:?}", locations.locations(cached.id(), 0));
+}

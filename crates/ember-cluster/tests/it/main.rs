@@ -48,6 +48,7 @@ fn main() {
         local_cluster::an_executor_that_keeps_failing_tasks_is_excluded,
         local_cluster::damaged_shuffle_files_on_executors_are_recomputed,
         local_cluster::a_replicated_partition_survives_the_loss_of_an_executor,
+        local_cluster::a_task_away_from_its_cached_input_reads_it_from_a_holder,
         tls::a_cluster_runs_over_tls_on_both_planes,
         tls::bad_tls_files_are_reported_by_name,
         tls::a_self_signed_certificate_is_trusted_by_default,

@@ -51,6 +51,9 @@ pub struct TaskLaunch {
     /// A backend with several executors waits a while (`ember.locality.wait`) for a slot on one
     /// of them before it runs the task elsewhere.
     pub preferred: Vec<Arc<str>>,
+    /// The cached partition (`rdd`, `split`) up the task's narrow lineage that `preferred` hold:
+    /// a task run elsewhere reads it from one of them instead of computing it again.
+    pub cached_input: Option<(crate::storage::RddId, usize)>,
     /// Set for a task pre-scheduled with its group (Drizzle): it goes at once to the executor
     /// `preferred` names, which holds it until what it lists is there, then runs it.
     pub after: Option<Arc<Prerequisites>>,
@@ -59,6 +62,17 @@ pub struct TaskLaunch {
     pub speculative: bool,
     /// Its code and data.
     pub body: TaskPayload,
+}
+
+/// Where the scheduler would have a task run (see [`TaskLaunch`]'s fields of the same names).
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Executors holding its cached input, most preferred first.
+    pub preferred: Vec<Arc<str>>,
+    /// That cached input.
+    pub cached_input: Option<(crate::storage::RddId, usize)>,
+    /// What it waits for, when pre-scheduled.
+    pub after: Option<Arc<Prerequisites>>,
 }
 
 /// What a pre-scheduled task waits for on its executor.
@@ -373,6 +387,7 @@ fn decode_launch(bytes: &[u8]) -> Result<TaskLaunch> {
         attempt: w.attempt,
         epoch: w.epoch,
         preferred: Vec::new(),
+        cached_input: None,
         after: None,
         speculative: false,
         body: TaskPayload::Encoded(Arc::new(w.body.to_vec())),
@@ -482,7 +497,8 @@ fn run_task(task: TaskLaunch, shared: &Shared, kill: Arc<AtomicBool>) -> TaskSta
     let env = &shared.env;
     let serialize = shared.mode.encodes();
     let _executor = crate::env::enter(env);
-    let tc = TaskContext::new(task.stage, task.partition, task.attempt, task.task_id, env.clone(), kill);
+    let tc = TaskContext::new(task.stage, task.partition, task.attempt, task.task_id, env.clone(), kill)
+        .with_remote_input(task.cached_input, &task.preferred);
     let started = Instant::now();
     accumulator::begin_task();
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<TaskOutput> {

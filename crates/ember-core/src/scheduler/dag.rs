@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::backend::{ExecutorBackend, Prerequisites, TaskStatus};
+use super::backend::{ExecutorBackend, Placement, Prerequisites, TaskStatus};
 use super::taskset::{Code, TaskSet};
 use super::tracker::{MapOutputTracker, Refused};
 use super::{JobListener, JobSpec, JobSummary, StageSummary, SUMMARIES_KEPT};
@@ -98,12 +98,12 @@ fn retry_placement(
     partition: usize,
     env: &Env,
     tracker: &MapOutputTracker,
-) -> (Vec<Arc<str>>, Option<Arc<Prerequisites>>) {
-    let preferred = super::locality::preferred(rdd, partition, &env.block_locations);
+) -> Placement {
+    let (preferred, cached_input) = super::locality::preferred(rdd, partition, &env.block_locations);
     let pending: Vec<(ShuffleId, usize)> =
         waits.iter().filter(|(s, maps)| !tracker.missing(*s, *maps).is_empty()).copied().collect();
     let after = (!pending.is_empty()).then(|| Arc::new(Prerequisites { shuffles: pending, blocks: Vec::new() }));
-    (preferred, after)
+    Placement { preferred, cached_input, after }
 }
 
 impl StageKind {
@@ -451,9 +451,8 @@ impl State {
                 let attempt = stage.failures.get(&index).copied().unwrap_or(0) + 1;
                 tracing::info!("stage {} task {index}: launching a speculative copy", stage.id.0);
                 ts.speculated.insert(index);
-                let (preferred, after) =
-                    retry_placement((&stage.rdd, &stage.waits), partition, &self.env, &self.tracker);
-                ts.launch_copy(&*backend, &stage.code, (index, partition, attempt), epoch, (preferred, after));
+                let placement = retry_placement((&stage.rdd, &stage.waits), partition, &self.env, &self.tracker);
+                ts.launch_copy(&*backend, &stage.code, (index, partition, attempt), epoch, placement);
                 stage.launched += 1;
                 stage.speculated += 1;
             }
@@ -614,7 +613,7 @@ impl State {
             pending.get(&(id, split)).cloned()
         });
         let (exec, blocks) = match found {
-            super::locality::Cached::Held(holders) => (holders[0].clone(), Vec::new()),
+            super::locality::Cached::Held(_, holders) => (holders[0].clone(), Vec::new()),
             super::locality::Cached::Coming(id, exec) => (exec, vec![(id, split)]),
             super::locality::Cached::Nothing => (executors[split % executors.len()].clone(), Vec::new()),
         };
@@ -659,9 +658,13 @@ impl State {
                 Some(executors) => {
                     let (exec, blocks) = self.place(&rdd, partition, executors);
                     let after = Prerequisites { shuffles: waits.clone(), blocks };
-                    (vec![exec], Some(Arc::new(after)))
+                    Placement { preferred: vec![exec], cached_input: None, after: Some(Arc::new(after)) }
                 }
-                None => (super::locality::preferred(&rdd, partition, &self.env.block_locations), None),
+                None => {
+                    let (preferred, cached_input) =
+                        super::locality::preferred(&rdd, partition, &self.env.block_locations);
+                    Placement { preferred, cached_input, after: None }
+                }
             });
         }
         let Some(stage) = self.stages.get_mut(&id) else { return };

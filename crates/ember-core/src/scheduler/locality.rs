@@ -75,18 +75,23 @@ impl BlockLocations {
 }
 
 /// The executors a task computing partition `split` of `rdd` should prefer: holders of the
-/// nearest cached partition on its narrow lineage (empty when none is known).
-pub(crate) fn preferred(rdd: &Arc<dyn RddBase>, split: usize, locations: &BlockLocations) -> Vec<Arc<str>> {
+/// nearest cached partition on its narrow lineage (empty when none is known), and that
+/// partition (which a task placed elsewhere reads from one of them).
+pub(crate) fn preferred(
+    rdd: &Arc<dyn RddBase>,
+    split: usize,
+    locations: &BlockLocations,
+) -> (Vec<Arc<str>>, Option<(RddId, usize)>) {
     match walk_cached(rdd, split, locations, |_| None).0 {
-        Cached::Held(holders) => holders,
-        Cached::Coming(..) | Cached::Nothing => Vec::new(),
+        Cached::Held(id, holders) => (holders, Some((id, split))),
+        Cached::Coming(..) | Cached::Nothing => (Vec::new(), None),
     }
 }
 
 /// What a pre-scheduled task reads from the cache, found up its narrow lineage.
 pub(crate) enum Cached {
-    /// A cached partition's holders (never empty).
-    Held(Vec<Arc<str>>),
+    /// A cached partition (of the RDD with this id) and its holders (never empty).
+    Held(RddId, Vec<Arc<str>>),
     /// A partition an earlier task of the group will cache, and on which executor.
     Coming(RddId, Arc<str>),
     /// Nothing cached or coming.
@@ -115,7 +120,7 @@ pub(crate) fn walk_cached(
         if node.storage_level() != StorageLevel::None {
             let holders = locations.locations(node.id(), split);
             if !holders.is_empty() {
-                return (Cached::Held(holders), passed);
+                return (Cached::Held(node.id(), holders), passed);
             }
             if let Some(exec) = coming(node.id()) {
                 return (Cached::Coming(node.id(), exec), passed);

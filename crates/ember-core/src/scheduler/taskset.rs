@@ -64,7 +64,7 @@ impl TaskSet {
         code: &Code,
         task: (usize, usize, u32),
         epoch: u64,
-        placement: (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
+        placement: super::backend::Placement,
     ) {
         self.send(backend, code, task, epoch, placement, false);
     }
@@ -77,7 +77,7 @@ impl TaskSet {
         code: &Code,
         task: (usize, usize, u32),
         epoch: u64,
-        placement: (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
+        placement: super::backend::Placement,
     ) {
         self.send(backend, code, task, epoch, placement, true);
     }
@@ -88,7 +88,7 @@ impl TaskSet {
         code: &Code,
         (index, partition, attempt): (usize, usize, u32),
         epoch: u64,
-        (preferred, after): (Vec<std::sync::Arc<str>>, Option<std::sync::Arc<super::backend::Prerequisites>>),
+        super::backend::Placement { preferred, cached_input, after }: super::backend::Placement,
         speculative: bool,
     ) {
         let task_id = TASK_IDS.fetch_add(1, Ordering::Relaxed);
@@ -104,6 +104,7 @@ impl TaskSet {
             attempt,
             epoch,
             preferred,
+            cached_input,
             after,
             speculative,
             body: match code {

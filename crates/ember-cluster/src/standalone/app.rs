@@ -72,6 +72,15 @@ pub(crate) fn start_standalone(start: ClusterStart, address: &str) -> Result<Clu
         }
     };
     tracing::info!("application {app_id} registered with ember://{address}; {granted} executors granted");
+    if granted == 0 {
+        // Jobs wait until the master grants executors: say so, and what is asked for.
+        tracing::warn!(
+            "application {app_id}: the master at ember://{address} has granted no executors yet; jobs wait until \
+             a worker has {} MiB of memory (ember.executor.memory) and {} free (or other applications finish)",
+            (settings.executor_memory_bytes >> 20).max(1),
+            settings.executor_cores.map_or_else(|| "a core".to_string(), |c| format!("{c} cores")),
+        );
+    }
     // The master's later grants and removals.
     let watched = Arc::downgrade(&cluster);
     let master = address.to_string();

@@ -532,19 +532,31 @@ pub fn executors_delete_the_outputs_of_a_removed_shuffle() {
 /// jobs over a cached RDD never compute it again, although its partitions are spread over two
 /// executors with one slot each (a task placed on the other executor would recompute its
 /// partition, which the accumulator would count).
-pub fn tasks_run_where_their_cached_input_is() {
-    let ctx = context("local-cluster[2,1,256]");
+/// `0..n` in `parts` partitions, persisted at `level` and computed once (checked), with an
+/// accumulator that counts every record computed: what a test of cached input reads.
+fn counted_cache(
+    ctx: &Context,
+    n: u64,
+    parts: usize,
+    level: ember_core::StorageLevel,
+) -> (ember_core::Rdd<u64>, ember_core::accumulator::Accumulator<ember_core::accumulator::LongSum>) {
     let computed = ctx.long_accumulator();
     let cached = ctx
-        .parallelize((0..4000u64).collect(), 8)
+        .parallelize((0..n).collect(), parts)
         .map_with(computed.clone(), |acc, x| {
             acc.add(1);
             x
         })
-        .persist(ember_core::StorageLevel::MemoryOnly)
+        .persist(level)
         .unwrap();
-    assert_eq!(cached.count().unwrap(), 4000);
-    assert_eq!(computed.value().unwrap(), 4000);
+    assert_eq!(cached.count().unwrap(), n);
+    assert_eq!(computed.value().unwrap(), n as i64);
+    (cached, computed)
+}
+
+pub fn tasks_run_where_their_cached_input_is() {
+    let ctx = context("local-cluster[2,1,256]");
+    let (cached, computed) = counted_cache(&ctx, 4000, 8, ember_core::StorageLevel::MemoryOnly);
     let locations = &ctx.env().block_locations;
     let held: Vec<usize> = ["executor-0", "executor-1"].iter().map(|e| locations.held_by(e).len()).collect();
     assert_eq!(held.iter().sum::<usize>(), 8, "every cached partition has a known location: {held:?}");
@@ -802,17 +814,7 @@ pub fn damaged_shuffle_files_on_executors_are_recomputed() {
 /// of them is killed, jobs over the cached RDD read the other copy: nothing is computed again.
 pub fn a_replicated_partition_survives_the_loss_of_an_executor() {
     let ctx = context_with("local-cluster[3,1,256]", &[("ember.locality.wait", "10s")]);
-    let computed = ctx.long_accumulator();
-    let cached = ctx
-        .parallelize((0..6000u64).collect(), 6)
-        .map_with(computed.clone(), |acc, x| {
-            acc.add(1);
-            x
-        })
-        .persist(ember_core::StorageLevel::MemoryOnly2)
-        .unwrap();
-    assert_eq!(cached.count().unwrap(), 6000);
-    assert_eq!(computed.value().unwrap(), 6000);
+    let (cached, computed) = counted_cache(&ctx, 6000, 6, ember_core::StorageLevel::MemoryOnly2);
     let locations = ctx.env().block_locations.clone();
     let id = cached.id();
     wait_until("every partition has two copies", Duration::from_secs(20), || {
@@ -833,17 +835,7 @@ pub fn a_replicated_partition_survives_the_loss_of_an_executor() {
 pub fn a_task_away_from_its_cached_input_reads_it_from_a_holder() {
     // No waiting for a busy holder: a task whose cached input is there runs elsewhere at once.
     let ctx = context_with("local-cluster[2,1,256]", &[("ember.locality.wait", "0")]);
-    let computed = ctx.long_accumulator();
-    let cached = ctx
-        .parallelize((0..4000u64).collect(), 2)
-        .map_with(computed.clone(), |acc, x| {
-            acc.add(1);
-            x
-        })
-        .persist(ember_core::StorageLevel::MemoryOnly)
-        .unwrap();
-    assert_eq!(cached.count().unwrap(), 4000);
-    assert_eq!(computed.value().unwrap(), 4000);
+    let (cached, computed) = counted_cache(&ctx, 4000, 2, ember_core::StorageLevel::MemoryOnly);
     // Partition 0's holder is kept busy by a task of another job, which runs there (its input
     // is there) and sleeps.
     let dir = tempfile::tempdir().unwrap();

@@ -114,16 +114,28 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         let r = request.into_inner();
         let split = usize::try_from(r.split).map_err(|_| Status::invalid_argument("split out of range"))?;
         let rdd = ember_core::storage::RddId(r.rdd);
+        // One message: a larger partition is computed again by the reader (told so before
+        // anything is read).
+        match env.blocks.cached_size(rdd, split) {
+            None => return Ok(Response::new(proto::BlockReply::default())),
+            Some(size) if size > ember_core::storage::MAX_REPLICA_BYTES => {
+                return Ok(Response::new(proto::BlockReply { too_large: true, ..Default::default() }))
+            }
+            Some(_) => {}
+        }
+        // A few copies at a time: each holds the partition in memory while it is sent.
+        static SERVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _turn = SERVING.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
         let copy = tokio::task::spawn_blocking(move || env.blocks.block_file_bytes(rdd, split))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match copy {
-            // One message: a larger partition is computed again by the reader.
             Some((data, size, records)) if data.len() as u64 <= ember_core::storage::MAX_REPLICA_BYTES => {
-                proto::BlockReply { found: true, data, size, records }
+                proto::BlockReply { found: true, data, size, records, too_large: false }
             }
-            _ => proto::BlockReply::default(),
+            Some(_) => proto::BlockReply { too_large: true, ..Default::default() },
+            None => proto::BlockReply::default(),
         }))
     }
 
@@ -211,6 +223,9 @@ struct Pushed {
     bytes: AtomicU64,
     cap: AtomicU64,
 }
+
+/// How long a task waits for another executor to send it a cached partition.
+const BLOCK_FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The largest output a map task pushes with its announcement.
 pub(crate) const PUSH_MAX_BYTES: usize = 64 << 10;
@@ -307,9 +322,17 @@ impl Fetcher {
         let request = proto::BlockRequest { rdd: rdd.0, split: split as u64 };
         let reply = self
             .handle
-            .block_on(async move { client.fetch_block(request).await })
+            .block_on(async move { tokio::time::timeout(BLOCK_FETCH_TIMEOUT, client.fetch_block(request)).await })
+            .map_err(|_| network(format!("no answer within {} s", BLOCK_FETCH_TIMEOUT.as_secs())))?
             .map_err(|s| network(s.message().to_string()))?
             .into_inner();
+        if reply.too_large {
+            return Err(network(format!(
+                "partition {split} of rdd {} is larger than a copy may be ({} bytes)",
+                rdd.0,
+                ember_core::storage::MAX_REPLICA_BYTES
+            )));
+        }
         Ok(reply.found.then_some((reply.data, reply.size, reply.records)))
     }
 

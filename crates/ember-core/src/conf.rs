@@ -243,7 +243,8 @@ pub const KEYS: &[ConfKey] = &[
         key: "ember.locality.wait",
         default: "3s",
         doc: "Cluster masters: how long a task whose cached input is on busy executors waits for a slot on \
-              one of them before it runs elsewhere (and computes that input again): `3s`, `500ms`, `0`.",
+              one of them before it runs elsewhere (and reads that input from a holder, or computes it when none \
+              can give it): `3s`, `500ms`, `0`.",
     },
     ConfKey {
         key: "ember.authenticate.secret",

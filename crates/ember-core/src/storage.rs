@@ -354,6 +354,23 @@ enum Partial<'a, T> {
 /// Unroll memory is reserved in steps of at least this much, so most records need no lock.
 const UNROLL_STEP: u64 = 64 << 10;
 
+/// Checks a copy of block `id` read from another executor: its size, every chunk, and its
+/// record count.
+fn check_copy<T: Data>(id: &BlockId, bytes: &[u8], size: u64, records: u64) -> Result<()> {
+    if bytes.len() as u64 != size {
+        return Err(Error::Serialization(format!("a copy of block {id} has {} bytes, not {size}", bytes.len())));
+    }
+    let mut dec = ChunkDecoder::<_, T>::new(bytes, &PathBuf::from(id.to_string())).expecting(size);
+    let mut read = 0u64;
+    while dec.next_record()?.is_some() {
+        read += 1;
+    }
+    if read != records {
+        return Err(Error::Serialization(format!("a copy of block {id} holds {read} records, not {records}")));
+    }
+    Ok(())
+}
+
 /// Reads a block's records from a stream, dropping the block (so that the next attempt
 /// recomputes it from lineage) and failing the task if the stream is corrupt.
 struct BlockReader<'a, R: Read, T> {
@@ -678,7 +695,15 @@ impl BlockManager {
         let BlockId::Rdd { rdd, split } = id;
         let reader = self.remote.get()?;
         for holder in tc.remote_holders(rdd, split) {
-            match reader(holder, rdd, split) {
+            if tc.should_stop() {
+                return None;
+            }
+            // Checked whole before it is kept: a damaged copy is a miss (the next holder, or
+            // computing), never a copy that fails every task reading it.
+            let read = reader(holder, rdd, split).and_then(|copy| {
+                copy.map(|(b, size, n)| check_copy::<T>(&id, &b, size, n).map(|()| (b, size, n))).transpose()
+            });
+            match read {
                 Ok(Some((bytes, size, records))) => match self.put_replica(rdd, split, &bytes, size, records) {
                     Ok(()) => match self.get::<T>(&id, tc) {
                         Ok(Some(it)) => return Some(it),
@@ -695,6 +720,14 @@ impl BlockManager {
             }
         }
         None
+    }
+
+    /// The size of partition `split` of `rdd` as kept here (on disk, or its memory estimate),
+    /// when it is here.
+    pub fn cached_size(&self, rdd: RddId, split: usize) -> Option<u64> {
+        let st = self.lock();
+        let id = BlockId::Rdd { rdd, split };
+        st.disk.get(&id).map(|d| d.size).or_else(|| st.memory.get(&id).map(|m| m.size))
     }
 
     /// Sets where copies of partitions of replicated levels go.
@@ -1155,5 +1188,56 @@ mod tests {
             assert_eq!(replicated.deserialized(), base.deserialized());
         }
         assert_eq!(L::None.replication(), 0);
+    }
+
+    /// A task context in a scratch executor of its own.
+    fn task(dir: &std::path::Path) -> crate::task::TaskContext {
+        let settings = crate::conf::EmberConf::new().settings().expect("default settings");
+        let tracker = std::sync::Arc::new(crate::scheduler::MapOutputTracker::new());
+        let env = std::sync::Arc::new(crate::env::Env::new(&settings, dir.to_path_buf(), tracker).expect("an env"));
+        let kill = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::task::TaskContext::new(crate::task::StageId(0), 0, 0, 1, env, kill)
+    }
+
+    #[test]
+    fn a_partition_held_elsewhere_is_read_and_a_damaged_copy_is_computed() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let rdd = super::RddId(1 << 40);
+        let data: Vec<u64> = (0..5000).collect();
+        let holder_dir = tempfile::tempdir().unwrap();
+        let holder = task(holder_dir.path());
+        let blocks = &holder.env().blocks;
+        let cached: Vec<u64> =
+            blocks.get_or_compute(rdd, 0, L::MemoryOnly, &holder, || Box::new(data.clone().into_iter())).collect();
+        assert_eq!(cached, data);
+        let copy = blocks.block_file_bytes(rdd, 0).unwrap().expect("held");
+
+        for (damaged, want_computed) in [(false, 0), (true, 1)] {
+            let dir = tempfile::tempdir().unwrap();
+            let tc = task(dir.path()).with_remote_input(Some((rdd, 0)), &[Arc::from("holder")]);
+            let mut bytes = copy.clone();
+            if damaged {
+                let middle = bytes.0.len() / 2;
+                bytes.0[middle] ^= 0x5a;
+            }
+            tc.env().blocks.set_remote_reader(Arc::new(move |who: &str, r, s| {
+                assert_eq!((who, r, s), ("holder", rdd, 0));
+                Ok(Some(bytes.clone()))
+            }));
+            let computed = AtomicU64::new(0);
+            let got: Vec<u64> = tc
+                .env()
+                .blocks
+                .get_or_compute(rdd, 0, L::MemoryOnly, &tc, || {
+                    computed.fetch_add(1, Ordering::Relaxed);
+                    Box::new(data.clone().into_iter())
+                })
+                .collect();
+            assert_eq!(got, data, "damaged copy: {damaged}");
+            assert_eq!(computed.load(Ordering::Relaxed), want_computed, "damaged copy: {damaged}");
+            assert!(tc.take_error().is_none(), "the task did not fail");
+            assert!(tc.env().blocks.contains(rdd, 0));
+        }
     }
 }

@@ -528,10 +528,6 @@ pub fn executors_delete_the_outputs_of_a_removed_shuffle() {
     });
 }
 
-/// Cached partitions are reported to the driver, and tasks that read them run where they are:
-/// jobs over a cached RDD never compute it again, although its partitions are spread over two
-/// executors with one slot each (a task placed on the other executor would recompute its
-/// partition, which the accumulator would count).
 /// `0..n` in `parts` partitions, persisted at `level` and computed once (checked), with an
 /// accumulator that counts every record computed: what a test of cached input reads.
 fn counted_cache(
@@ -554,6 +550,9 @@ fn counted_cache(
     (cached, computed)
 }
 
+/// Cached partitions are reported to the driver, and tasks that read them run where they are:
+/// jobs over a cached RDD never compute it again, and no partition is read by (and so copied
+/// to) another executor, although they are spread over two executors with one slot each.
 pub fn tasks_run_where_their_cached_input_is() {
     let ctx = context("local-cluster[2,1,256]");
     let (cached, computed) = counted_cache(&ctx, 4000, 8, ember_core::StorageLevel::MemoryOnly);
@@ -568,6 +567,9 @@ pub fn tasks_run_where_their_cached_input_is() {
         assert_eq!(pairs, 4000);
     }
     assert_eq!(computed.value().unwrap(), 4000, "a cached partition was computed again");
+    // A task run away from its partition would have read it and kept a copy.
+    let id = cached.id();
+    assert!((0..8).all(|s| locations.locations(id, s).len() == 1), "a task ran away from its cached input");
 }
 
 /// One iteration of a running sum (Drizzle's example): numbers keyed by (number + offset) mod
@@ -837,17 +839,21 @@ pub fn a_task_away_from_its_cached_input_reads_it_from_a_holder() {
     let ctx = context_with("local-cluster[2,1,256]", &[("ember.locality.wait", "0")]);
     let (cached, computed) = counted_cache(&ctx, 4000, 2, ember_core::StorageLevel::MemoryOnly);
     // Partition 0's holder is kept busy by a task of another job, which runs there (its input
-    // is there) and sleeps.
+    // is there) and waits until the test lets it go (or a minute has passed).
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("busy").to_str().unwrap().to_string();
+    let release = dir.path().join("release").to_str().unwrap().to_string();
     let busy = {
-        let (cached, marker) = (cached.clone(), marker.clone());
+        let (cached, files) = (cached.clone(), (marker.clone(), release.clone()));
         std::thread::spawn(move || {
             cached
-                .map_with(marker, |m, x| {
+                .map_with(files, |(m, r), x| {
                     if x == 0 {
                         std::fs::write(m, b"busy").unwrap();
-                        std::thread::sleep(Duration::from_secs(3));
+                        let until = Instant::now() + Duration::from_secs(60);
+                        while !std::path::Path::new(r).exists() && Instant::now() < until {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                     }
                     x
                 })
@@ -858,6 +864,7 @@ pub fn a_task_away_from_its_cached_input_reads_it_from_a_holder() {
     let sum = cached.map(|x| x + 1).reduce(|a, b| a + b).unwrap();
     assert_eq!(sum, Some((1..=4000u64).sum()));
     assert_eq!(computed.value().unwrap(), 4000, "a partition held elsewhere was computed again");
+    std::fs::write(&release, b"go").unwrap();
     assert_eq!(busy.join().unwrap().unwrap(), 4000);
     // The reader kept what it read: partition 0 is now on both executors.
     let locations = &ctx.env().block_locations;

@@ -4,7 +4,8 @@
 //! forgets an executor's when it is lost. A task prefers the executors holding a cached
 //! partition its computation would read: the stage's RDD or, through narrow dependencies that
 //! keep partition numbers (map, filter, zip, ...), its nearest cached ancestor. A wrong guess
-//! costs only locality, never correctness: a task without its cached input computes it.
+//! costs only locality, never correctness: a task without its cached input reads it from a
+//! holder, or computes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

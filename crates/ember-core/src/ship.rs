@@ -310,9 +310,9 @@ impl ShipKey {
     }
 }
 
-/// A fingerprint of the key of the encode or decode running on this thread (not the key
-/// itself), if any: what lineage nodes' kept encodings and decodings are keyed by.
-pub(crate) fn scope_key_fingerprint() -> Option<u64> {
+/// A fingerprint of the key of the decode running on this thread (not the key itself), if any:
+/// what the decoded-lineage cache keys its nodes by.
+pub(crate) fn decode_key_fingerprint() -> Option<u64> {
     ShipKey::current().map(|k| k.mac(b"ember-decoded-lineage-v1"))
 }
 

@@ -270,32 +270,6 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_encoding_is_taken_again_only_while_its_parents_levels_hold() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = context(dir.path());
-        let key = ShipKey::local();
-        let base = ctx.parallelize((0..100u64).collect(), 4).map(|x| x + 1);
-        let top = base.map(|x| x * 2);
-        let first = key.encode(&top).unwrap();
-        assert_eq!(key.encode(&top).unwrap(), first, "the same lineage encodes the same");
-        // The parent is persisted: the child's encoding names it at its new level.
-        base.persist(StorageLevel::MemoryOnly).unwrap();
-        let after = key.encode(&top).unwrap();
-        assert_ne!(after, first, "a kept encoding named its parent at an old level");
-        let decoded = key.decode::<Rdd<u64>>(&after).unwrap();
-        let parent_level = match decoded.dependencies().into_iter().next() {
-            Some(crate::rdd::Dependency::Narrow(p)) => p.storage_level(),
-            _ => panic!("a narrow parent"),
-        };
-        assert_eq!(parent_level, StorageLevel::MemoryOnly);
-        // Checkpointed, the node encodes as its checkpoint (and lets its lineage go).
-        top.checkpoint().unwrap();
-        top.count().unwrap();
-        let checkpointed = key.decode::<Rdd<u64>>(&key.encode(&top).unwrap()).unwrap();
-        assert!(checkpointed.dependencies().is_empty(), "a checkpoint has no parents");
-    }
-
-    #[test]
     fn a_node_whose_parent_changed_is_decoded_again() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = context(dir.path());

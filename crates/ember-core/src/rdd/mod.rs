@@ -174,38 +174,6 @@ struct Node<T> {
     /// Held while a checkpoint of this node is written, so that concurrent `checkpoint` calls
     /// write it once (the others wait, then find it checkpointed).
     checkpointing: Mutex<()>,
-    /// The node's last encoding (driver side), taken again by later lineages that carry it.
-    encoded: Mutex<Option<Arc<EncodedOnce>>>,
-}
-
-/// A node's encoding kept for later lineages: valid while the key it was sealed with, the
-/// node's checkpoint state and the levels of the parents it names are the same.
-struct EncodedOnce {
-    key: u64,
-    checkpointed: bool,
-    bytes: Vec<u8>,
-    /// The nodes its encoding names, with the levels it names them at: they go into the table
-    /// with it.
-    parents: Vec<(Arc<dyn Registers>, StorageLevel)>,
-}
-
-/// The largest node encoding kept (a large `parallelize`d collection is encoded afresh rather
-/// than held twice on the driver).
-const MAX_KEPT_ENCODING: usize = 64 << 10;
-
-/// A lineage node that can add itself to the encode in progress, whatever its record type.
-trait Registers: Send + Sync {
-    fn register_erased(&self) -> Result<()>;
-    fn level(&self) -> StorageLevel;
-}
-
-impl<T: Data> Registers for Rdd<T> {
-    fn register_erased(&self) -> Result<()> {
-        self.register()
-    }
-    fn level(&self) -> StorageLevel {
-        self.storage_level()
-    }
 }
 
 impl<T: Data> Node<T> {
@@ -237,7 +205,6 @@ impl<T: Data> Node<T> {
             level: Mutex::new(level),
             name: Mutex::new(None),
             checkpointing: Mutex::new(()),
-            encoded: Mutex::new(None),
         }
     }
 
@@ -265,9 +232,6 @@ impl<T: Data> Node<T> {
             }
             std::mem::replace(&mut *slot, Source { imp: Arc::new(checkpoint), checkpointed: true })
         };
-        // The kept encoding names the parents too: it goes with the lineage.
-        let encoded = self.encoded.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(encoded);
         // Dropped outside the lock: the last reference to the lineage drops parent nodes (removing
         // their cached blocks) and shuffle dependencies (removing their outputs). Tasks still
         // computing from it hold their own references and release them when they end.
@@ -527,8 +491,6 @@ struct Lineage {
 struct EncodeSession {
     seen: std::collections::HashSet<RddId>,
     nodes: Vec<EncodedNode>,
-    /// One frame per node being encoded: the nodes its encoding names.
-    frames: Vec<Vec<(Arc<dyn Registers>, StorageLevel)>>,
 }
 
 thread_local! {
@@ -570,37 +532,7 @@ impl<T: Data> Rdd<T> {
         }
         // No borrow is held here: encoding the node registers its parents first.
         let Source { imp, checkpointed } = self.node.source();
-        let key = crate::ship::scope_key_fingerprint();
-        let kept = self.node.encoded.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(kept) = kept.filter(|k| {
-            Some(k.key) == key
-                && k.checkpointed == checkpointed
-                && k.parents.iter().all(|(parent, level)| parent.level() == *level)
-        }) {
-            // The same encoding as before: its parents go into the table as they would.
-            for (parent, _) in &kept.parents {
-                parent.register_erased()?;
-            }
-            let bytes = kept.bytes.clone();
-            ENCODING.with(|e| {
-                if let Some(s) = e.borrow_mut().as_mut() {
-                    s.nodes.push(EncodedNode { id, checkpointed, bytes });
-                }
-            });
-            return Ok(());
-        }
-        ENCODING.with(|e| {
-            if let Some(s) = e.borrow_mut().as_mut() {
-                s.frames.push(Vec::new());
-            }
-        });
-        let bytes = imp.encode();
-        let parents = ENCODING.with(|e| e.borrow_mut().as_mut().and_then(|s| s.frames.pop())).unwrap_or_default();
-        let bytes = bytes?;
-        if let Some(key) = key.filter(|_| bytes.len() <= MAX_KEPT_ENCODING) {
-            let once = EncodedOnce { key, checkpointed, bytes: bytes.clone(), parents };
-            *self.node.encoded.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(once));
-        }
+        let bytes = imp.encode()?;
         ENCODING.with(|e| {
             if let Some(s) = e.borrow_mut().as_mut() {
                 s.nodes.push(EncodedNode { id, checkpointed, bytes });
@@ -654,14 +586,7 @@ impl<T: Data> Serialize for Rdd<T> {
         let nested = ENCODING.with(|e| e.borrow().is_some());
         if nested {
             self.register().map_err(serde::ser::Error::custom)?;
-            let r = self.node_ref();
-            // Named by the node being encoded around it.
-            ENCODING.with(|e| {
-                if let Some(frame) = e.borrow_mut().as_mut().and_then(|s| s.frames.last_mut()) {
-                    frame.push((Arc::new(self.clone()) as Arc<dyn Registers>, r.level));
-                }
-            });
-            return r.serialize(s);
+            return self.node_ref().serialize(s);
         }
         ENCODING.with(|e| *e.borrow_mut() = Some(EncodeSession::default()));
         let guard = EncodingGuard;
@@ -682,7 +607,7 @@ impl<'de, T: Data> Deserialize<'de> for Rdd<T> {
         }
         let lineage = Lineage::deserialize(d)?;
         let bytes = lineage.nodes.into_iter().map(|n| (n.id, (n.checkpointed, n.bytes))).collect();
-        let session = decoded::Session::new(crate::ship::scope_key_fingerprint(), bytes);
+        let session = decoded::Session::new(crate::ship::decode_key_fingerprint(), bytes);
         DECODING.with(|s| *s.borrow_mut() = Some(session));
         let guard = DecodingGuard;
         let root = Rdd::resolve(lineage.root);

@@ -296,14 +296,23 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
     Ok(command)
 }
 
+/// How long a kill of an executor that has not started is remembered (longer than fetching an
+/// executable takes).
+const FORGET_KILLS_AFTER: Duration = Duration::from_secs(3600);
+
 /// The launcher thread: starts and stops executors, and reports those that exit.
 fn launch_loop(commands: &std::sync::mpsc::Receiver<Order>, to_master: &ToMasterTx, work_dir: &Path) {
     let mut children: HashMap<(String, String), Child> = HashMap::new();
-    // Executors killed before they started (their executable was still being fetched).
-    let mut killed: std::collections::HashSet<(String, String)> = Default::default();
+    // Executors killed before they started (their executable was still being fetched), and
+    // when: a kill whose executor never comes (it could not start, or had ended) is forgotten
+    // after a while.
+    let mut killed: HashMap<(String, String), std::time::Instant> = HashMap::new();
     loop {
+        killed.retain(|_, at| at.elapsed() < FORGET_KILLS_AFTER);
         match commands.recv_timeout(Duration::from_millis(100)) {
-            Ok(Order::Start { app_id, executor_id, .. }) if killed.remove(&(app_id.clone(), executor_id.clone())) => {
+            Ok(Order::Start { app_id, executor_id, .. })
+                if killed.remove(&(app_id.clone(), executor_id.clone())).is_some() =>
+            {
                 let _ = to_master.send(exited(&app_id, &executor_id, "it was stopped before it started".into()));
             }
             Ok(Order::Start { app_id, executor_id, mut command }) => match spawn_retrying(&mut command) {
@@ -320,7 +329,7 @@ fn launch_loop(commands: &std::sync::mpsc::Receiver<Order>, to_master: &ToMaster
                     let _ = child.kill();
                 }
                 None => {
-                    killed.insert((app_id, executor_id));
+                    killed.insert((app_id, executor_id), std::time::Instant::now());
                 }
             },
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

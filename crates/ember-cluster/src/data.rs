@@ -148,9 +148,13 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         let reduce =
             usize::try_from(r.reduce).map_err(|_| Status::invalid_argument("reduce partition out of range"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // A bounded number of fetches is served at once, each holding a segment and a few chunks
+        // in memory; the others wait their turn (reducers bound their own side).
+        let turn = SERVING_FETCHES.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
         // Segments are read from memory or disk on a blocking thread, a chunk at a time, so a
         // slow reader holds at most a few chunks here.
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let mut chunk = proto::SegmentChunk::default();
             let mut size = 0usize;
             let mut segment = Vec::new();
@@ -192,6 +196,11 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
+
+/// How many fetches of map outputs an executor serves at once.
+const SERVED_AT_ONCE: usize = 8;
+
+static SERVING_FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SERVED_AT_ONCE);
 
 /// Fetches segments from other executors' data planes.
 pub(crate) struct Fetcher {

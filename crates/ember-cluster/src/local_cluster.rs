@@ -61,13 +61,13 @@ fn start_local_cluster(start: ClusterStart) -> Result<ClusterBackend> {
     let launcher = {
         let (children, ids, secret) = (children.clone(), ids.clone(), secret.clone());
         // Executors on this host use the driver's TLS files.
-        let tls_env = tls.as_ref().map(|t| t.env()).unwrap_or_default();
+        let tls = tls.clone();
         std::thread::Builder::new()
             .name("ember-executor-launcher".into())
             .spawn(move || {
                 let mut result = Ok(());
                 for id in &ids {
-                    match spawn_executor(&exe, id, address, cores, memory_mib, &secret, &tls_env) {
+                    match spawn_executor(&exe, id, address, cores, memory_mib, &secret, tls.as_deref()) {
                         Ok(child) => children.lock().unwrap_or_else(|p| p.into_inner()).push((id.clone(), child)),
                         Err(e) => {
                             result = Err(e);
@@ -116,13 +116,10 @@ fn spawn_executor(
     cores: usize,
     memory_mib: u64,
     secret: &Secret,
-    tls_env: &[(&str, String)],
+    tls: Option<&Tls>,
 ) -> Result<Child> {
     let mut command = Command::new(exe);
-    for var in crate::tls::ENV_VARS {
-        command.env_remove(var);
-    }
-    command.envs(tls_env.iter().map(|(k, v)| (*k, v)));
+    Tls::hand_to(tls, &mut command);
     command
         .env(vars::DRIVER, driver.to_string())
         .env(vars::ID, id)

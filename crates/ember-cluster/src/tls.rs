@@ -20,8 +20,7 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Variables of a process's environment naming TLS files: removed from the environment of an
 /// executor started without TLS, which would otherwise turn it on against a driver without it.
-pub(crate) const ENV_VARS: [&str; 4] =
-    [vars::SSL_CERT_FILE, vars::SSL_KEY_FILE, vars::SSL_TRUST_FILE, vars::SSL_SERVER_NAME];
+const ENV_VARS: [&str; 4] = [vars::SSL_CERT_FILE, vars::SSL_KEY_FILE, vars::SSL_TRUST_FILE, vars::SSL_SERVER_NAME];
 
 /// A node's TLS material, read once from its files.
 #[derive(Clone)]
@@ -128,25 +127,30 @@ impl Tls {
         Ok(Some(Arc::new(tls)))
     }
 
-    /// The TLS settings an executor started by this process uses: the same files. Read back by
-    /// [`Tls::from_env`].
-    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let mut put = |var, path: &Option<PathBuf>| {
-            if let Some(p) = path {
-                out.push((var, p.display().to_string()));
-            }
-        };
-        put(vars::SSL_CERT_FILE, &self.files.cert_file);
-        put(vars::SSL_KEY_FILE, &self.files.key_file);
-        put(vars::SSL_TRUST_FILE, &self.files.trust_file);
-        if let Some(name) = &self.files.server_name {
-            out.push((vars::SSL_SERVER_NAME, name.clone()));
+    /// Sets the TLS environment of an executor this process starts: the same files as this
+    /// process's, or none (stray variables removed) when `tls` is off. Read back by
+    /// [`Tls::settings_from_env`].
+    pub(crate) fn hand_to(tls: Option<&Tls>, command: &mut std::process::Command) {
+        for var in ENV_VARS {
+            command.env_remove(var);
         }
-        out
+        let Some(tls) = tls else { return };
+        let files = &tls.files;
+        for (var, path) in [
+            (vars::SSL_CERT_FILE, &files.cert_file),
+            (vars::SSL_KEY_FILE, &files.key_file),
+            (vars::SSL_TRUST_FILE, &files.trust_file),
+        ] {
+            if let Some(p) = path {
+                command.env(var, p);
+            }
+        }
+        if let Some(name) = &files.server_name {
+            command.env(vars::SSL_SERVER_NAME, name);
+        }
     }
 
-    /// The settings [`Tls::env`] handed to this executor, if any.
+    /// The settings [`Tls::hand_to`] handed to this executor, if any.
     pub(crate) fn settings_from_env() -> Option<SslSettings> {
         let get = |var| std::env::var_os(var).filter(|v| !v.is_empty());
         let ssl = SslSettings {
@@ -206,33 +210,29 @@ pub(crate) fn server(tls: Option<&Tls>) -> Result<Server> {
 /// `e`, with a hint when it looks like one side of a connection speaking TLS and the other not
 /// (a plaintext HTTP/2 client reading a TLS record, or a TLS client reading plaintext).
 pub(crate) fn hint_mismatch(e: ClusterError, tls_on: bool) -> ClusterError {
-    let hint = |text: &str| {
-        let garbled = text.contains("h2 protocol error")
-            || text.contains("frame with invalid size")
-            || text.contains("InvalidContentType")
-            || text.contains("corrupt message")
-            || text.contains("broken pipe")
-            || text.contains("connection reset")
-            || text.contains("connection closed");
-        if !garbled {
-            return String::new();
+    const GARBLED: [&str; 7] = [
+        "h2 protocol error",
+        "frame with invalid size",
+        "InvalidContentType",
+        "corrupt message",
+        "broken pipe",
+        "connection reset",
+        "connection closed",
+    ];
+    let hinted = |text: String| {
+        if !GARBLED.iter().any(|g| text.contains(g)) {
+            return text;
         }
-        if tls_on {
-            " (if the peer runs without TLS: this process has ember.ssl.enabled, and both sides must agree)".to_string()
+        let hint = if tls_on {
+            " (if the peer runs without TLS: this process has ember.ssl.enabled, and both sides must agree)"
         } else {
             " (if the peer requires TLS: set ember.ssl.enabled, and ember.ssl.trustFile or ember.ssl.certFile)"
-                .to_string()
-        }
+        };
+        text + hint
     };
     match e {
-        ClusterError::Transport(m) => {
-            let h = hint(&m);
-            ClusterError::Transport(m + &h)
-        }
-        ClusterError::Rpc(m) => {
-            let h = hint(&m);
-            ClusterError::Rpc(m + &h)
-        }
+        ClusterError::Transport(m) => ClusterError::Transport(hinted(m)),
+        ClusterError::Rpc(m) => ClusterError::Rpc(hinted(m)),
         e => e,
     }
 }

@@ -276,9 +276,7 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
             .map_err(|source| ClusterError::Io { path: dir.join(name).display().to_string(), source })
     };
     let mut command = Command::new(&exe);
-    for var in crate::tls::ENV_VARS {
-        command.env_remove(var);
-    }
+    Tls::hand_to(binaries.tls.as_deref(), &mut command);
     command
         .current_dir(&dir)
         .env(vars::DRIVER, &l.driver)
@@ -288,7 +286,6 @@ async fn prepare(options: &WorkerOptions, binaries: &Binaries, l: &proto::Launch
         .env(vars::SECRET, secret.to_hex())
         .env(vars::HOST, options.host.to_string())
         .env(vars::LOCAL_DIR, dir.join("local"))
-        .envs(binaries.tls.as_ref().map(|t| t.env()).unwrap_or_default())
         .env_remove(vars::SUBMIT_CONF)
         .stdin(Stdio::null())
         .stdout(log("stdout")?)

@@ -678,27 +678,49 @@ impl MapOutputLocations for Mirror {
     }
 }
 
-/// Fetches broadcast values from the driver.
-pub(crate) struct Broadcasts {
+/// Fetches from the driver what tasks need of it: broadcast values, and the lineage of nodes
+/// cut from task bodies.
+pub(crate) struct FromDriver {
     pub(crate) driver: proto::driver_client::DriverClient<AuthChannel>,
     pub(crate) handle: tokio::runtime::Handle,
 }
 
-impl ember_core::broadcast::RemoteBroadcasts for Broadcasts {
-    fn fetch(&self, id: u64) -> ember_core::Result<Vec<u8>> {
-        let failed = |why: String| Error::io(format!("broadcast {id}"), std::io::Error::other(why));
-        let mut driver = self.driver.clone();
+impl FromDriver {
+    /// The chunks of one streamed reply, joined; `what` names it in errors.
+    fn chunks<C>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = std::result::Result<tonic::Response<tonic::Streaming<C>>, Status>>,
+        data: impl Fn(C) -> Vec<u8>,
+    ) -> ember_core::Result<Vec<u8>> {
+        let failed = |why: String| Error::io(what, std::io::Error::other(why));
         self.handle.block_on(async {
-            let mut stream = driver
-                .broadcast(proto::BroadcastRequest { id })
-                .await
-                .map_err(|e| failed(format!("the driver did not send it: {}", e.message())))?
-                .into_inner();
+            let mut stream =
+                call.await.map_err(|e| failed(format!("the driver did not send it: {}", e.message())))?.into_inner();
             let mut bytes = Vec::new();
             while let Some(chunk) = stream.message().await.map_err(|e| failed(e.message().to_string()))? {
-                bytes.extend_from_slice(&chunk.data);
+                bytes.extend_from_slice(&data(chunk));
             }
             Ok(bytes)
         })
+    }
+}
+
+impl ember_core::broadcast::RemoteBroadcasts for FromDriver {
+    fn fetch(&self, id: u64) -> ember_core::Result<Vec<u8>> {
+        let mut driver = self.driver.clone();
+        self.chunks(
+            &format!("broadcast {id}"),
+            async move { driver.broadcast(proto::BroadcastRequest { id }).await },
+            |c| c.data,
+        )
+    }
+}
+
+impl ember_core::rdd::RemoteLineage for FromDriver {
+    fn fetch(&self, rdd: ember_core::storage::RddId) -> ember_core::Result<Vec<u8>> {
+        let mut driver = self.driver.clone();
+        let request = proto::LineageRequest { rdd: rdd.0 };
+        self.chunks(&format!("the lineage of rdd {}", rdd.0), async move { driver.lineage(request).await }, |c| c.data)
     }
 }

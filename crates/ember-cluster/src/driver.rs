@@ -755,6 +755,8 @@ type BroadcastStream =
 
 type BinaryStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::BinaryChunk, Status>> + Send>>;
 
+type LineageStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::LineageChunk, Status>> + Send>>;
+
 /// Streams the driver's running executable in chunks of 1 MiB, read as they are sent.
 fn binary_stream() -> BinaryStream {
     let (tx, rx) = mpsc::channel::<std::result::Result<proto::BinaryChunk, Status>>(4);
@@ -791,6 +793,23 @@ impl proto::driver_server::Driver for DriverService {
     type SessionStream = OutStream;
     type BroadcastStream = BroadcastStream;
     type BinaryStream = BinaryStream;
+    type LineageStream = LineageStream;
+
+    async fn lineage(
+        &self,
+        request: Request<proto::LineageRequest>,
+    ) -> std::result::Result<Response<Self::LineageStream>, Status> {
+        let rdd = ember_core::storage::RddId(request.into_inner().rdd);
+        let cluster = self.cluster.clone();
+        // Encoding runs user `Serialize` code: off the runtime's threads.
+        let bytes = tokio::task::spawn_blocking(move || cluster.driver_env.lineages.encode(rdd))
+            .await
+            .map_err(|e| Status::internal(format!("encoding the lineage of rdd {} failed: {e}", rdd.0)))?
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        let chunks: Vec<std::result::Result<proto::LineageChunk, Status>> =
+            bytes.chunks(1 << 20).map(|c| Ok(proto::LineageChunk { data: c.to_vec() })).collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
 
     async fn binary(
         &self,

@@ -9,7 +9,7 @@ use ember_core::runtime::{Executor, ExecutorSpec};
 use ember_core::shuffle::MapStatus;
 use tokio::sync::mpsc;
 
-use crate::data::{Addresses, Auth, BlockService, Broadcasts, Fetcher, Mirror};
+use crate::data::{Addresses, Auth, BlockService, Fetcher, FromDriver, Mirror};
 use crate::hold::Holder;
 use crate::tls::Tls;
 
@@ -254,8 +254,11 @@ async fn session(
         let report = report.clone();
         Box::new(move |status: ember_core::runtime::TaskStatus| report(status))
     };
-    let broadcasts = Arc::new(Broadcasts { driver: client.clone(), handle });
-    let started = Arc::new(Executor::start(spec, key, (mirror.clone(), fetcher.clone()), broadcasts, statuses)?);
+    let from_driver = Arc::new(FromDriver { driver: client.clone(), handle });
+    let started =
+        Arc::new(Executor::start(spec, key, (mirror.clone(), fetcher.clone()), from_driver.clone(), statuses)?);
+    // A node cut from a task's lineage, cached nowhere any more, is computed from the driver's.
+    started.env().set_remote_lineage(from_driver);
     let _ = env_cell.set(started.env().clone());
     {
         let (mirror, holder) = (mirror.clone(), holder.clone());

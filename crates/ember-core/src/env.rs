@@ -33,6 +33,10 @@ pub struct Env {
     pub remote: Option<Arc<dyn crate::shuffle::RemoteSegments>>,
     /// Where executors hold cached partitions (kept on the driver, from their reports).
     pub block_locations: Arc<crate::scheduler::BlockLocations>,
+    /// The nodes the driver cut lineages at, whose lineage it serves (driver side).
+    pub lineages: crate::rdd::Lineages,
+    /// Where an executor in another process fetches the lineage of a node cut from a task's.
+    remote_lineage: std::sync::OnceLock<Arc<dyn crate::rdd::RemoteLineage>>,
     file_ids: AtomicU64,
 }
 
@@ -61,6 +65,8 @@ impl Env {
             map_outputs,
             remote: None,
             block_locations: Arc::default(),
+            lineages: Default::default(),
+            remote_lineage: std::sync::OnceLock::new(),
             broadcasts: Default::default(),
             rehearse_remote: settings.serialize_tasks,
             codec: settings.codec,
@@ -74,6 +80,17 @@ impl Env {
             local_dir,
             file_ids: AtomicU64::new(0),
         })
+    }
+
+    /// Makes this executor fetch the lineage of nodes cut from its tasks' from `remote` (its
+    /// driver, in another process); set once.
+    pub fn set_remote_lineage(&self, remote: Arc<dyn crate::rdd::RemoteLineage>) {
+        let _ = self.remote_lineage.set(remote);
+    }
+
+    /// Where this executor fetches cut lineages, when not from this process's driver.
+    pub(crate) fn remote_lineage(&self) -> Option<&Arc<dyn crate::rdd::RemoteLineage>> {
+        self.remote_lineage.get()
     }
 
     /// A process-unique number for naming temporary files.

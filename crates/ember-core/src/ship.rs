@@ -305,7 +305,7 @@ impl ShipKey {
         b
     }
 
-    fn current() -> Option<ShipKey> {
+    pub(crate) fn current() -> Option<ShipKey> {
         SCOPE.with(|s| s.get()).map(|(k0, k1)| ShipKey { k0, k1 })
     }
 }

@@ -572,6 +572,34 @@ pub fn tasks_run_where_their_cached_input_is() {
     assert!((0..8).all(|s| locations.locations(id, s).len() == 1), "a task ran away from its cached input");
 }
 
+/// A node cut from a task's lineage because the driver took it for cached, but cached nowhere
+/// (the executors never computed it): each executor asks the driver for its lineage and
+/// computes the partition once from it, and the next job reads what that cached.
+pub fn a_cut_node_cached_nowhere_is_computed_from_the_drivers_lineage() {
+    let ctx = context("local-cluster[2,1,256]");
+    let computed = ctx.long_accumulator();
+    let mid = ctx
+        .parallelize((0..4000u64).collect(), 8)
+        .map(|x| x + 3)
+        .map_with(computed.clone(), |acc, x| {
+            acc.add(1);
+            x * 2
+        })
+        .cache()
+        .unwrap();
+    let locations = &ctx.env().block_locations;
+    let holders: [std::sync::Arc<str>; 2] = [std::sync::Arc::from("executor-0"), std::sync::Arc::from("executor-1")];
+    for split in 0..8 {
+        locations.added(&holders[split % 2], mid.id(), split);
+    }
+    let top = mid.map(|x| x + 1);
+    assert_eq!(top.collect().unwrap(), (0..4000u64).map(|x| (x + 3) * 2 + 1).collect::<Vec<_>>());
+    assert!(!ctx.env().lineages.is_empty(), "the task's lineage was not cut at the node");
+    assert_eq!(computed.value().unwrap(), 4000, "every partition is computed once");
+    assert_eq!(top.map(|x| x * 2).count().unwrap(), 4000);
+    assert_eq!(computed.value().unwrap(), 4000, "a partition computed from the driver's lineage was not cached");
+}
+
 /// One iteration of a running sum (Drizzle's example): numbers keyed by (number + offset) mod
 /// `tasks`, summed through a shuffle, added to the previous state (cached, zipped by partition).
 fn running_sum_step(
@@ -653,6 +681,8 @@ pub fn a_group_of_jobs_is_prescheduled_across_executors() {
     // lost, every group would wait 300 ms before its executors ask the driver: six groups could
     // not end within 1.2 s (they take about 0.3 s).
     assert!(took < Duration::from_millis(1200), "reducers waited for the driver: {took:?}");
+    // Each group's tasks carry the states cached before it as stubs, not their lineage.
+    assert!(!ctx.env().lineages.is_empty(), "no lineage was cut at a cached state");
     let summaries = ctx.job_summaries();
     let group = &summaries[summaries.len() - 12..];
     for s in group {

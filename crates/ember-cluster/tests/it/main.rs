@@ -41,6 +41,7 @@ fn main() {
         local_cluster::a_silent_executor_is_lost_after_the_network_timeout,
         local_cluster::executors_delete_the_outputs_of_a_removed_shuffle,
         local_cluster::tasks_run_where_their_cached_input_is,
+        local_cluster::a_cut_node_cached_nowhere_is_computed_from_the_drivers_lineage,
         local_cluster::a_group_of_jobs_is_prescheduled_across_executors,
         local_cluster::a_prescheduled_group_survives_a_lost_executor,
         local_cluster::a_lost_chain_of_cached_partitions_is_recomputed,

@@ -9,6 +9,7 @@
 
 mod actions;
 mod approx;
+mod cut;
 mod decoded;
 mod keyed;
 mod lineage;
@@ -41,6 +42,8 @@ use crate::task::{BoxIter, Interruptible, TaskContext};
 #[cfg(test)]
 pub(crate) use actions::CountFn;
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
+pub(crate) use cut::with_cut;
+pub use cut::{Lineages, RemoteLineage};
 pub use more_actions::LocalIterator;
 pub use numeric::OrderedF64;
 pub use output::TextCodec;
@@ -491,6 +494,8 @@ struct Lineage {
 struct EncodeSession {
     seen: std::collections::HashSet<RddId>,
     nodes: Vec<EncodedNode>,
+    /// Where the lineage is cut at cached nodes, when it is.
+    cut: Option<Arc<cut::Cut>>,
 }
 
 thread_local! {
@@ -531,8 +536,14 @@ impl<T: Data> Rdd<T> {
             return Ok(());
         }
         // No borrow is held here: encoding the node registers its parents first.
-        let Source { imp, checkpointed } = self.node.source();
-        let bytes = imp.encode()?;
+        let source = self.node.source();
+        let checkpointed = source.checkpointed;
+        // A node cached everywhere is cut from the lineage (see `cut`): a stub without parents.
+        let stub = ENCODING.with(|e| e.borrow().as_ref().and_then(|s| s.cut.clone()));
+        let bytes = match stub.and_then(|cut| cut.stub(&self.node, &source)) {
+            Some(stub) => stub?,
+            None => source.imp.encode()?,
+        };
         ENCODING.with(|e| {
             if let Some(s) = e.borrow_mut().as_mut() {
                 s.nodes.push(EncodedNode { id, checkpointed, bytes });
@@ -588,7 +599,7 @@ impl<T: Data> Serialize for Rdd<T> {
             self.register().map_err(serde::ser::Error::custom)?;
             return self.node_ref().serialize(s);
         }
-        ENCODING.with(|e| *e.borrow_mut() = Some(EncodeSession::default()));
+        ENCODING.with(|e| *e.borrow_mut() = Some(EncodeSession { cut: cut::current(), ..Default::default() }));
         let guard = EncodingGuard;
         let registered = self.register();
         let session = ENCODING.with(|e| e.borrow_mut().take()).unwrap_or_default();

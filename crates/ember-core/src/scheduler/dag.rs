@@ -306,7 +306,10 @@ impl State {
         let id = StageId(self.next_stage);
         self.next_stage += 1;
         let code = match &self.encode_with {
-            Some(key) => Code::Encoded(Arc::new(key.encode(&body)?)),
+            // Cut at nodes cached everywhere: the body does not grow with the lineage.
+            Some(key) => {
+                Code::Encoded(Arc::new(crate::rdd::with_cut(&self.env.block_locations, || key.encode(&body))?))
+            }
             None => Code::Local(body),
         };
         self.stages.insert(

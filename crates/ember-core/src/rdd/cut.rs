@@ -150,13 +150,11 @@ fn encode_whole<T: Data>(rdd: &Rdd<T>, key: &ShipKey) -> Result<Vec<u8>> {
 }
 
 impl Cut {
-    /// The encoding of `node` when it is cut here: a persisted node, not checkpointed, with
-    /// parents, whose every partition an executor holds.
+    /// The encoding of `node` when it is cut here: a persisted node, not checkpointed, whose
+    /// every partition an executor holds (a source is cut too: a parallelized collection's
+    /// node carries all its records).
     pub(super) fn stub<T: Data>(&self, node: &Arc<Node<T>>, source: &Source<T>) -> Option<Result<Vec<u8>>> {
         if self.whole == Some(node.id) || source.checkpointed || node.storage_level() == crate::StorageLevel::None {
-            return None;
-        }
-        if source.imp.dependencies().is_empty() {
             return None;
         }
         let partitions = source.imp.num_partitions();
@@ -284,6 +282,9 @@ mod tests {
         assert!(whole(long) > 4 * whole(short), "the uncut lineage grows: {} vs {}", whole(long), whole(short));
         assert!(cut(long) <= cut(short) + 8, "the cut lineage does not grow: {} vs {}", cut(long), cut(short));
         assert!(cut(long) * 4 < whole(short), "a cut lineage is a node and a stub");
+        // A cached source is cut too: a parallelized collection's node carries its records.
+        let over_source = states[0].map(|x| x + 1);
+        assert!(cut(&over_source) + 100 < whole(&over_source), "the collection was shipped");
         // A cached root is a stub itself: its task reads the cache.
         assert!(cut(&states[30]) < cut(short));
         // The driver can serve the lineage of the node it cut at.

@@ -246,7 +246,8 @@ async fn session(
             }
             let batch = proto::StatusBatch { statuses: vec![wire::status_message(status)] };
             let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Statuses(batch)) });
-            // A slot is free, and what the task cached is here.
+            // A slot is free, and what the task cached is here: a task this releases runs next
+            // on this very thread.
             holder.wake();
         })
     };
@@ -292,10 +293,11 @@ async fn session(
         }));
     }
     *hold_thread = Some({
-        let (holder, executor, mirror, running) = (holder.clone(), started.clone(), mirror.clone(), running.clone());
+        holder.start(&started, mirror.clone(), running.clone());
+        let holder = holder.clone();
         std::thread::Builder::new()
             .name("ember-hold".into())
-            .spawn(move || crate::hold::run(holder, wakes, executor, mirror, running))
+            .spawn(move || crate::hold::run(holder, wakes))
             .map_err(|source| ClusterError::Io { path: "the executor's hold thread".into(), source })?
     });
     let executor = executor.insert(started);

@@ -6,12 +6,17 @@
 //! that reads a partition an earlier task of the group caches here waits for that partition, or
 //! for no earlier task to be left here (it then computes what is missing itself). Tasks are
 //! released in the order they arrived.
+//!
+//! Held tasks are checked by whatever thread changed what they wait for, at once: the thread
+//! that took an announcement in, the slot thread whose task just ended (a task it releases then
+//! runs on that very thread, without a wake-up), the session that held a new task. Those checks
+//! never wait for anyone; the holder's own thread checks every [`TICK`] as well, and it alone
+//! asks the driver about announcements that are late.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use ember_core::env::Env;
 use ember_core::runtime::{Executor, Prerequisites, TaskLaunch, TaskStatus};
 use ember_core::Error;
 
@@ -38,6 +43,17 @@ pub(crate) struct Holder {
     release: Mutex<()>,
     wake: Mutex<std::sync::mpsc::Sender<()>>,
     stopped: std::sync::atomic::AtomicBool,
+    /// What checking needs, once the executor runs.
+    parts: OnceLock<Parts>,
+}
+
+/// The executor's parts a check reads.
+struct Parts {
+    /// Weak: the executor's status sink holds the holder.
+    executor: Weak<Executor>,
+    mirror: Arc<Mirror>,
+    /// Every task launched here and not yet reported (held ones included).
+    pending: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl Holder {
@@ -49,23 +65,33 @@ impl Holder {
             release: Mutex::default(),
             wake: Mutex::new(tx),
             stopped: Default::default(),
+            parts: OnceLock::new(),
         };
         (Arc::new(holder), rx)
+    }
+
+    /// Lets checks run on the threads that wake the holder, once the executor runs (before,
+    /// they wake the holder's thread).
+    pub(crate) fn start(&self, executor: &Arc<Executor>, mirror: Arc<Mirror>, pending: Arc<Mutex<HashSet<u64>>>) {
+        let _ = self.parts.set(Parts { executor: Arc::downgrade(executor), mirror, pending });
     }
 
     /// Holds a pre-scheduled task.
     pub(crate) fn hold(&self, task: TaskLaunch, after: Arc<Prerequisites>) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).push_back(Held { task, after, since: Instant::now() });
-        self.signal();
+        self.wake();
     }
 
-    /// Something a held task may wait for happened: check them (when any are held: a task
-    /// held later is checked as it arrives).
+    /// Something a held task may wait for happened: check them now, without asking the driver
+    /// (when any are held: a task held later is checked as it arrives).
     pub(crate) fn wake(&self) {
         if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
             return;
         }
-        self.signal();
+        match self.parts.get() {
+            Some(parts) => self.release_ready(parts, false),
+            None => self.signal(),
+        }
     }
 
     fn signal(&self) {
@@ -89,11 +115,13 @@ impl Holder {
         killed.into_iter().map(|h| h.task).collect()
     }
 
-    /// Runs the tasks ready to run, in the order they arrived. `pending` is every task launched
-    /// here and not yet reported (held ones included).
-    fn release_ready(&self, env: &Env, mirror: &Mirror, pending: &HashSet<u64>, executor: &Executor) {
+    /// Runs the tasks ready to run, in the order they arrived; `ask_driver`: a task whose
+    /// announcements are late asks the driver (a round trip: only the holder's thread does).
+    fn release_ready(&self, parts: &Parts, ask_driver: bool) {
+        let Some(executor) = parts.executor.upgrade() else { return };
+        let env = executor.env();
         // Checked without the lock (asking the driver takes a round trip): tasks arriving or
-        // killed meanwhile wait for the next check.
+        // killed meanwhile are checked by their own wake-up.
         let taken: Vec<(u64, Arc<Prerequisites>, Instant)> = self
             .held
             .lock()
@@ -101,13 +129,18 @@ impl Holder {
             .iter()
             .map(|h| (h.task.task_id, h.after.clone(), h.since))
             .collect();
+        if taken.is_empty() {
+            return;
+        }
+        // Ids grow in launch order: a task with no earlier one left here is the first pending.
+        let first_pending = parts.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().min().copied();
         let mut ready = HashSet::new();
         for (id, after, since) in taken {
-            let late = since.elapsed() >= ANNOUNCEMENT_GRACE;
-            let shuffles = after.shuffles.iter().all(|&(s, maps)| mirror.complete(s, maps, late));
+            let late = ask_driver && since.elapsed() >= ANNOUNCEMENT_GRACE;
+            let shuffles = after.shuffles.iter().all(|&(s, maps)| parts.mirror.complete(s, maps, late));
             let blocks = shuffles
                 && (after.blocks.iter().all(|&(rdd, split)| env.blocks.contains(rdd, split))
-                    || !pending.iter().any(|&p| p < id));
+                    || first_pending.is_none_or(|first| first >= id));
             if shuffles && blocks {
                 ready.insert(id);
             }
@@ -134,15 +167,9 @@ impl Holder {
     }
 }
 
-/// Checks the held tasks whenever woken (and every [`TICK`] while some are held) and runs those
-/// that are ready; returns when the holder's wake-up channel closes.
-pub(crate) fn run(
-    holder: Arc<Holder>,
-    wakes: std::sync::mpsc::Receiver<()>,
-    executor: Arc<Executor>,
-    mirror: Arc<Mirror>,
-    pending: Arc<Mutex<HashSet<u64>>>,
-) {
+/// Checks the held tasks whenever woken before the executor runs, and every [`TICK`] while
+/// some are held (asking the driver about late announcements); returns when the holder stops.
+pub(crate) fn run(holder: Arc<Holder>, wakes: std::sync::mpsc::Receiver<()>) {
     while !holder.stopped.load(std::sync::atomic::Ordering::Relaxed) {
         let idle = holder.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
         match wakes.recv_timeout(if idle { Duration::from_secs(1) } else { TICK }) {
@@ -150,8 +177,9 @@ pub(crate) fn run(
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
         while wakes.try_recv().is_ok() {}
-        let ids = pending.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        holder.release_ready(executor.env(), &mirror, &ids, &executor);
+        if let Some(parts) = holder.parts.get() {
+            holder.release_ready(parts, true);
+        }
     }
 }
 

@@ -613,17 +613,12 @@ impl Mirror {
     /// or from the driver when `ask_driver` and it was not asked lately). A complete table is
     /// fresh: reducers read it without asking the driver.
     pub(crate) fn complete(&self, shuffle: ShuffleId, maps: usize, ask_driver: bool) -> bool {
-        let pending = self.notices.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
-        for s in pending.into_iter().flatten() {
-            if s.map < maps && self.may_install(s.shuffle, s.map) {
-                let _ = self.tracker.register(s, maps, u64::MAX);
-            }
-        }
-        if self.tracker.map_count(shuffle) == maps && self.tracker.missing(shuffle, maps).is_empty() {
-            let seen = self.epoch_seen.load(Ordering::Relaxed);
-            let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
-            let e = fetched.entry(shuffle).or_insert(seen);
-            *e = (*e).max(seen);
+        let fetched = match self.known(shuffle, maps) {
+            true => Some(self.fetched.lock().unwrap_or_else(|p| p.into_inner())),
+            false => None,
+        };
+        if let Some(mut fetched) = fetched {
+            Self::fresh(&mut fetched, shuffle, self.epoch_seen.load(Ordering::Relaxed));
             return true;
         }
         if ask_driver {
@@ -642,6 +637,42 @@ impl Mirror {
             }
         }
         false
+    }
+}
+
+impl Mirror {
+    /// [`complete`](Self::complete) without asking the driver and without waiting for one
+    /// who does (it holds the table's lock through a round trip): `None` when it would wait.
+    /// What threads that must not block (the runtime's) check held tasks with.
+    pub(crate) fn complete_now(&self, shuffle: ShuffleId, maps: usize) -> Option<bool> {
+        if !self.known(shuffle, maps) {
+            return Some(false);
+        }
+        let mut fetched = match self.fetched.try_lock() {
+            Ok(f) => f,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Self::fresh(&mut fetched, shuffle, self.epoch_seen.load(Ordering::Relaxed));
+        Some(true)
+    }
+
+    /// Whether every one of the `maps` outputs of `shuffle` is known here, announcements
+    /// waiting for the map count installed first.
+    fn known(&self, shuffle: ShuffleId, maps: usize) -> bool {
+        let pending = self.notices.lock().unwrap_or_else(|p| p.into_inner()).remove(&shuffle);
+        for s in pending.into_iter().flatten() {
+            if s.map < maps && self.may_install(s.shuffle, s.map) {
+                let _ = self.tracker.register(s, maps, u64::MAX);
+            }
+        }
+        self.tracker.map_count(shuffle) == maps && self.tracker.missing(shuffle, maps).is_empty()
+    }
+
+    /// Records a complete table as fresh at epoch `seen`: reducers read it without asking.
+    fn fresh(fetched: &mut HashMap<ShuffleId, u64>, shuffle: ShuffleId, seen: u64) {
+        let e = fetched.entry(shuffle).or_insert(seen);
+        *e = (*e).max(seen);
     }
 }
 

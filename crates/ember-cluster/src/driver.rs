@@ -805,7 +805,7 @@ impl proto::driver_server::Driver for DriverService {
         let bytes = tokio::task::spawn_blocking(move || cluster.driver_env.lineages.encode(rdd))
             .await
             .map_err(|e| Status::internal(format!("encoding the lineage of rdd {} failed: {e}", rdd.0)))?
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .map_err(|e| Status::internal(e.to_string()))?;
         let chunks: Vec<std::result::Result<proto::LineageChunk, Status>> =
             bytes.chunks(1 << 20).map(|c| Ok(proto::LineageChunk { data: c.to_vec() })).collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))

@@ -10,7 +10,7 @@ use ember_core::shuffle::MapStatus;
 use tokio::sync::mpsc;
 
 use crate::data::{Addresses, Auth, BlockService, Fetcher, FromDriver, Mirror};
-use crate::hold::Holder;
+use crate::hold::{Changed, Holder};
 use crate::tls::Tls;
 
 use crate::auth::{self, Secret};
@@ -231,6 +231,10 @@ async fn session(
         Arc::new(move |status: ember_core::runtime::TaskStatus| {
             // A finished map output is announced to the other executors at once: reducers
             // pre-scheduled there start without waiting for the driver.
+            let mapped = match &status.result {
+                Ok(ember_core::runtime::TaskOutput::Map(m)) => Some(m.shuffle),
+                _ => None,
+            };
             if let Ok(ember_core::runtime::TaskOutput::Map(m)) = &status.result {
                 mirror.notice(m.clone());
                 let peers = peers.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -246,9 +250,9 @@ async fn session(
             }
             let batch = proto::StatusBatch { statuses: vec![wire::status_message(status)] };
             let _ = tx.send(proto::ExecutorMessage { kind: Some(Out::Statuses(batch)) });
-            // A slot is free, and what the task cached is here: a task this releases runs next
-            // on this very thread.
-            holder.wake();
+            // A slot is free, and what the task cached is here: a task this releases is queued
+            // before this slot looks for its next one.
+            holder.changed(Changed::TaskEnded(mapped));
         })
     };
     let statuses = {
@@ -288,8 +292,9 @@ async fn session(
             .set_remote_reader(Arc::new(move |holder, rdd, split| reader.fetch_block(holder, rdd, split)));
         let _ = notices_cell.set(Arc::new(move |status: MapStatus, segments: Vec<(Vec<u8>, bool)>| {
             fetcher.keep_pushed(&status, segments);
+            let shuffle = status.shuffle;
             mirror.notice(status);
-            holder.wake();
+            holder.changed(Changed::Shuffle(shuffle));
         }));
     }
     *hold_thread = Some({

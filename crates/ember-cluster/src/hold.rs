@@ -7,17 +7,20 @@
 //! for no earlier task to be left here (it then computes what is missing itself). Tasks are
 //! released in the order they arrived.
 //!
-//! Held tasks are checked by whatever thread changed what they wait for, at once: the thread
-//! that took an announcement in, the slot thread whose task just ended (a task it releases then
-//! runs on that very thread, without a wake-up), the session that held a new task. Those checks
-//! never wait for anyone; the holder's own thread checks every [`TICK`] as well, and it alone
-//! asks the driver about announcements that are late.
+//! Held tasks are checked by whatever thread changed what they wait for, at once, and only the
+//! tasks that change concerns: the thread that took an announcement in, the slot thread whose
+//! task just ended (a task it releases is queued before that slot looks for its next one, so it
+//! starts without a wake-up), the session that held a new task. Those checks never wait: one
+//! that would (the shuffle's table is being refreshed from the driver) is left to the holder's
+//! own thread, which also checks every [`TICK`] while tasks are held and alone asks the driver
+//! about announcements that are late.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use ember_core::runtime::{Executor, Prerequisites, TaskLaunch, TaskStatus};
+use ember_core::shuffle::ShuffleId;
 use ember_core::Error;
 
 use crate::data::Mirror;
@@ -45,6 +48,44 @@ pub(crate) struct Holder {
     stopped: std::sync::atomic::AtomicBool,
     /// What checking needs, once the executor runs.
     parts: OnceLock<Parts>,
+}
+
+/// How a check may learn whether a shuffle's outputs are all known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// From what is known here, without waiting for a lock held through a round trip: any
+    /// thread (the runtime's included).
+    Now,
+    /// Waiting if need be, and asking the driver about late announcements: the holder's
+    /// thread.
+    Wait,
+}
+
+/// What changed for held tasks: which of them a check looks at (the others' prerequisites are
+/// as they were).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Changed {
+    /// A map output of this shuffle became known: tasks reading it.
+    Shuffle(ShuffleId),
+    /// A task here ended (a map task of the shuffle given): tasks waiting for cached
+    /// partitions (made, or no earlier task left to make them), and tasks reading the shuffle.
+    TaskEnded(Option<ShuffleId>),
+    /// Task `id` was just held: that task.
+    Held(u64),
+    /// Anything: every task.
+    Any,
+}
+
+impl Changed {
+    fn concerns(self, held: &Held) -> bool {
+        let reads = |s: ShuffleId| held.after.shuffles.iter().any(|&(x, _)| x == s);
+        match self {
+            Changed::Shuffle(s) => reads(s),
+            Changed::TaskEnded(s) => !held.after.blocks.is_empty() || s.is_some_and(reads),
+            Changed::Held(id) => held.task.task_id == id,
+            Changed::Any => true,
+        }
+    }
 }
 
 /// The executor's parts a check reads.
@@ -78,18 +119,31 @@ impl Holder {
 
     /// Holds a pre-scheduled task.
     pub(crate) fn hold(&self, task: TaskLaunch, after: Arc<Prerequisites>) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).push_back(Held { task, after, since: Instant::now() });
-        self.wake();
+        let id = task.task_id;
+        let first = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            held.push_back(Held { task, after, since: Instant::now() });
+            held.len() == 1
+        };
+        // The holder's thread ticks while tasks are held (it asks the driver about late
+        // announcements): wake it from its idle wait.
+        if first {
+            self.signal();
+        }
+        self.changed(Changed::Held(id));
     }
 
-    /// Something a held task may wait for happened: check them now, without asking the driver
-    /// (when any are held: a task held later is checked as it arrives).
-    pub(crate) fn wake(&self) {
-        if self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+    /// Something a held task may wait for happened: the tasks it concerns are checked now,
+    /// on the calling thread, which never waits (a check that would is left to the holder's
+    /// thread).
+    pub(crate) fn changed(&self, what: Changed) {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+            || self.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        {
             return;
         }
         match self.parts.get() {
-            Some(parts) => self.release_ready(parts, false),
+            Some(parts) => self.release_ready(parts, Check::Now, what),
             None => self.signal(),
         }
     }
@@ -115,9 +169,8 @@ impl Holder {
         killed.into_iter().map(|h| h.task).collect()
     }
 
-    /// Runs the tasks ready to run, in the order they arrived; `ask_driver`: a task whose
-    /// announcements are late asks the driver (a round trip: only the holder's thread does).
-    fn release_ready(&self, parts: &Parts, ask_driver: bool) {
+    /// Runs the tasks `what` concerns that are ready to run, in the order they arrived.
+    fn release_ready(&self, parts: &Parts, check: Check, what: Changed) {
         let Some(executor) = parts.executor.upgrade() else { return };
         let env = executor.env();
         // Checked without the lock (asking the driver takes a round trip): tasks arriving or
@@ -127,6 +180,7 @@ impl Holder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
+            .filter(|h| what.concerns(h))
             .map(|h| (h.task.task_id, h.after.clone(), h.since))
             .collect();
         if taken.is_empty() {
@@ -135,15 +189,25 @@ impl Holder {
         // Ids grow in launch order: a task with no earlier one left here is the first pending.
         let first_pending = parts.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().min().copied();
         let mut ready = HashSet::new();
+        let mut undecided = false;
         for (id, after, since) in taken {
-            let late = ask_driver && since.elapsed() >= ANNOUNCEMENT_GRACE;
-            let shuffles = after.shuffles.iter().all(|&(s, maps)| parts.mirror.complete(s, maps, late));
+            let shuffles = after.shuffles.iter().all(|&(s, maps)| match check {
+                Check::Wait => parts.mirror.complete(s, maps, since.elapsed() >= ANNOUNCEMENT_GRACE),
+                Check::Now => parts.mirror.complete_now(s, maps).unwrap_or_else(|| {
+                    undecided = true;
+                    false
+                }),
+            });
             let blocks = shuffles
                 && (after.blocks.iter().all(|&(rdd, split)| env.blocks.contains(rdd, split))
                     || first_pending.is_none_or(|first| first >= id));
             if shuffles && blocks {
                 ready.insert(id);
             }
+        }
+        if undecided {
+            // Left to the holder's thread, which may wait.
+            self.signal();
         }
         if ready.is_empty() {
             return;
@@ -178,7 +242,7 @@ pub(crate) fn run(holder: Arc<Holder>, wakes: std::sync::mpsc::Receiver<()>) {
         }
         while wakes.try_recv().is_ok() {}
         if let Some(parts) = holder.parts.get() {
-            holder.release_ready(parts, true);
+            holder.release_ready(parts, Check::Wait, Changed::Any);
         }
     }
 }

@@ -4,19 +4,23 @@
 //! A task body carries its RDD's narrow lineage, and an iterative program's lineage grows by a
 //! few nodes per iteration (each state is computed from the previous one), so without a cut
 //! every task would cost more to encode, ship and decode than the one before. When the driver
-//! encodes a stage for executors in other processes, a persisted node whose every partition
-//! some executor holds (as the driver's block locations say) is encoded as a
+//! encodes a stage and knows where partitions are cached (its block locations, which executors
+//! in other processes report), a persisted node whose every partition some executor holds, or
+//! that an earlier job of the group being scheduled makes whole, is encoded as a
 //! [`CachedLineage`] instead: its id, level and partition count, without its parents. The
-//! executor reads the cached partition, from its own store or from a holder; only when no one
-//! holds it any more (evicted, or lost with its executor since the stage was encoded) does it
-//! fetch the node's lineage from the driver ([`RemoteLineage`], served from [`Lineages`]) and
-//! compute the partition from it, exactly as it would have from a full encoding. A cut costs a
-//! round trip to the driver when it is wrong, never a result.
+//! executor reads the cached partition from its own store (or, for the partition its task was
+//! placed for, from a holder the task names); only when it has no copy does it fetch the node's
+//! lineage from the driver ([`RemoteLineage`], served from [`Lineages`]) and compute the
+//! partition from it, caching it as it would have. The stage keeps the nodes it was cut at
+//! alive while it runs, so the driver can always serve them; what it serves is the lineage as
+//! it is then (a value a closure captures by shared reference is sent as it is at that time,
+//! and a node checkpointed since is read from its checkpoint). A wrong cut costs a round trip
+//! to the driver per task that misses.
 //!
 //! The lineage a driver serves is itself cut at the node's cached ancestors, but never at the
 //! node asked for.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
@@ -92,6 +96,11 @@ impl Lineages {
         encode().ok_or_else(|| unknown(rdd))?
     }
 
+    /// Whether the lineage of node `rdd` was cut at (and is served).
+    pub fn contains(&self, rdd: RddId) -> bool {
+        self.registry().encoders.contains_key(&rdd)
+    }
+
     /// How many nodes are remembered (for tests).
     pub fn len(&self) -> usize {
         self.registry().encoders.len()
@@ -111,8 +120,17 @@ fn unknown(rdd: RddId) -> Error {
 /// never cut (the one whose lineage is asked for).
 pub(super) struct Cut {
     pub(super) locations: Arc<BlockLocations>,
+    /// Nodes an earlier job of the group being scheduled computes and caches whole: tasks of
+    /// later jobs wait for their partitions where they are made (see the scheduler's
+    /// placement), so they are cut too.
+    pub(super) coming: Arc<HashSet<RddId>>,
     pub(super) whole: Option<RddId>,
+    /// The nodes cut at: whoever runs what was encoded keeps them alive meanwhile.
+    made: Mutex<Vec<CutNode>>,
 }
+
+/// A node a lineage was cut at, held (type-erased) so that the driver can serve its lineage.
+pub(crate) type CutNode = Arc<dyn std::any::Any + Send + Sync>;
 
 thread_local! {
     static CUT: std::cell::RefCell<Option<Arc<Cut>>> = const { std::cell::RefCell::new(None) };
@@ -128,14 +146,25 @@ impl Drop for CutGuard {
     }
 }
 
-/// Runs `encode` with lineages cut at the nodes whose every partition `locations` holds.
-pub(crate) fn with_cut<R>(locations: &Arc<BlockLocations>, encode: impl FnOnce() -> R) -> R {
-    with(Cut { locations: locations.clone(), whole: None }, encode)
+/// Runs `encode` with lineages cut at the nodes whose every partition `locations` holds, and
+/// at the nodes `coming` names; returns its result and the nodes it cut at, which the caller
+/// keeps while what it encoded may run (the driver serves their lineage meanwhile, even if
+/// the program releases them).
+pub(crate) fn with_cut<R>(
+    locations: &Arc<BlockLocations>,
+    coming: &Arc<HashSet<RddId>>,
+    encode: impl FnOnce() -> R,
+) -> (R, Vec<CutNode>) {
+    with(Cut { locations: locations.clone(), coming: coming.clone(), whole: None, made: Mutex::default() }, encode)
 }
 
-fn with<R>(cut: Cut, encode: impl FnOnce() -> R) -> R {
-    let _guard = CutGuard(CUT.with(|c| c.replace(Some(Arc::new(cut)))));
-    encode()
+fn with<R>(cut: Cut, encode: impl FnOnce() -> R) -> (R, Vec<CutNode>) {
+    let cut = Arc::new(cut);
+    let guard = CutGuard(CUT.with(|c| c.replace(Some(cut.clone()))));
+    let result = encode();
+    drop(guard);
+    let made = std::mem::take(&mut *cut.made.lock().unwrap_or_else(|p| p.into_inner()));
+    (result, made)
 }
 
 /// The cut of the encode starting on this thread, if any.
@@ -146,25 +175,29 @@ pub(super) fn current() -> Option<Arc<Cut>> {
 /// Encodes `rdd` whole (cut only at its cached ancestors) with `key`.
 fn encode_whole<T: Data>(rdd: &Rdd<T>, key: &ShipKey) -> Result<Vec<u8>> {
     let locations = rdd.node.ctx.as_ref().map(|c| c.env().block_locations.clone()).unwrap_or_default();
-    with(Cut { locations, whole: Some(rdd.node.id) }, || key.encode(rdd))
+    let cut = Cut { locations, coming: Arc::default(), whole: Some(rdd.node.id), made: Mutex::default() };
+    // The nodes cut at are not kept: an executor asking again finds them while its stage runs
+    // (its own cut keeps them), and the lineage of a released node is asked for by no one.
+    with(cut, || key.encode(rdd)).0
 }
 
 impl Cut {
     /// The encoding of `node` when it is cut here: a persisted node, not checkpointed, whose
-    /// every partition an executor holds (a source is cut too: a parallelized collection's
-    /// node carries all its records).
+    /// every partition an executor holds or an earlier job of the group makes (a source is
+    /// cut too: a parallelized collection's node carries all its records).
     pub(super) fn stub<T: Data>(&self, node: &Arc<Node<T>>, source: &Source<T>) -> Option<Result<Vec<u8>>> {
         if self.whole == Some(node.id) || source.checkpointed || node.storage_level() == crate::StorageLevel::None {
             return None;
         }
         let partitions = source.imp.num_partitions();
-        if !self.locations.has_all(node.id, partitions) {
+        if !self.coming.contains(&node.id) && !self.locations.has_all(node.id, partitions) {
             return None;
         }
         let ctx = node.ctx.as_ref()?;
         // The key of the encode in progress: what the served lineage is encoded with too.
         let key = ShipKey::current()?;
         ctx.env().lineages.remember(node, key);
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).push(node.clone());
         let stub = CachedLineage::<T> { rdd: node.id, partitions, key: None, _t: std::marker::PhantomData };
         Some(Ship::<dyn RddImpl<T>>::new(stub).encode())
     }
@@ -276,15 +309,18 @@ mod tests {
             held(&locations, s, "e1");
         }
         let whole = |r: &Rdd<u64>| key.encode(r).unwrap().len();
-        let cut = |r: &Rdd<u64>| super::with_cut(&locations, || key.encode(r)).unwrap().len();
+        let none = Arc::default();
+        let cut = |r: &Rdd<u64>| super::with_cut(&locations, &none, || key.encode(r)).0.unwrap().len();
         // Nodes on top of the 10th and of the 60th state: each is itself and one stub.
         let (short, long) = (&states[10].map(|x| x + 1), &states[60]);
         assert!(whole(long) > 4 * whole(short), "the uncut lineage grows: {} vs {}", whole(long), whole(short));
         assert!(cut(long) <= cut(short) + 8, "the cut lineage does not grow: {} vs {}", cut(long), cut(short));
         assert!(cut(long) * 4 < whole(short), "a cut lineage is a node and a stub");
         // A cached source is cut too: a parallelized collection's node carries its records.
-        let over_source = states[0].map(|x| x + 1);
-        assert!(cut(&over_source) + 100 < whole(&over_source), "the collection was shipped");
+        let big = ctx.parallelize((1000..3000u64).collect(), 4).cache().unwrap();
+        held(&locations, &big, "e1");
+        let over_source = big.map(|x| x + 1);
+        assert!(cut(&over_source) + 2000 < whole(&over_source), "the collection was shipped");
         // A cached root is a stub itself: its task reads the cache.
         assert!(cut(&states[30]) < cut(short));
         // The driver can serve the lineage of the node it cut at.
@@ -295,8 +331,13 @@ mod tests {
         // A node not cached everywhere is encoded whole, with its parents.
         let partial = Arc::new(BlockLocations::default());
         partial.added(&Arc::from("e1"), states[59].id(), 0);
-        let partly = super::with_cut(&partial, || key.encode(long)).unwrap().len();
+        let partly = super::with_cut(&partial, &none, || key.encode(long)).0.unwrap().len();
         assert_eq!(partly, whole(long));
+        // ... unless an earlier job of the group being scheduled makes it.
+        let coming = Arc::new(std::collections::HashSet::from([states[59].id()]));
+        let (encoded, kept) = super::with_cut(&partial, &coming, || key.encode(long));
+        assert_eq!(encoded.unwrap().len(), cut(long));
+        assert_eq!(kept.len(), 1, "the node cut at is handed to whoever runs the encoding");
     }
 
     #[test]

@@ -71,6 +71,9 @@ struct Stage {
     parents: Vec<StageId>,
     jobs: BTreeSet<JobId>,
     code: Code,
+    /// The nodes `code` was cut at (see `rdd::with_cut`), kept while the stage lives: its tasks
+    /// may ask the driver for their lineage.
+    _cut_at: Vec<crate::rdd::CutNode>,
     state: StageState,
     attempt: u32,
     fetch_failures: u32,
@@ -159,6 +162,9 @@ pub(super) struct State {
     /// Cached partitions that pre-scheduled tasks will compute, and where (so that later
     /// tasks of the group that read them are placed there and wait for them).
     pending_blocks: HashMap<(crate::storage::RddId, usize), Arc<str>>,
+    /// While a group is submitted: the persisted RDDs its earlier jobs compute whole, which
+    /// later jobs' task bodies are cut at (`rdd::with_cut`).
+    coming: Arc<HashSet<crate::storage::RddId>>,
     /// When stragglers were last looked for.
     last_speculation: Instant,
     /// The map output epoch at the last look for lost outputs awaited by pre-scheduled stages,
@@ -189,6 +195,7 @@ impl State {
             summaries,
             prescheduling: None,
             pending_blocks: HashMap::new(),
+            coming: Arc::default(),
             last_speculation: Instant::now(),
             revive_checked: (0, true),
         }
@@ -305,12 +312,15 @@ impl State {
     ) -> Result<StageId> {
         let id = StageId(self.next_stage);
         self.next_stage += 1;
-        let code = match &self.encode_with {
-            // Cut at nodes cached everywhere: the body does not grow with the lineage.
+        let (code, cut_at) = match &self.encode_with {
+            // Cut at nodes cached everywhere (or made by an earlier job of the group): the body
+            // does not grow with the lineage.
             Some(key) => {
-                Code::Encoded(Arc::new(crate::rdd::with_cut(&self.env.block_locations, || key.encode(&body))?))
+                let (encoded, cut_at) =
+                    crate::rdd::with_cut(&self.env.block_locations, &self.coming, || key.encode(&body));
+                (Code::Encoded(Arc::new(encoded?)), cut_at)
             }
-            None => Code::Local(body),
+            None => (Code::Local(body), Vec::new()),
         };
         self.stages.insert(
             id,
@@ -322,6 +332,7 @@ impl State {
                 parents,
                 jobs: BTreeSet::from([job]),
                 code,
+                _cut_at: cut_at,
                 state: StageState::New,
                 attempt: 0,
                 fetch_failures: 0,
@@ -480,6 +491,10 @@ impl State {
         let mut finals = Vec::new();
         for (id, spec) in jobs {
             let JobSpec { final_rdd, body, partitions, listener, group } = spec;
+            let made = (self.prescheduling.is_some()
+                && final_rdd.storage_level() != crate::storage::StorageLevel::None
+                && partitions.len() == final_rdd.num_partitions())
+            .then(|| final_rdd.id());
             let created =
                 std::panic::catch_unwind(AssertUnwindSafe(|| self.create_job(id, final_rdd, body, &partitions)));
             let created = match created {
@@ -505,6 +520,9 @@ impl State {
                         },
                     );
                     finals.push((id, stage));
+                    if let Some(made) = made {
+                        Arc::make_mut(&mut self.coming).insert(made);
+                    }
                 }
                 Ok(None) => {
                     listener.job_finished(Ok(()));
@@ -516,6 +534,7 @@ impl State {
                 }
             }
         }
+        self.coming = Arc::default();
         for (job, s) in finals {
             if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| self.submit_stage(s))) {
                 let message = panic_message(&*payload);

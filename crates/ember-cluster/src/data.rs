@@ -148,45 +148,53 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         let reduce =
             usize::try_from(r.reduce).map_err(|_| Status::invalid_argument("reduce partition out of range"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        // A bounded number of fetches is served at once, each holding a segment and a few chunks
-        // in memory; the others wait their turn (reducers bound their own side).
+        // A bounded number of fetches is served at once, each holding a piece of a segment and a
+        // few chunks in memory; the others wait their turn (reducers bound their own side).
         let turn = SERVING_FETCHES.acquire().await.map_err(|e| Status::internal(e.to_string()))?;
-        // Segments are read from memory or disk on a blocking thread, a chunk at a time, so a
-        // slow reader holds at most a few chunks here.
+        // Segments are read from memory or disk on a blocking thread a piece at a time, so a
+        // fetch holds at most a chunk being filled and the few the channel queues, whatever
+        // the size of the segment.
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
             let mut chunk = proto::SegmentChunk::default();
             let mut size = 0usize;
-            let mut segment = Vec::new();
             for (index, m) in r.maps.iter().enumerate() {
-                segment.clear();
-                let read = usize::try_from(m.map)
+                let opened = usize::try_from(m.map)
                     .map_err(|_| Error::InvalidArgument("map partition out of range".into()))
-                    .and_then(|map| {
-                        env.shuffle.read_segment(ShuffleId(r.shuffle), map, m.attempt, reduce, &mut segment)
-                    });
-                let framed = match read {
-                    Ok(f) => f,
-                    Err(e) => {
-                        if !chunk.pieces.is_empty() {
-                            let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
+                    .and_then(|map| env.shuffle.open_segment(ShuffleId(r.shuffle), map, m.attempt, reduce));
+                let mut sent = Ok(());
+                if let Ok(source) = &opened {
+                    let (len, framed) = (source.len(), source.framed());
+                    let mut from = 0u64;
+                    // At least one piece, empty for an empty segment.
+                    loop {
+                        let n = (len - from).min(PIECE_BYTES as u64) as usize;
+                        let mut data = Vec::with_capacity(n);
+                        if let Err(e) = source.read(from, n, &mut data) {
+                            sent = Err(e);
+                            break;
                         }
-                        let _ = tx.blocking_send(Err(Status::not_found(e.to_string())));
-                        return;
-                    }
-                };
-                let pieces = segment.chunks(PIECE_BYTES).collect::<Vec<_>>();
-                let count = pieces.len().max(1);
-                for k in 0..count {
-                    let data = pieces.get(k).map(|p| p.to_vec()).unwrap_or_default();
-                    size += data.len() + 16;
-                    chunk.pieces.push(proto::SegmentPiece { index: index as u32, data, framed, last: k + 1 == count });
-                    if size >= PIECE_BYTES {
-                        if tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
-                            return;
+                        from += n as u64;
+                        let last = from == len;
+                        size += data.len() + 16;
+                        chunk.pieces.push(proto::SegmentPiece { index: index as u32, data, framed, last });
+                        if size >= PIECE_BYTES {
+                            if tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                                return;
+                            }
+                            size = 0;
                         }
-                        size = 0;
+                        if last {
+                            break;
+                        }
                     }
+                }
+                if let Err(e) = opened.and(sent) {
+                    if !chunk.pieces.is_empty() {
+                        let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
+                    }
+                    let _ = tx.blocking_send(Err(Status::not_found(e.to_string())));
+                    return;
                 }
             }
             if !chunk.pieces.is_empty() {

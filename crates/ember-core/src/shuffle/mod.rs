@@ -28,7 +28,7 @@ pub(crate) use aggregator::*;
 pub use dependency::{ShuffleDepBase, ShuffleDependency};
 pub use outputs::{
     MapLocation, MapLocations, MapOutputLocations, MapStatus, MemorySegment, ReduceBlock, RemoteSegments,
-    SegmentOffsets, ShuffleManager,
+    SegmentOffsets, SegmentSource, ShuffleManager,
 };
 pub use partitioner::{HashPartitioner, IndexPartitioner, Partitioner, RangePartitioner};
 use reader::ShuffleReader;

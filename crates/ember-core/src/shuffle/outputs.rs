@@ -384,6 +384,72 @@ impl MemoryOutput {
     }
 }
 
+/// One segment of a map output this executor holds, opened to be read in pieces
+/// ([`ShuffleManager::open_segment`]).
+pub struct SegmentSource {
+    /// Shuffle, map and reduce partition, for errors.
+    at: (ShuffleId, usize, usize),
+    place: Place,
+    framed: bool,
+}
+
+/// Where a segment's bytes are.
+enum Place {
+    /// In an output kept in memory (shared: the output may be dropped while the segment is read).
+    Memory { bytes: Arc<[u8]>, start: usize, end: usize },
+    /// In an output file, bytes `[start, end)`.
+    File { file: std::fs::File, path: PathBuf, start: u64, end: u64 },
+}
+
+impl SegmentSource {
+    /// Its length in bytes.
+    pub fn len(&self) -> u64 {
+        match &self.place {
+            Place::Memory { start, end, .. } => (end - start) as u64,
+            Place::File { start, end, .. } => end - start,
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether it is a record stream (else the records' bytes back to back).
+    pub fn framed(&self) -> bool {
+        self.framed
+    }
+
+    fn failed(&self, why: String) -> crate::error::Error {
+        let (shuffle, map, reduce) = self.at;
+        crate::error::Error::FetchFailed { shuffle: shuffle.0, map, reduce, message: why }
+    }
+
+    /// Appends its bytes `[from, from + len)` to `out`; an error when they lie outside it or
+    /// its file cannot be read.
+    pub fn read(&self, from: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        let to = from.checked_add(len as u64).filter(|&t| t <= self.len());
+        let Some(to) = to else {
+            return Err(self.failed(format!("bytes {from}..+{len} lie outside the segment of {}", self.len())));
+        };
+        match &self.place {
+            Place::Memory { bytes, start, .. } => {
+                out.extend_from_slice(&bytes[start + from as usize..start + to as usize]);
+                Ok(())
+            }
+            Place::File { file, path, start, .. } => {
+                use std::os::unix::fs::FileExt;
+                let at = out.len();
+                out.resize(at + len, 0);
+                file.read_exact_at(&mut out[at..], start + from).map_err(|e| {
+                    out.truncate(at);
+                    self.failed(format!("{}: {e}", path.display()))
+                })
+            }
+        }
+    }
+}
+
 /// Where a reducer's copy of one segment lies (copied from this executor's memory or fetched
 /// from another executor), and how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -707,16 +773,29 @@ impl ShuffleManager {
         reduce: usize,
         out: &mut Vec<u8>,
     ) -> Result<bool> {
+        let source = self.open_segment(shuffle, map, attempt, reduce)?;
+        let len = usize::try_from(source.len()).map_err(|_| source.failed("segment too large".into()))?;
+        source.read(0, len, out)?;
+        Ok(source.framed())
+    }
+
+    /// Segment `reduce` of this executor's output of `(shuffle, map, attempt)`, to read a piece
+    /// at a time (what serving it to another executor holds in memory is a piece, not the
+    /// segment); an error when this executor holds no such output or its index cannot be read.
+    pub fn open_segment(&self, shuffle: ShuffleId, map: usize, attempt: u64, reduce: usize) -> Result<SegmentSource> {
         let missing = |why: String| crate::error::Error::FetchFailed { shuffle: shuffle.0, map, reduce, message: why };
         {
             let memory = self.memory.read().unwrap_or_else(|p| p.into_inner());
             if let Some(o) = memory.get(&shuffle).and_then(|m| m.get(map, attempt)) {
                 let (offset, len) =
                     o.segments.segment(reduce).ok_or_else(|| missing(format!("no segment {reduce}")))?;
-                let mut range = None;
-                o.copy_segment(offset, len, out, &mut range);
-                return match range {
-                    Some(r) => Ok(r.framed),
+                let end = offset.checked_add(len).and_then(|e| usize::try_from(e).ok());
+                return match end.filter(|&e| e <= o.bytes.len()) {
+                    Some(end) => Ok(SegmentSource {
+                        at: (shuffle, map, reduce),
+                        place: Place::Memory { bytes: o.bytes.clone(), start: offset as usize, end },
+                        framed: o.framed,
+                    }),
                     None => Err(missing("segment out of its output's bounds".into())),
                 };
             }
@@ -742,14 +821,11 @@ impl ShuffleManager {
         if start > end || end > size {
             return Err(missing(format!("{}: segment {reduce} lies outside the file", index_path.display())));
         }
-        let len = usize::try_from(end - start).map_err(|_| missing("segment too large".into()))?;
-        let from = out.len();
-        out.resize(from + len, 0);
-        if let Err(e) = file.read_exact_at(&mut out[from..], start) {
-            out.truncate(from);
-            return Err(missing(format!("{}: {e}", data.display())));
-        }
-        Ok(true)
+        Ok(SegmentSource {
+            at: (shuffle, map, reduce),
+            place: Place::File { file, path: data, start, end },
+            framed: true,
+        })
     }
 
     pub(crate) fn data_path(&self, id: ShuffleId, map: usize, attempt: u64) -> PathBuf {
@@ -775,6 +851,59 @@ mod tests {
             data: None,
             segments: Arc::new(SegmentOffsets::from_sizes(&[3, 0, 2])),
         }
+    }
+
+    /// A segment served in pieces, from memory or from a file, reads back as the whole segment
+    /// does; a read past its end, and an output not held, are errors naming the segment.
+    #[test]
+    fn segments_read_in_pieces_as_they_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = manager(dir.path());
+        let sizes = [3u64, 0, 2_500_007, 5];
+        let total: u64 = sizes.iter().sum();
+        let bytes: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+        // In memory.
+        let memory = status(1, 0, 0);
+        m.keep_in_memory((memory.shuffle, 0, 0), Arc::from(bytes.clone()), SegmentOffsets::from_sizes(&sizes), true);
+        // In a file with its index of boundaries.
+        let data = dir.path().join("shuffle_2_0_0.data");
+        std::fs::write(&data, &bytes).unwrap();
+        let mut index = Vec::new();
+        let mut at = 0u64;
+        index.extend_from_slice(&at.to_le_bytes());
+        for s in sizes {
+            at += s;
+            index.extend_from_slice(&at.to_le_bytes());
+        }
+        std::fs::write(data.with_extension("index"), &index).unwrap();
+        let mut file = status(2, 0, 0);
+        file.data = Some(data.clone());
+        file.segments = Arc::new(SegmentOffsets::from_sizes(&sizes));
+        assert!(m.record_written(&file));
+        for shuffle in [1, 2] {
+            let mut start = 0usize;
+            for (reduce, &len) in sizes.iter().enumerate() {
+                let mut whole = Vec::new();
+                m.read_segment(ShuffleId(shuffle), 0, 0, reduce, &mut whole).unwrap();
+                let expected = &bytes[start..start + len as usize];
+                assert_eq!(whole, expected, "shuffle {shuffle} reduce {reduce}");
+                let source = m.open_segment(ShuffleId(shuffle), 0, 0, reduce).unwrap();
+                assert_eq!(source.len(), len);
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                while from < len {
+                    let n = (len - from).min(1 << 20);
+                    source.read(from, n as usize, &mut pieces).unwrap();
+                    from += n;
+                }
+                assert_eq!(pieces, expected, "shuffle {shuffle} reduce {reduce}, in pieces");
+                let past = source.read(len.saturating_sub(1), 2, &mut pieces).unwrap_err();
+                assert!(past.to_string().contains("outside the segment"), "{past}");
+                start += len as usize;
+            }
+        }
+        let missing = m.open_segment(ShuffleId(3), 0, 0, 0).err().unwrap();
+        assert!(missing.to_string().contains("holds no such map output"), "{missing}");
     }
 
     /// The column gather (with its prefetch pipeline) copies what the block-list gather copies,

@@ -4,18 +4,21 @@
 //! output of the shuffles it reads has been announced (map tasks announce their outputs to every
 //! executor as they finish; the driver is asked too when an announcement is late), and a task
 //! that reads a partition an earlier task of the group caches here waits for that partition, or
-//! for no earlier task to be left here (it then computes what is missing itself). Tasks are
-//! released in the order they arrived.
+//! for no earlier task to be left here (it then computes what is missing itself). The tasks one
+//! check finds ready are launched in the order they arrived (two checks running at once may
+//! launch theirs in either order).
 //!
 //! Held tasks are checked by whatever thread changed what they wait for, at once, and only the
 //! tasks that change concerns: the thread that took an announcement in, the slot thread whose
 //! task just ended (a task it releases is queued before that slot looks for its next one, so it
-//! starts without a wake-up), the session that held a new task. Those checks never wait: one
-//! that would (the shuffle's table is being refreshed from the driver) is left to the holder's
-//! own thread, which also checks every [`TICK`] while tasks are held and alone asks the driver
+//! starts without a wake-up), the session that held a new task. Those checks never wait for a
+//! lock held through something slow: one that would (the shuffle's table is being refreshed
+//! from the driver, the block store is writing evicted blocks) is left to the holder's own
+//! thread, which also checks every [`TICK`] while tasks are held (what it alone learns of, such
+//! as a table a reducer refreshed from the driver, is found then) and alone asks the driver
 //! about announcements that are late.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -190,20 +193,37 @@ impl Holder {
         let first_pending = parts.pending.lock().unwrap_or_else(|p| p.into_inner()).iter().min().copied();
         let mut ready = HashSet::new();
         let mut undecided = false;
+        // Each shuffle's and partition's answer once per check: many held tasks read the same.
+        let mut shuffles_known: HashMap<ShuffleId, bool> = HashMap::new();
         for (id, after, since) in taken {
             // The cached partitions first: cheaper to check, and what most held tasks of a long
             // group still wait for.
-            let blocks = after.blocks.iter().all(|&(rdd, split)| env.blocks.contains(rdd, split))
-                || first_pending.is_none_or(|first| first >= id);
-            if !blocks {
-                continue;
-            }
-            let shuffles = after.shuffles.iter().all(|&(s, maps)| match check {
-                Check::Wait => parts.mirror.complete(s, maps, since.elapsed() >= ANNOUNCEMENT_GRACE),
-                Check::Now => parts.mirror.complete_now(s, maps).unwrap_or_else(|| {
+            let cached = after.blocks.iter().all(|&(rdd, split)| match check {
+                Check::Wait => env.blocks.contains(rdd, split),
+                Check::Now => env.blocks.try_contains(rdd, split).unwrap_or_else(|| {
                     undecided = true;
                     false
                 }),
+            });
+            if !(cached || first_pending.is_none_or(|first| first >= id)) {
+                continue;
+            }
+            let shuffles = after.shuffles.iter().all(|&(s, maps)| {
+                if let Some(&known) = shuffles_known.get(&s) {
+                    return known;
+                }
+                let known = match check {
+                    Check::Wait => parts.mirror.complete(s, maps, since.elapsed() >= ANNOUNCEMENT_GRACE),
+                    Check::Now => parts.mirror.complete_now(s, maps).unwrap_or_else(|| {
+                        undecided = true;
+                        false
+                    }),
+                };
+                // A late shuffle may be asked about again for a task held longer.
+                if known || check == Check::Now {
+                    shuffles_known.insert(s, known);
+                }
+                known
             });
             if shuffles {
                 ready.insert(id);

@@ -1041,6 +1041,18 @@ impl BlockManager {
         st.memory.contains_key(&id) || st.disk.contains_key(&id)
     }
 
+    /// [`contains`](Self::contains) without waiting for the store's lock (held, for one, while
+    /// evicted blocks are written to disk): `None` when it is taken.
+    pub fn try_contains(&self, rdd: RddId, split: usize) -> Option<bool> {
+        let st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let id = BlockId::Rdd { rdd, split };
+        Some(st.memory.contains_key(&id) || st.disk.contains_key(&id))
+    }
+
     /// Whether all `partitions` partitions of an RDD are cached (in memory or on disk).
     pub(crate) fn has_all(&self, rdd: RddId, partitions: usize) -> bool {
         let st = self.lock();

@@ -11,8 +11,8 @@
 //! executor reads the cached partition from its own store (or, for the partition its task was
 //! placed for, from a holder the task names); only when it has no copy does it fetch the node's
 //! lineage from the driver ([`RemoteLineage`], served from [`Lineages`]) and compute the
-//! partition from it, caching it as it would have. The stage keeps the nodes it was cut at
-//! alive while it runs, so the driver can always serve them; what it serves is the lineage as
+//! partition from it, caching it as it would have. A stage keeps the nodes it was cut at alive
+//! until its job ends, so the driver can always serve them; what it serves is the lineage as
 //! it is then (a value a closure captures by shared reference is sent as it is at that time,
 //! and a node checkpointed since is read from its checkpoint). A wrong cut costs a round trip
 //! to the driver per task that misses.
@@ -96,7 +96,7 @@ impl Lineages {
         encode().ok_or_else(|| unknown(rdd))?
     }
 
-    /// Whether the lineage of node `rdd` was cut at (and is served).
+    /// Whether node `rdd` was cut at (its lineage is served while the node lives).
     pub fn contains(&self, rdd: RddId) -> bool {
         self.registry().encoders.contains_key(&rdd)
     }

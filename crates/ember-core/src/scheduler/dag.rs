@@ -488,12 +488,14 @@ impl State {
     }
 
     fn submit_jobs(&mut self, jobs: Vec<(JobId, JobSpec)>) {
+        // Afresh for each submission (a panic below may have left an earlier group's).
+        self.coming = Arc::default();
         let mut finals = Vec::new();
         for (id, spec) in jobs {
             let JobSpec { final_rdd, body, partitions, listener, group } = spec;
             let made = (self.prescheduling.is_some()
                 && final_rdd.storage_level() != crate::storage::StorageLevel::None
-                && partitions.len() == final_rdd.num_partitions())
+                && partitions.iter().collect::<HashSet<_>>().len() == final_rdd.num_partitions())
             .then(|| final_rdd.id());
             let created =
                 std::panic::catch_unwind(AssertUnwindSafe(|| self.create_job(id, final_rdd, body, &partitions)));

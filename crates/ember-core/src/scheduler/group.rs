@@ -7,7 +7,10 @@
 //! in a group of `g` takes about `c + O / g` (`c` the iteration's own work, `O` the per-group
 //! overhead). After three groups of 1 and three of 4 the sizer fits `c` and `O` to the mean
 //! times measured at the smallest and largest sizes tried and picks the smallest `g` with
-//! `(O / g) / (c + O / g)` under the target, refitting as it measures more.
+//! `(O / g) / (c + O / g)` under the target, refitting as it measures more. A size measured
+//! more than 10% slower per iteration than the fastest size measured is left (the model does
+//! not hold there): for the geometric middle of the fastest and the next larger size measured
+//! when they are far apart and the middle is untried, else for the fastest.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -111,7 +114,7 @@ impl GroupSizer {
         let overhead = (p_small - p_large) / (1.0 / small as f64 - 1.0 / large as f64);
         let work = p_small - overhead / small as f64;
         self.fit = Some((overhead, work));
-        self.size = if overhead <= 0.0 {
+        let proposed = if overhead <= 0.0 {
             // Grouping saves nothing measurable.
             small
         } else if work <= 0.0 {
@@ -121,8 +124,45 @@ impl GroupSizer {
             // (Less a rounding error, so that an exact fit lands on its size.)
             ((g - 1e-9).ceil() as usize).clamp(1, AUTO_MAX_GROUP)
         };
+        self.size = self.measured_against(proposed);
+    }
+
+    /// `proposed`, unless it was measured slower than the fastest size measured: the model
+    /// `c + O / g` does not hold there (a larger group can cost more per iteration, as held
+    /// tasks and outputs pile up), so the size goes back to the fastest one, trying first the
+    /// geometric middle of it and the next larger size measured when they are far apart.
+    fn measured_against(&self, proposed: usize) -> usize {
+        let mean =
+            |g: &usize| self.samples.get(g).filter(|(_, n)| *n >= SAMPLES_PER_SIZE).map(|(sum, n)| sum / f64::from(*n));
+        let Some((best, best_ms)) =
+            self.samples.keys().filter_map(|g| mean(g).map(|m| (*g, m))).min_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return proposed;
+        };
+        match mean(&proposed) {
+            Some(ms) if ms > best_ms * (1.0 + SLOWER) => {
+                // Between the fastest and the next larger size measured (slower, then), the
+                // middle if it is far and untried.
+                let above = self.samples.keys().copied().filter(|g| *g > best && mean(g).is_some()).min();
+                match above {
+                    Some(high) if high > best * EXPLORE_FACTOR => {
+                        let middle = ((best * high) as f64).sqrt().round() as usize;
+                        if mean(&middle).is_none() {
+                            middle
+                        } else {
+                            best
+                        }
+                    }
+                    _ => best,
+                }
+            }
+            _ => proposed,
+        }
     }
 }
+
+/// How much slower than the fastest size measured a size may be before `auto` leaves it.
+const SLOWER: f64 = 0.1;
 
 #[cfg(test)]
 mod tests {
@@ -155,6 +195,18 @@ mod tests {
             flat.observe(g, 3.1);
         }
         assert_eq!(flat.size(), 1);
+        // Past 16 an iteration costs more (what grouping saves is lost): the size found
+        // measured slower, so the sizer tries between it and the fastest, and stays there.
+        let cliff = |g: usize| if g > 16 { 3.0 } else { 1.0 + 2.0 / g as f64 };
+        let mut s = GroupSizer::new(GroupSize::Auto);
+        let mut tried = Vec::new();
+        for _ in 0..30 {
+            let g = s.size();
+            tried.push(g);
+            s.observe(g, cliff(g));
+        }
+        assert!(tried.contains(&18), "the fit's size is tried: {tried:?}");
+        assert_eq!(s.size(), 8, "the geometric middle of 4 and 18, the fastest measured: {tried:?}");
         let mut fixed = GroupSizer::new(GroupSize::Fixed(10));
         fixed.observe(10, 5.0);
         assert_eq!(fixed.size(), 10);

@@ -21,10 +21,10 @@ pub fn ctx_with_memory(memory: Option<&str>, serialize: bool) -> Context {
     Context::new(conf).expect("context starts")
 }
 
-/// A context on two executor processes of one slot each (`local-cluster[2,1,256]`).
+/// A context on two executor processes of one slot and 1 GiB each (`local-cluster[2,1,1024]`).
 pub fn cluster_ctx() -> Context {
     let conf = EmberConf::new()
-        .master("local-cluster[2,1,256]")
+        .master("local-cluster[2,1,1024]")
         .and_then(|c| c.set("ember.ui.showConsoleProgress", "false"))
         .expect("valid conf");
     Context::new(conf).expect("context starts")

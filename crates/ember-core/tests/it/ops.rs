@@ -2,7 +2,7 @@
 //!
 //! Inputs include empty RDDs, empty partitions, fewer records than partitions, skewed keys (most
 //! records share one key) and many distinct keys; every property runs on both contexts of
-//! [`both`], so task encoding is exercised too, and on `local-cluster[2,1,256]`, whose tasks run
+//! [`both`], so task encoding is exercised too, and on `local-cluster[2,1,1024]`, whose tasks run
 //! in two executor processes and whose shuffles cross between them. Contexts are made once per test function (they
 //! start threads) and shared by its cases, which is why the properties use proptest's
 //! closure-style `proptest!(config, |..| ..)` rather than one `fn` per case.

@@ -37,6 +37,8 @@ pub struct Env {
     pub lineages: crate::rdd::Lineages,
     /// Where an executor in another process fetches the lineage of a node cut from a task's.
     remote_lineage: std::sync::OnceLock<Arc<dyn crate::rdd::RemoteLineage>>,
+    /// The lineages this executor fetched, by node.
+    pub(crate) fetched_lineages: crate::rdd::FetchedLineages,
     file_ids: AtomicU64,
 }
 
@@ -67,6 +69,7 @@ impl Env {
             block_locations: Arc::default(),
             lineages: Default::default(),
             remote_lineage: std::sync::OnceLock::new(),
+            fetched_lineages: Default::default(),
             broadcasts: Default::default(),
             rehearse_remote: settings.serialize_tasks,
             codec: settings.codec,

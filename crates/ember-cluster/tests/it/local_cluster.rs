@@ -23,6 +23,20 @@ pub(crate) fn executor_pids(ctx: &Context, n: usize) -> HashSet<u32> {
     ctx.parallelize((0..n as u32).collect(), n).map(|_| std::process::id()).collect().unwrap().into_iter().collect()
 }
 
+/// The pids of the application's `expected` executors: jobs of `2 * expected` tasks run until
+/// every executor has run one (one job may run on fewer executors than there are, when some
+/// finish their tasks before the others take theirs), at most 20 of them.
+pub(crate) fn all_executor_pids(ctx: &Context, expected: usize) -> HashSet<u32> {
+    let mut pids = HashSet::new();
+    for _ in 0..20 {
+        pids.extend(executor_pids(ctx, 2 * expected));
+        if pids.len() >= expected {
+            break;
+        }
+    }
+    pids
+}
+
 /// Sends signal `sig` to process `pid`, which must exist.
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: `kill` with a valid signal number has no memory-safety preconditions.
@@ -596,6 +610,8 @@ pub fn a_cut_node_cached_nowhere_is_computed_from_the_drivers_lineage() {
     assert_eq!(top.collect().unwrap(), (0..4000u64).map(|x| (x + 3) * 2 + 1).collect::<Vec<_>>());
     assert!(!ctx.env().lineages.is_empty(), "the task's lineage was not cut at the node");
     assert_eq!(computed.value().unwrap(), 4000, "every partition is computed once");
+    // Eight tasks missed the node on two executors: each executor fetched its lineage once.
+    assert_eq!(ctx.env().lineages.served(), 2, "executors fetched the same lineage again");
     assert_eq!(top.map(|x| x * 2).count().unwrap(), 4000);
     assert_eq!(computed.value().unwrap(), 4000, "a partition computed from the driver's lineage was not cached");
 }

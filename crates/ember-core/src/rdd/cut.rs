@@ -14,8 +14,9 @@
 //! partition from it, caching it as it would have. A stage keeps the nodes it was cut at alive
 //! until its job ends, so the driver can always serve them; what it serves is the lineage as
 //! it is then (a value a closure captures by shared reference is sent as it is at that time,
-//! and a node checkpointed since is read from its checkpoint). A wrong cut costs a round trip
-//! to the driver per task that misses.
+//! and a node checkpointed since is read from its checkpoint). An executor keeps what it
+//! fetched ([`FetchedLineages`]), so a wrong cut costs a round trip to the driver per executor
+//! that misses, not per task.
 //!
 //! The lineage a driver serves is itself cut at the node's cached ancestors, but never at the
 //! node asked for.
@@ -53,6 +54,65 @@ struct Entry {
 #[derive(Default)]
 pub struct Lineages {
     inner: Mutex<Registry>,
+    served: std::sync::atomic::AtomicU64,
+}
+
+/// The lineages an executor fetched from its driver, by node: the tasks that miss the same cut
+/// node (all of a stage's, after the executor holding it was lost) fetch it once. Bounded: it
+/// starts afresh past [`FETCHED_ENTRIES`] nodes or [`FETCHED_BYTES`].
+#[derive(Default)]
+pub(crate) struct FetchedLineages {
+    inner: Mutex<Fetched>,
+}
+
+#[derive(Default)]
+struct Fetched {
+    lineages: HashMap<RddId, Arc<std::sync::OnceLock<Result<Arc<Vec<u8>>>>>>,
+    bytes: usize,
+}
+
+/// Most nodes whose fetched lineage an executor keeps.
+const FETCHED_ENTRIES: usize = 64;
+
+/// Most bytes of fetched lineage an executor keeps.
+const FETCHED_BYTES: usize = 16 << 20;
+
+impl FetchedLineages {
+    /// The lineage of node `rdd`: fetched by `fetch` once, however many tasks ask at the same
+    /// time, and kept; a failed fetch is tried again by the next task.
+    fn get_or_fetch(&self, rdd: RddId, fetch: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
+        let cell = self.inner.lock().unwrap_or_else(|p| p.into_inner()).lineages.entry(rdd).or_default().clone();
+        let mut fetched_here = false;
+        let got = match cell.get_or_init(|| {
+            fetched_here = true;
+            fetch().map(Arc::new)
+        }) {
+            Ok(bytes) => Ok(bytes.clone()),
+            Err(e) => Err(e.duplicate()),
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match &got {
+            Err(_) => {
+                if inner.lineages.get(&rdd).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    inner.lineages.remove(&rdd);
+                }
+            }
+            Ok(bytes) if fetched_here => {
+                inner.bytes += bytes.len();
+                if inner.bytes > FETCHED_BYTES || inner.lineages.len() > FETCHED_ENTRIES {
+                    let keep = inner.lineages.remove(&rdd);
+                    inner.lineages.clear();
+                    inner.bytes = 0;
+                    if let Some(keep) = keep.filter(|_| bytes.len() <= FETCHED_BYTES) {
+                        inner.lineages.insert(rdd, keep);
+                        inner.bytes = bytes.len();
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+        got
+    }
 }
 
 #[derive(Default)]
@@ -93,7 +153,13 @@ impl Lineages {
     pub fn encode(&self, rdd: RddId) -> Result<Vec<u8>> {
         // Encoded outside the lock: encoding a node may register others.
         let encode = self.registry().encoders.get(&rdd).map(|e| e.encode.clone()).ok_or_else(|| unknown(rdd))?;
+        self.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         encode().ok_or_else(|| unknown(rdd))?
+    }
+
+    /// How many lineages were encoded to be served (for tests and metrics).
+    pub fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether node `rdd` was cut at (its lineage is served while the node lives).
@@ -221,8 +287,8 @@ impl<T: Data> CachedLineage<T> {
     fn lineage(&self, tc: &TaskContext) -> Result<Rdd<T>> {
         let env = tc.env();
         let bytes = match env.remote_lineage() {
-            Some(remote) => remote.fetch(self.rdd)?,
-            None => env.lineages.encode(self.rdd)?,
+            Some(remote) => env.fetched_lineages.get_or_fetch(self.rdd, || remote.fetch(self.rdd))?,
+            None => Arc::new(env.lineages.encode(self.rdd)?),
         };
         let key = self.key.as_ref().ok_or_else(|| {
             Error::Internal(format!("the cut lineage of rdd {} was not decoded with a key", self.rdd.0))

@@ -42,7 +42,7 @@ use crate::task::{BoxIter, Interruptible, TaskContext};
 #[cfg(test)]
 pub(crate) use actions::CountFn;
 pub use actions::{CollectPartition, PartitionFn, StatCounter, ToF64};
-pub(crate) use cut::{with_cut, CutNode};
+pub(crate) use cut::{with_cut, CutNode, FetchedLineages};
 pub use cut::{Lineages, RemoteLineage};
 pub use more_actions::LocalIterator;
 pub use numeric::OrderedF64;

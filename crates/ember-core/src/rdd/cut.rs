@@ -15,8 +15,8 @@
 //! until its job ends, so the driver can always serve them; what it serves is the lineage as
 //! it is then (a value a closure captures by shared reference is sent as it is at that time,
 //! and a node checkpointed since is read from its checkpoint). An executor keeps what it
-//! fetched ([`FetchedLineages`]), so a wrong cut costs a round trip to the driver per executor
-//! that misses, not per task.
+//! fetched for a stage ([`FetchedLineages`]), so a wrong cut costs a round trip to the driver
+//! per executor and stage that miss, not per task.
 //!
 //! The lineage a driver serves is itself cut at the node's cached ancestors, but never at the
 //! node asked for.
@@ -57,9 +57,11 @@ pub struct Lineages {
     served: std::sync::atomic::AtomicU64,
 }
 
-/// The lineages an executor fetched from its driver, by node: the tasks that miss the same cut
-/// node (all of a stage's, after the executor holding it was lost) fetch it once. Bounded: it
-/// starts afresh past [`FETCHED_ENTRIES`] nodes or [`FETCHED_BYTES`].
+/// The lineages an executor fetched from its driver, by stage and node: the tasks of a stage
+/// that miss the same cut node (all of them, after the executor holding it was lost) fetch it
+/// once. A later stage fetches again, so it sees the lineage as it is then (a node
+/// checkpointed or unpersisted since). Bounded: it starts afresh past [`FETCHED_ENTRIES`]
+/// entries or [`FETCHED_BYTES`].
 #[derive(Default)]
 pub(crate) struct FetchedLineages {
     inner: Mutex<Fetched>,
@@ -67,7 +69,7 @@ pub(crate) struct FetchedLineages {
 
 #[derive(Default)]
 struct Fetched {
-    lineages: HashMap<RddId, Arc<std::sync::OnceLock<Result<Arc<Vec<u8>>>>>>,
+    lineages: HashMap<(crate::task::StageId, RddId), Arc<std::sync::OnceLock<Result<Arc<Vec<u8>>>>>>,
     bytes: usize,
 }
 
@@ -80,8 +82,13 @@ const FETCHED_BYTES: usize = 16 << 20;
 impl FetchedLineages {
     /// The lineage of node `rdd`: fetched by `fetch` once, however many tasks ask at the same
     /// time, and kept; a failed fetch is tried again by the next task.
-    fn get_or_fetch(&self, rdd: RddId, fetch: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<Vec<u8>>> {
-        let cell = self.inner.lock().unwrap_or_else(|p| p.into_inner()).lineages.entry(rdd).or_default().clone();
+    fn get_or_fetch(
+        &self,
+        (stage, rdd): (crate::task::StageId, RddId),
+        fetch: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
+        let at = (stage, rdd);
+        let cell = self.inner.lock().unwrap_or_else(|p| p.into_inner()).lineages.entry(at).or_default().clone();
         let mut fetched_here = false;
         let got = match cell.get_or_init(|| {
             fetched_here = true;
@@ -93,18 +100,18 @@ impl FetchedLineages {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         match &got {
             Err(_) => {
-                if inner.lineages.get(&rdd).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                    inner.lineages.remove(&rdd);
+                if inner.lineages.get(&at).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    inner.lineages.remove(&at);
                 }
             }
             Ok(bytes) if fetched_here => {
                 inner.bytes += bytes.len();
                 if inner.bytes > FETCHED_BYTES || inner.lineages.len() > FETCHED_ENTRIES {
-                    let keep = inner.lineages.remove(&rdd);
+                    let keep = inner.lineages.remove(&at);
                     inner.lineages.clear();
                     inner.bytes = 0;
                     if let Some(keep) = keep.filter(|_| bytes.len() <= FETCHED_BYTES) {
-                        inner.lineages.insert(rdd, keep);
+                        inner.lineages.insert(at, keep);
                         inner.bytes = bytes.len();
                     }
                 }
@@ -287,7 +294,7 @@ impl<T: Data> CachedLineage<T> {
     fn lineage(&self, tc: &TaskContext) -> Result<Rdd<T>> {
         let env = tc.env();
         let bytes = match env.remote_lineage() {
-            Some(remote) => env.fetched_lineages.get_or_fetch(self.rdd, || remote.fetch(self.rdd))?,
+            Some(remote) => env.fetched_lineages.get_or_fetch((tc.stage, self.rdd), || remote.fetch(self.rdd))?,
             None => Arc::new(env.lineages.encode(self.rdd)?),
         };
         let key = self.key.as_ref().ok_or_else(|| {

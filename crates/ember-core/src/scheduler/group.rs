@@ -90,7 +90,7 @@ impl GroupSizer {
 
     /// An iteration in a group of `size` took `per_iter_ms`.
     pub fn observe(&mut self, size: usize, per_iter_ms: f64) {
-        if self.mode != GroupSize::Auto || !per_iter_ms.is_finite() || per_iter_ms <= 0.0 {
+        if self.mode != GroupSize::Auto || size == 0 || !per_iter_ms.is_finite() || per_iter_ms <= 0.0 {
             return;
         }
         let e = self.samples.entry(size).or_insert((0.0, 0));
@@ -145,8 +145,9 @@ impl GroupSizer {
                 // middle if it is far and untried.
                 let above = self.samples.keys().copied().filter(|g| *g > best && mean(g).is_some()).min();
                 match above {
-                    Some(high) if high > best * EXPLORE_FACTOR => {
-                        let middle = ((best * high) as f64).sqrt().round() as usize;
+                    Some(high) if high > best.saturating_mul(EXPLORE_FACTOR) => {
+                        let middle = ((best as f64) * (high as f64)).sqrt().round() as usize;
+                        let middle = middle.clamp(1, AUTO_MAX_GROUP);
                         if mean(&middle).is_none() {
                             middle
                         } else {
@@ -195,8 +196,9 @@ mod tests {
             flat.observe(g, 3.1);
         }
         assert_eq!(flat.size(), 1);
-        // Past 16 an iteration costs more (what grouping saves is lost): the size found
-        // measured slower, so the sizer tries between it and the fastest, and stays there.
+        // Past 16 an iteration costs more (what grouping saves is lost): once 18 measured slow,
+        // the fit proposes 1, measured slower than 4; the sizer tries the middle of 4 and 18,
+        // and stays there.
         let cliff = |g: usize| if g > 16 { 3.0 } else { 1.0 + 2.0 / g as f64 };
         let mut s = GroupSizer::new(GroupSize::Auto);
         let mut tried = Vec::new();

@@ -65,6 +65,19 @@ pub(crate) struct BlockService {
     pub(crate) blocks_changed: Arc<OnceLock<Arc<dyn Fn() + Send + Sync>>>,
 }
 
+impl BlockService {
+    /// The executor's services and the block partition `split` of rdd `rdd` a request names.
+    fn block(
+        &self,
+        rdd: u64,
+        split: u64,
+    ) -> std::result::Result<(Arc<Env>, ember_core::storage::RddId, usize), Status> {
+        let env = self.env.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
+        let split = usize::try_from(split).map_err(|_| Status::invalid_argument("split out of range"))?;
+        Ok((env, ember_core::storage::RddId(rdd), split))
+    }
+}
+
 type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::SegmentChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -75,10 +88,8 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         &self,
         request: Request<proto::Replica>,
     ) -> std::result::Result<Response<proto::NoticeReply>, Status> {
-        let env = self.env.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
         let r = request.into_inner();
-        let split = usize::try_from(r.split).map_err(|_| Status::invalid_argument("split out of range"))?;
-        let rdd = ember_core::storage::RddId(r.rdd);
+        let (env, rdd, split) = self.block(r.rdd, r.split)?;
         tokio::task::spawn_blocking(move || env.blocks.put_replica(rdd, split, &r.data, r.size, r.records))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -110,10 +121,8 @@ impl proto::block_transfer_server::BlockTransfer for BlockService {
         &self,
         request: Request<proto::BlockRequest>,
     ) -> std::result::Result<Response<proto::BlockReply>, Status> {
-        let env = self.env.get().cloned().ok_or_else(|| Status::unavailable("the executor is starting"))?;
         let r = request.into_inner();
-        let split = usize::try_from(r.split).map_err(|_| Status::invalid_argument("split out of range"))?;
-        let rdd = ember_core::storage::RddId(r.rdd);
+        let (env, rdd, split) = self.block(r.rdd, r.split)?;
         // One message: a larger partition is computed again by the reader (told so before
         // anything is read).
         match env.blocks.cached_size(rdd, split) {
@@ -621,11 +630,8 @@ impl Mirror {
     /// or from the driver when `ask_driver` and it was not asked lately). A complete table is
     /// fresh: reducers read it without asking the driver.
     pub(crate) fn complete(&self, shuffle: ShuffleId, maps: usize, ask_driver: bool) -> bool {
-        let fetched = match self.known(shuffle, maps) {
-            true => Some(self.fetched.lock().unwrap_or_else(|p| p.into_inner())),
-            false => None,
-        };
-        if let Some(mut fetched) = fetched {
+        if self.known(shuffle, maps) {
+            let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
             Self::fresh(&mut fetched, shuffle, self.epoch_seen.load(Ordering::Relaxed));
             return true;
         }
@@ -646,9 +652,7 @@ impl Mirror {
         }
         false
     }
-}
 
-impl Mirror {
     /// [`complete`](Self::complete) without asking the driver and without waiting for one
     /// who does (it holds the table's lock through a round trip): `None` when it would wait.
     /// What threads that must not block (the runtime's) check held tasks with.

@@ -757,6 +757,14 @@ type BinaryStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<
 
 type LineageStream = Pin<Box<dyn tokio_stream::Stream<Item = std::result::Result<proto::LineageChunk, Status>> + Send>>;
 
+/// `bytes` as the messages of a stream, at most 1 MiB each (one empty message for no bytes).
+fn chunked<C>(bytes: &[u8], message: impl Fn(Vec<u8>) -> C) -> Vec<std::result::Result<C, Status>> {
+    if bytes.is_empty() {
+        return vec![Ok(message(Vec::new()))];
+    }
+    bytes.chunks(1 << 20).map(|c| Ok(message(c.to_vec()))).collect()
+}
+
 /// Streams the driver's running executable in chunks of 1 MiB, read as they are sent.
 fn binary_stream() -> BinaryStream {
     let (tx, rx) = mpsc::channel::<std::result::Result<proto::BinaryChunk, Status>>(4);
@@ -806,9 +814,7 @@ impl proto::driver_server::Driver for DriverService {
             .await
             .map_err(|e| Status::internal(format!("encoding the lineage of rdd {} failed: {e}", rdd.0)))?
             .map_err(|e| Status::internal(e.to_string()))?;
-        let chunks: Vec<std::result::Result<proto::LineageChunk, Status>> =
-            bytes.chunks(1 << 20).map(|c| Ok(proto::LineageChunk { data: c.to_vec() })).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunked(&bytes, |data| proto::LineageChunk { data })))))
     }
 
     async fn binary(
@@ -825,12 +831,7 @@ impl proto::driver_server::Driver for DriverService {
         let id = request.into_inner().id;
         let bytes =
             self.cluster.driver_env.broadcasts.published_bytes(id).map_err(|e| Status::not_found(e.to_string()))?;
-        let chunks: Vec<std::result::Result<proto::BroadcastChunk, Status>> = if bytes.is_empty() {
-            vec![Ok(proto::BroadcastChunk { data: Vec::new() })]
-        } else {
-            bytes.chunks(1 << 20).map(|c| Ok(proto::BroadcastChunk { data: c.to_vec() })).collect()
-        };
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunked(&bytes, |data| proto::BroadcastChunk { data })))))
     }
 
     async fn map_outputs(

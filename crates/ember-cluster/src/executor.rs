@@ -231,11 +231,9 @@ async fn session(
         Arc::new(move |status: ember_core::runtime::TaskStatus| {
             // A finished map output is announced to the other executors at once: reducers
             // pre-scheduled there start without waiting for the driver.
-            let mapped = match &status.result {
-                Ok(ember_core::runtime::TaskOutput::Map(m)) => Some(m.shuffle),
-                _ => None,
-            };
+            let mut mapped = None;
             if let Ok(ember_core::runtime::TaskOutput::Map(m)) = &status.result {
+                mapped = Some(m.shuffle);
                 mirror.notice(m.clone());
                 let peers = peers.read().unwrap_or_else(|p| p.into_inner()).clone();
                 if !peers.is_empty() {

@@ -200,10 +200,7 @@ impl Holder {
             // group still wait for.
             let cached = after.blocks.iter().all(|&(rdd, split)| match check {
                 Check::Wait => env.blocks.contains(rdd, split),
-                Check::Now => env.blocks.try_contains(rdd, split).unwrap_or_else(|| {
-                    undecided = true;
-                    false
-                }),
+                Check::Now => decided(env.blocks.try_contains(rdd, split), &mut undecided),
             });
             if !(cached || first_pending.is_none_or(|first| first >= id)) {
                 continue;
@@ -214,10 +211,7 @@ impl Holder {
                 }
                 let known = match check {
                     Check::Wait => parts.mirror.complete(s, maps, since.elapsed() >= ANNOUNCEMENT_GRACE),
-                    Check::Now => parts.mirror.complete_now(s, maps).unwrap_or_else(|| {
-                        undecided = true;
-                        false
-                    }),
+                    Check::Now => decided(parts.mirror.complete_now(s, maps), &mut undecided),
                 };
                 // A late shuffle may be asked about again for a task held longer.
                 if known || check == Check::Now {
@@ -253,6 +247,14 @@ impl Holder {
             executor.launch(task);
         }
     }
+}
+
+/// A check's answer that may not be known without waiting: no, and `undecided`, when not.
+fn decided(answer: Option<bool>, undecided: &mut bool) -> bool {
+    answer.unwrap_or_else(|| {
+        *undecided = true;
+        false
+    })
 }
 
 /// Checks the held tasks whenever woken before the executor runs, and every [`TICK`] while

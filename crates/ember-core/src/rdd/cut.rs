@@ -80,14 +80,13 @@ const FETCHED_ENTRIES: usize = 64;
 const FETCHED_BYTES: usize = 16 << 20;
 
 impl FetchedLineages {
-    /// The lineage of node `rdd`: fetched by `fetch` once, however many tasks ask at the same
-    /// time, and kept; a failed fetch is tried again by the next task.
+    /// The lineage of node `at.1` for stage `at.0`: fetched by `fetch` once, however many tasks
+    /// ask at the same time, and kept; a failed fetch is tried again by the next task.
     fn get_or_fetch(
         &self,
-        (stage, rdd): (crate::task::StageId, RddId),
+        at: (crate::task::StageId, RddId),
         fetch: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<Arc<Vec<u8>>> {
-        let at = (stage, rdd);
         let cell = self.inner.lock().unwrap_or_else(|p| p.into_inner()).lineages.entry(at).or_default().clone();
         let mut fetched_here = false;
         let got = match cell.get_or_init(|| {

@@ -25,6 +25,10 @@ pub enum Error {
     /// An argument given to an API call is not valid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A query or other work a library ran inside a task failed in a way a retry cannot fix
+    /// (a cast that does not hold, a malformed input file, an unsupported expression).
+    #[error("{0}")]
+    Query(String),
     /// An input path matched nothing.
     #[error("input path does not exist: {}", .0.display())]
     InputNotFound(PathBuf),
@@ -158,6 +162,7 @@ impl Error {
             Error::Config { .. }
             | Error::InvalidMaster(_)
             | Error::InvalidArgument(_)
+            | Error::Query(_)
             | Error::InputNotFound(_)
             | Error::OutputExists(_)
             | Error::InvalidUtf8 { .. }
@@ -199,6 +204,7 @@ impl Error {
             }
             Error::InvalidMaster(m) => Error::InvalidMaster(m.clone()),
             Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Query(m) => Error::Query(m.clone()),
             Error::InputNotFound(p) => Error::InputNotFound(p.clone()),
             Error::OutputExists(p) => Error::OutputExists(p.clone()),
             Error::InvalidUtf8 { path, offset } => Error::InvalidUtf8 { path: path.clone(), offset: *offset },
@@ -253,6 +259,8 @@ pub enum WireError {
     InvalidMaster(String),
     /// [`Error::InvalidArgument`].
     InvalidArgument(String),
+    /// [`Error::Query`].
+    Query(String),
     /// [`Error::InputNotFound`].
     InputNotFound(PathBuf),
     /// [`Error::OutputExists`].
@@ -293,6 +301,7 @@ impl From<&Error> for WireError {
             Error::Config { key, value, reason } => WireError::Config(key, value, reason),
             Error::InvalidMaster(m) => WireError::InvalidMaster(m),
             Error::InvalidArgument(m) => WireError::InvalidArgument(m),
+            Error::Query(m) => WireError::Query(m),
             Error::InputNotFound(p) => WireError::InputNotFound(p),
             Error::OutputExists(p) => WireError::OutputExists(p),
             Error::Io { path, source } => WireError::Io(path, source.raw_os_error(), source.to_string()),
@@ -323,6 +332,7 @@ impl From<WireError> for Error {
             WireError::Config(key, value, reason) => Error::Config { key, value, reason },
             WireError::InvalidMaster(m) => Error::InvalidMaster(m),
             WireError::InvalidArgument(m) => Error::InvalidArgument(m),
+            WireError::Query(m) => Error::Query(m),
             WireError::InputNotFound(p) => Error::InputNotFound(p),
             WireError::OutputExists(p) => Error::OutputExists(p),
             WireError::Io(path, code, message) => {

@@ -316,6 +316,17 @@ impl<T: Data> Rdd<T> {
         }
     }
 
+    /// Wraps a node implementation from another crate in a new RDD of `ctx`: the seam through
+    /// which libraries built on the core (SQL stages, streaming sources) add node types of their
+    /// own. The node travels to executors as every built-in node does (see [`Ship`]), so it must
+    /// serialize everything its `compute` needs.
+    pub fn from_node<R>(ctx: &Context, node: R) -> Rdd<T>
+    where
+        R: RddImpl<T> + Upcast<dyn RddImpl<T>> + Serialize + serde::de::DeserializeOwned,
+    {
+        Rdd::from_impl(Some(ctx.clone()), node)
+    }
+
     /// A new RDD in the same context as this one.
     pub(crate) fn derive<U: Data, R>(&self, node: R) -> Rdd<U>
     where

@@ -94,6 +94,31 @@ impl<K: Key, V: Data, C: Data> ShuffleDependency<K, V, C> {
     }
 }
 
+impl<K: Key, V: Data> ShuffleDependency<K, V, V> {
+    /// A plain shuffle of `parent`'s records by `partitioner` (no aggregation), for libraries
+    /// that build their own reduce-side nodes: an RDD node returns it, wrapped in
+    /// [`Dependency::Shuffle`](crate::rdd::Dependency::Shuffle), from `dependencies`, and reads
+    /// it in `compute` with [`ShuffleDependency::read_partition`].
+    pub fn plain<P>(parent: &Rdd<(K, V)>, partitioner: P) -> Self
+    where
+        P: Partitioner<K> + Serialize + serde::de::DeserializeOwned,
+    {
+        ShuffleDependency::new(parent.clone(), Ship::new(partitioner), None, false)
+    }
+
+    /// The records of reduce partition `reduce` from every map output, in map order. A failed
+    /// fetch is recorded in `tc` (so the scheduler recomputes the lost map output) and ends the
+    /// iterator.
+    pub fn read_partition<'a>(&self, reduce: usize, tc: &'a TaskContext) -> BoxIter<'a, (K, V)> {
+        self.read::<V>(reduce, tc)
+    }
+
+    /// The number of map tasks (partitions of the parent).
+    pub fn maps(&self) -> usize {
+        self.num_maps
+    }
+}
+
 /// Untyped view of a shuffle dependency, for the scheduler.
 pub trait ShuffleDepBase: Send + Sync {
     /// The shuffle's id.

@@ -1,0 +1,172 @@
+//! `ShuffleReaderExec`: the leaf of a stage plan that reads an exchange's data from Ember's
+//! shuffle, through the running task's bridge.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+
+use crate::stage::TaskBridge;
+
+/// How the stage below an exchange split its output, which decides what a reduce partition
+/// holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExchangeKind {
+    /// Rows hashed on the exchange's keys into N partitions.
+    Hash,
+    /// Batches dealt round-robin into N partitions.
+    RoundRobin,
+    /// Everything into one partition (below a coalesce).
+    Single,
+    /// Map partition i into reduce partition i, in order (below a sort-preserving merge).
+    Identity,
+}
+
+impl fmt::Display for ExchangeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExchangeKind::Hash => "hash",
+            ExchangeKind::RoundRobin => "round robin",
+            ExchangeKind::Single => "single",
+            ExchangeKind::Identity => "identity",
+        })
+    }
+}
+
+/// Reads one input of a stage: partition `p` of this node is reduce partition `p` of the
+/// shuffle written by the child stage, batch by batch in map order.
+///
+/// The node is a leaf of the stage's DataFusion plan. It does not read the shuffle itself: the
+/// Ember task running the stage serves its reads (the task's slot thread owns the shuffle
+/// readers, which borrow the task's context), and this node asks for the next batch through
+/// the [`TaskBridge`] in the task's DataFusion context. Executed outside an Ember task it fails.
+#[derive(Debug)]
+pub struct ShuffleReaderExec {
+    /// Which input of the stage (an index into the stage's shuffle dependencies).
+    pub(crate) input: usize,
+    /// The id of the stage that writes this input, for EXPLAIN.
+    pub(crate) from_stage: usize,
+    pub(crate) kind: ExchangeKind,
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ShuffleReaderExec {
+    /// A reader of `input` with `partitioning` as its output partitioning (the exchange's) and
+    /// `eq` as what it knows about its rows (orderings survive an identity exchange).
+    pub(crate) fn new(
+        input: usize,
+        from_stage: usize,
+        kind: ExchangeKind,
+        partitioning: Partitioning,
+        eq: EquivalenceProperties,
+    ) -> Self {
+        let schema = eq.schema().clone();
+        let properties = PlanProperties::new(eq, partitioning, EmissionType::Incremental, Boundedness::Bounded);
+        ShuffleReaderExec {
+            input,
+            from_stage,
+            kind,
+            schema,
+            properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShuffleReaderExec: stage={}, exchange={}, partitions={}",
+            self.from_stage,
+            self.kind,
+            self.properties.partitioning.partition_count()
+        )
+    }
+}
+
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &'static str {
+        "ShuffleReaderExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("ShuffleReaderExec has no children".into()))
+        }
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(ShuffleReaderExec {
+            input: self.input,
+            from_stage: self.from_stage,
+            kind: self.kind,
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let parts = self.properties.partitioning.partition_count();
+        if partition >= parts {
+            return Err(DataFusionError::Internal(format!(
+                "ShuffleReaderExec: partition {partition} asked of an exchange of {parts}"
+            )));
+        }
+        let bridge = context.session_config().get_extension::<TaskBridge>().ok_or_else(|| {
+            DataFusionError::Execution("a shuffle reader runs only inside an Ember task of its stage".into())
+        })?;
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let input = self.input;
+        let stream = futures::stream::unfold(Some((bridge, baseline)), move |state| async move {
+            let (bridge, baseline) = state?;
+            let timer = baseline.elapsed_compute().timer();
+            let next = bridge.read(input, partition).await;
+            timer.done();
+            match next {
+                Ok(Some(batch)) => {
+                    baseline.record_output(batch.num_rows());
+                    Some((Ok(batch), Some((bridge, baseline))))
+                }
+                Ok(None) => {
+                    baseline.done();
+                    None
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}

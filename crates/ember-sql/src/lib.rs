@@ -1,0 +1,33 @@
+#![doc = include_str!("../README.md")]
+
+/// Arrow record batches as Ember records (`Batch`), serialized as Arrow IPC.
+pub mod batch;
+/// How stage plans travel: `datafusion-proto` with Ember's extension codec.
+pub mod codec;
+/// The crate's error type.
+pub mod error;
+/// Ember's physical operators: the shuffle reader.
+pub mod exec;
+/// The distributed planner: stages cut at exchanges.
+pub mod planner;
+/// Plan rewrites for isolated tasks: distributed joins, inlined scalar subqueries.
+pub mod rules;
+/// The per-process SQL runtime.
+mod runtime;
+/// Splitting SQL scripts into statements.
+pub mod script;
+/// `Session` and `DataFrame`.
+pub mod session;
+/// Stage RDDs and the bridge between Ember tasks and DataFusion streams.
+pub mod stage;
+/// The TPC-H kit: data generation and the 22 queries.
+pub mod tpch;
+
+pub use batch::Batch;
+pub use error::{Error, Result};
+pub use planner::StagePlan;
+pub use session::{DataFrame, Session};
+
+/// DataFusion, as Ember SQL builds on it: expressions (`col`, `lit`, functions), types and
+/// Arrow.
+pub use datafusion;

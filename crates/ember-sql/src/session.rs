@@ -1,0 +1,353 @@
+//! [`Session`] and [`DataFrame`]: SQL and DataFrames on an Ember [`Context`], planned by
+//! DataFusion and run as stages on Ember's scheduler.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::common::JoinType;
+use datafusion::dataframe::DataFrame as DfDataFrame;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, SortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{CsvReadOptions, Expr, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use ember_core::shuffle::ShuffleDependency;
+use ember_core::{Context, IndexPartitioner, Rdd};
+
+use crate::batch::Batch;
+use crate::codec::PlanShip;
+use crate::error::{Error, Result};
+use crate::planner::{cut_stages, display_stages, StagePlan};
+use crate::rules::{inline_scalar_subqueries, DistributedJoinRule};
+use crate::runtime::sql_runtime;
+use crate::stage::{ExchangeDep, StageOutput, StageRdd};
+
+/// The entry point of Ember SQL, like Spark's `SparkSession`: a catalog of tables and the
+/// settings queries are planned with, on an Ember [`Context`] that runs them.
+///
+/// ```no_run
+/// # fn main() -> ember_sql::Result<()> {
+/// let ctx = ember_core::Context::local(2)?;
+/// let session = ember_sql::Session::new(&ctx);
+/// session.register_parquet("lineitem", "data/tpch/lineitem")?;
+/// let df = session.sql("SELECT l_returnflag, count(*) FROM lineitem GROUP BY l_returnflag")?;
+/// df.show()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Context,
+    df: SessionContext,
+}
+
+impl Session {
+    /// A session on `ctx`. Queries are planned for as many partitions as the context's default
+    /// parallelism (its cores).
+    pub fn new(ctx: &Context) -> Session {
+        let parallelism = ctx.default_parallelism().max(1);
+        let config = SessionConfig::new()
+            .with_target_partitions(parallelism)
+            .with_batch_size(8192)
+            .with_information_schema(true);
+        Session { inner: Arc::new(Inner { ctx: ctx.clone(), df: SessionContext::new_with_config(config) }) }
+    }
+
+    /// The Ember context queries run on.
+    pub fn context(&self) -> &Context {
+        &self.inner.ctx
+    }
+
+    /// The DataFusion session behind this one: its catalog, configuration and functions.
+    pub fn datafusion(&self) -> &SessionContext {
+        &self.inner.df
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output> {
+        sql_runtime()?.block_on(f)
+    }
+
+    /// Plans one SQL statement. Queries come back as a lazy [`DataFrame`]; DDL (`CREATE
+    /// EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `SET`) takes effect at once, and `CREATE
+    /// TABLE .. AS SELECT` runs its query on Ember and keeps the result in memory.
+    pub fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let state = self.inner.df.state();
+        let plan = self.block_on(state.create_logical_plan(sql))??;
+        if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = &plan {
+            return self.create_table_as(create);
+        }
+        let df = self.block_on(self.inner.df.execute_logical_plan(plan))??;
+        Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// `CREATE TABLE name AS SELECT ..`: runs the query on Ember and registers its result.
+    fn create_table_as(&self, create: &datafusion::logical_expr::CreateMemoryTable) -> Result<DataFrame> {
+        let name = create.name.clone();
+        let exists = self.inner.df.table_exist(name.clone())?;
+        if exists && !create.or_replace {
+            if create.if_not_exists {
+                return self.empty();
+            }
+            return Err(Error::Plan(format!("table '{name}' already exists")));
+        }
+        let query = DataFrame {
+            session: self.clone(),
+            df: DfDataFrame::new(self.inner.df.state(), create.input.as_ref().clone()),
+        };
+        let schema = query.arrow_schema();
+        let batches = query.collect()?;
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        if exists {
+            self.inner.df.deregister_table(name.clone())?;
+        }
+        self.inner.df.register_table(name, Arc::new(table))?;
+        self.empty()
+    }
+
+    fn empty(&self) -> Result<DataFrame> {
+        Ok(DataFrame { session: self.clone(), df: self.inner.df.read_empty()? })
+    }
+
+    /// A DataFrame over the named table.
+    pub fn table(&self, name: &str) -> Result<DataFrame> {
+        let df = self.block_on(self.inner.df.table(name))??;
+        Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// Reads Parquet: a file, a directory (Hive-style `key=value` directories become
+    /// columns), or a glob.
+    pub fn read_parquet(&self, path: &str) -> Result<DataFrame> {
+        let df = self.block_on(self.inner.df.read_parquet(path, ParquetReadOptions::default()))??;
+        Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// Reads CSV with a header line, inferring the schema.
+    pub fn read_csv(&self, path: &str) -> Result<DataFrame> {
+        let df = self.block_on(self.inner.df.read_csv(path, CsvReadOptions::new()))??;
+        Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// Reads newline-delimited JSON, inferring the schema.
+    pub fn read_json(&self, path: &str) -> Result<DataFrame> {
+        let df = self.block_on(self.inner.df.read_json(path, JsonReadOptions::default()))??;
+        Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// Registers Parquet data as a table.
+    pub fn register_parquet(&self, name: &str, path: &str) -> Result<()> {
+        self.block_on(self.inner.df.register_parquet(name, path, ParquetReadOptions::default()))??;
+        Ok(())
+    }
+
+    /// Registers CSV data (with a header line) as a table.
+    pub fn register_csv(&self, name: &str, path: &str) -> Result<()> {
+        self.block_on(self.inner.df.register_csv(name, path, CsvReadOptions::new()))??;
+        Ok(())
+    }
+
+    /// Registers newline-delimited JSON as a table.
+    pub fn register_json(&self, name: &str, path: &str) -> Result<()> {
+        self.block_on(self.inner.df.register_json(name, path, JsonReadOptions::default()))??;
+        Ok(())
+    }
+
+    /// Registers a DataFrame's plan as a view.
+    pub fn register_view(&self, name: &str, df: &DataFrame) -> Result<()> {
+        self.inner.df.register_table(name, df.df.clone().into_view())?;
+        Ok(())
+    }
+
+    /// The partition count queries are planned for.
+    fn target_partitions(&self) -> usize {
+        self.inner.df.state().config().target_partitions()
+    }
+
+    /// Runs a physical plan as stages on Ember and returns its batches: scalar subqueries
+    /// first, then the plan with their values.
+    fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        let plan = inline_scalar_subqueries(plan, &|p| self.run(p))?;
+        let plan = DistributedJoinRule::apply(plan, self.target_partitions())?;
+        let stages = cut_stages(plan)?;
+        let root = build_rdds(&self.inner.ctx, &stages)?;
+        Ok(root.collect()?.into_iter().map(|(_, b)| b.0).collect())
+    }
+}
+
+/// The RDDs of a cut plan: one stage RDD per stage, joined by shuffle dependencies; returns the
+/// result stage's.
+fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<Rdd<(u32, Batch)>> {
+    let mut deps: Vec<Option<Arc<ExchangeDep>>> = vec![None; stages.len()];
+    let mut root = None;
+    for st in stages {
+        let inputs = st
+            .inputs
+            .iter()
+            .map(|i| deps.get(*i).cloned().flatten())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal(format!("stage {} reads a stage not planned before it", st.id)))?;
+        let rdd = Rdd::from_node(
+            ctx,
+            StageRdd {
+                stage: st.id,
+                plan: PlanShip::new(st.plan.clone()),
+                output: st.output,
+                partitions: st.partitions,
+                inputs,
+            },
+        );
+        match st.output {
+            StageOutput::Exchange(_) => {
+                deps[st.id] =
+                    Some(Arc::new(ShuffleDependency::plain(&rdd, IndexPartitioner::new(st.output_partitions))));
+            }
+            StageOutput::Result => root = Some(rdd),
+        }
+    }
+    root.ok_or_else(|| Error::Internal("a cut plan without a result stage".into()))
+}
+
+/// A lazy query: a DataFusion logical plan bound to a [`Session`]. Transformations return new
+/// DataFrames; actions (`collect`, `count`, `show`) plan it, cut it into stages and run them on
+/// Ember.
+#[derive(Clone)]
+pub struct DataFrame {
+    session: Session,
+    df: DfDataFrame,
+}
+
+impl DataFrame {
+    /// Wraps a DataFusion DataFrame built on this session's DataFusion context.
+    pub fn from_datafusion(session: &Session, df: DfDataFrame) -> DataFrame {
+        DataFrame { session: session.clone(), df }
+    }
+
+    /// The DataFusion DataFrame behind this one.
+    pub fn datafusion(&self) -> &DfDataFrame {
+        &self.df
+    }
+
+    fn with(&self, df: datafusion::error::Result<DfDataFrame>) -> Result<DataFrame> {
+        Ok(DataFrame { session: self.session.clone(), df: df? })
+    }
+
+    /// The output schema.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        Arc::new(self.df.schema().as_arrow().clone())
+    }
+
+    /// Projects expressions.
+    pub fn select(&self, exprs: Vec<Expr>) -> Result<DataFrame> {
+        self.with(self.df.clone().select(exprs))
+    }
+
+    /// Projects columns by name.
+    pub fn select_columns(&self, columns: &[&str]) -> Result<DataFrame> {
+        self.with(self.df.clone().select_columns(columns))
+    }
+
+    /// Keeps rows where `predicate` is true.
+    pub fn filter(&self, predicate: Expr) -> Result<DataFrame> {
+        self.with(self.df.clone().filter(predicate))
+    }
+
+    /// Groups by `group` and computes `aggregates`.
+    pub fn aggregate(&self, group: Vec<Expr>, aggregates: Vec<Expr>) -> Result<DataFrame> {
+        self.with(self.df.clone().aggregate(group, aggregates))
+    }
+
+    /// Joins with `right` on equal columns.
+    pub fn join(
+        &self,
+        right: &DataFrame,
+        join_type: JoinType,
+        left_cols: &[&str],
+        right_cols: &[&str],
+    ) -> Result<DataFrame> {
+        self.with(self.df.clone().join(right.df.clone(), join_type, left_cols, right_cols, None))
+    }
+
+    /// Joins with `right` on arbitrary conditions.
+    pub fn join_on(&self, right: &DataFrame, join_type: JoinType, on: Vec<Expr>) -> Result<DataFrame> {
+        self.with(self.df.clone().join_on(right.df.clone(), join_type, on))
+    }
+
+    /// Sorts by `exprs`.
+    pub fn sort(&self, exprs: Vec<SortExpr>) -> Result<DataFrame> {
+        self.with(self.df.clone().sort(exprs))
+    }
+
+    /// Skips `skip` rows and keeps at most `fetch`.
+    pub fn limit(&self, skip: usize, fetch: Option<usize>) -> Result<DataFrame> {
+        self.with(self.df.clone().limit(skip, fetch))
+    }
+
+    /// Adds (or replaces) a column.
+    pub fn with_column(&self, name: &str, expr: Expr) -> Result<DataFrame> {
+        self.with(self.df.clone().with_column(name, expr))
+    }
+
+    /// Appends `other`'s rows (`UNION ALL`).
+    pub fn union(&self, other: &DataFrame) -> Result<DataFrame> {
+        self.with(self.df.clone().union(other.df.clone()))
+    }
+
+    /// Removes duplicate rows.
+    pub fn distinct(&self) -> Result<DataFrame> {
+        self.with(self.df.clone().distinct())
+    }
+
+    /// Adds window expressions as columns.
+    pub fn window(&self, exprs: Vec<Expr>) -> Result<DataFrame> {
+        self.with(self.df.clone().window(exprs))
+    }
+
+    /// The optimized physical plan DataFusion made.
+    pub fn physical_plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
+        self.session.block_on(self.df.clone().create_physical_plan())?.map_err(Error::from)
+    }
+
+    /// The stages this query runs as, with their exchanges. (Scalar subqueries, which run
+    /// first, are not shown.)
+    pub fn stages(&self) -> Result<Vec<StagePlan>> {
+        cut_stages(DistributedJoinRule::apply(self.physical_plan()?, self.session.target_partitions())?)
+    }
+
+    /// `EXPLAIN`: the stages and their plans, as text.
+    pub fn explain_stages(&self) -> Result<String> {
+        Ok(display_stages(&self.stages()?))
+    }
+
+    /// Runs the query and returns its batches.
+    pub fn collect(&self) -> Result<Vec<RecordBatch>> {
+        let plan = self.physical_plan()?;
+        self.session.run(plan)
+    }
+
+    /// Runs the query and counts its rows.
+    pub fn count(&self) -> Result<usize> {
+        let counted =
+            self.with(self.df.clone().aggregate(vec![], vec![datafusion::functions_aggregate::count::count_all()]))?;
+        let batches = counted.collect()?;
+        let n = batches
+            .first()
+            .and_then(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>())
+            .map(|a| a.value(0))
+            .ok_or_else(|| Error::Internal("count(*) returned no value".into()))?;
+        Ok(n as usize)
+    }
+
+    /// The query's result as a text table.
+    pub fn to_table_string(&self) -> Result<String> {
+        let batches = self.collect()?;
+        Ok(pretty_format_batches(&batches).map_err(datafusion::error::DataFusionError::from)?.to_string())
+    }
+
+    /// Prints the query's result as a table on standard output.
+    pub fn show(&self) -> Result<()> {
+        println!("{}", self.to_table_string()?);
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! Ember SQL's integration tests. Executors of `local-cluster` masters are this very binary
+//! started again in executor mode, so `main` calls the executor entry first and then runs the
+//! tests itself.
+
+mod harness;
+mod support;
+mod tpch;
+
+/// The named test functions, as `(name, fn)` pairs.
+macro_rules! tests {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        &[$((concat!(stringify!($module), "::", stringify!($test)), $module::$test as fn())),*]
+    };
+}
+
+fn main() {
+    ember_cluster::entry();
+    harness::run(tests![
+        tpch::answers_match_datafusion_on_local,
+        tpch::answers_match_datafusion_on_local_cluster,
+        tpch::queries_are_cut_at_exchanges,
+    ]);
+}

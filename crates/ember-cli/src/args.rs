@@ -14,6 +14,9 @@ pub enum CliError {
     /// The cluster runtime failed.
     #[error(transparent)]
     Cluster(#[from] ember_cluster::ClusterError),
+    /// A SQL statement or the TPC-H kit failed.
+    #[error(transparent)]
+    Sql(ember_sql::Error),
     /// A program could not be started.
     #[error("{what}: {source}")]
     Io {

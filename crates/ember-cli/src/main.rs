@@ -6,12 +6,17 @@
 //! ember worker --master ember://H:P [--host H] [--cores C] [--memory M] [--work-dir D]
 //! ember submit --master ember://H:P [--name N] PROGRAM [ARGS...]
 //! ember status --master ember://H:P
+//! ember sql [--master M] [-e SQL | -f FILE] [--format table|csv|json]
+//! ember tpch generate --scale S --out DIR [--files N]
+//! ember tpch run --data DIR [--master M] [--queries 1,3-5] [--iterations N]
 //! ```
 //!
 //! Every subcommand also takes `--conf key=value` (repeatable) and `--properties-file F`, as
 //! `spark-submit` does: the file's settings first, then each `--conf` over them.
 
 mod args;
+mod sql;
+mod tpch;
 
 use std::process::ExitCode;
 
@@ -22,11 +27,17 @@ const USAGE: &str = "usage:
   ember worker --master ember://H:P [--host H] [--cores C] [--memory M] [--work-dir D]
   ember submit --master ember://H:P [--name N] PROGRAM [ARGS...]
   ember status --master ember://H:P
+  ember sql [--master M] [-e SQL | -f FILE] [--format table|csv|json]
+  ember tpch generate --scale S --out DIR [--files N]
+  ember tpch run --data DIR [--master M] [--queries 1,3-5] [--iterations N]
 every subcommand also takes --conf key=value (repeatable) and --properties-file F";
 
 fn main() -> ExitCode {
-    init_logging();
+    // `ember sql --master local-cluster[..]` starts executors from this very binary.
+    ember_cluster::entry();
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // The cluster daemons log what they do; a SQL shell keeps standard error for errors.
+    init_logging(if matches!(argv.first().map(String::as_str), Some("sql" | "tpch")) { "warn" } else { "info" });
     match run(&argv) {
         Ok(code) => code,
         Err(CliError::Usage(m)) => {
@@ -40,9 +51,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
@@ -55,6 +66,16 @@ fn run(argv: &[String]) -> Result<ExitCode> {
         "worker" => worker(Args::parse(rest, &["--master", "--host", "--cores", "--memory", "--work-dir"], false)?),
         "submit" => submit(Args::parse(rest, &["--master", "--name"], true)?),
         "status" => status(Args::parse(rest, &["--master"], false)?),
+        "sql" => sql::run(Args::parse(rest, &["--master", "-e", "-f", "--format"], false)?),
+        "tpch" => match rest.split_first() {
+            Some((sub, rest)) if sub == "generate" => {
+                tpch::generate(Args::parse(rest, &["--scale", "--out", "--files"], false)?)
+            }
+            Some((sub, rest)) if sub == "run" => {
+                tpch::run(Args::parse(rest, &["--data", "--master", "--queries", "--iterations"], false)?)
+            }
+            _ => Err(CliError::Usage("tpch needs `generate` or `run`".into())),
+        },
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -8,6 +8,8 @@ pub struct Statement {
     pub text: String,
     /// The 1-based line of the script it starts on.
     pub line: usize,
+    /// The 1-based column (in bytes) of that line it starts at.
+    pub column: usize,
 }
 
 /// Where a scan of SQL text stands.
@@ -124,8 +126,10 @@ pub fn split_statements(text: &str) -> Vec<Statement> {
         let piece = &text[start..end];
         if !is_blank(piece) {
             let lead = piece.len() - piece.trim_start().len();
-            let line = 1 + text[..start + lead].bytes().filter(|&b| b == b'\n').count();
-            out.push(Statement { text: piece.trim().to_string(), line });
+            let before = &text[..start + lead];
+            let line = 1 + before.bytes().filter(|&b| b == b'\n').count();
+            let column = 1 + before.len() - before.rfind('\n').map_or(0, |i| i + 1);
+            out.push(Statement { text: piece.trim().to_string(), line, column });
         }
         start = end + 1;
     }
@@ -167,7 +171,8 @@ mod tests {
     fn statements_know_their_line() {
         let s = split_statements("select 1;\n\n  select\n 2;");
         assert_eq!(s[0].line, 1);
-        assert_eq!(s[1].line, 3);
+        assert_eq!((s[1].line, s[1].column), (3, 3));
+        assert_eq!(s[0].column, 1);
     }
 
     #[test]

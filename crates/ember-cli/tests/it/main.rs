@@ -7,4 +7,5 @@
 #[path = "../../../ember-cluster/tests/it/certs.rs"]
 mod certs;
 mod netns;
+mod sql;
 mod standalone;

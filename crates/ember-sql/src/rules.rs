@@ -221,3 +221,76 @@ impl PhysicalProtoConverterExtension for SubqueryInliner {
         datafusion_proto::physical_plan::to_proto::serialize_physical_expr_with_converter(expr, codec, self)
     }
 }
+
+/// The column numbering copies of a row in [`SetOperationRule`]'s rewrite.
+const COPY_COLUMN: &str = "__ember_copy";
+
+/// Corrects `INTERSECT ALL` and `EXCEPT ALL`, which DataFusion plans as a plain semi or anti
+/// join on all columns (apache/datafusion#12955, #12956): that keeps every copy of a left row
+/// that has any match (`INTERSECT ALL` must keep `min(l, r)` copies) and drops every copy that
+/// has one (`EXCEPT ALL` must keep `max(l - r, 0)`).
+///
+/// The rewrite numbers the copies of each distinct row on both sides (`row_number()` over a
+/// partition by every column) and joins on the columns and that number: the k-th copy on the
+/// left is kept by `INTERSECT ALL` when the right has a k-th copy, and by `EXCEPT ALL` when it
+/// has not. The joins DataFusion builds for these operators are recognized right after SQL
+/// planning, before the optimizer: a left semi or anti join with `NULL` equal to `NULL` on
+/// every column, without a filter, whose left side is not made distinct (the distinct forms
+/// are correct).
+pub struct SetOperationRule;
+
+impl SetOperationRule {
+    /// Applies the rule to an unoptimized logical plan.
+    pub fn apply(plan: datafusion::logical_expr::LogicalPlan) -> Result<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::NullEquality;
+        use datafusion::logical_expr::{ExprFunctionExt, LogicalPlan, LogicalPlanBuilder};
+        use datafusion::prelude::Expr;
+
+        let rewritten = plan.transform_up(|node| {
+            let LogicalPlan::Join(j) = &node else { return Ok(Transformed::no(node)) };
+            let width = j.left.schema().fields().len();
+            let is_all_set_op = matches!(j.join_type, JoinType::LeftSemi | JoinType::LeftAnti)
+                && j.null_equality == NullEquality::NullEqualsNull
+                && j.filter.is_none()
+                && j.on.len() == width
+                && j.right.schema().fields().len() == width
+                && !matches!(j.left.as_ref(), LogicalPlan::Distinct(_))
+                && j.left.schema().fields().iter().all(|f| f.name() != COPY_COLUMN);
+            if !is_all_set_op {
+                return Ok(Transformed::no(node));
+            }
+            let number = |side: &LogicalPlan, alias: &str| -> DfResult<LogicalPlan> {
+                let cols: Vec<Expr> = side.schema().columns().into_iter().map(Expr::Column).collect();
+                let copy =
+                    datafusion::functions_window::expr_fn::row_number().partition_by(cols).build()?.alias(COPY_COLUMN);
+                LogicalPlanBuilder::from(side.clone()).window(vec![copy])?.alias(alias)?.build()
+            };
+            let left = number(&j.left, "__ember_left")?;
+            let right = number(&j.right, "__ember_right")?;
+            let names =
+                |p: &LogicalPlan| -> Vec<String> { p.schema().fields().iter().map(|f| f.name().clone()).collect() };
+            let (lnames, rnames) = (names(&left), names(&right));
+            let lkeys: Vec<datafusion::common::Column> =
+                lnames.iter().map(|n| datafusion::common::Column::new(Some("__ember_left"), n)).collect();
+            let rkeys: Vec<datafusion::common::Column> =
+                rnames.iter().map(|n| datafusion::common::Column::new(Some("__ember_right"), n)).collect();
+            // The join's output keeps the original left columns under their own qualifiers, so
+            // the plan above still resolves them.
+            let restore: Vec<Expr> = j
+                .left
+                .schema()
+                .iter()
+                .map(|(q, f)| {
+                    Expr::Column(datafusion::common::Column::new(Some("__ember_left"), f.name()))
+                        .alias_qualified(q.cloned(), f.name())
+                })
+                .collect();
+            let fixed = LogicalPlanBuilder::from(left)
+                .join_detailed(right, j.join_type, (lkeys, rkeys), None, NullEquality::NullEqualsNull)?
+                .project(restore)?
+                .build()?;
+            Ok(Transformed::yes(fixed))
+        });
+        Ok(rewritten.map_err(Error::from)?.data)
+    }
+}

@@ -18,7 +18,7 @@ use crate::batch::Batch;
 use crate::codec::PlanShip;
 use crate::error::{Error, Result};
 use crate::planner::{cut_stages, display_stages, StagePlan};
-use crate::rules::{inline_scalar_subqueries, DistributedJoinRule};
+use crate::rules::{inline_scalar_subqueries, DistributedJoinRule, SetOperationRule};
 use crate::runtime::sql_runtime;
 use crate::stage::{ExchangeDep, StageOutput, StageRdd};
 
@@ -304,9 +304,12 @@ impl DataFrame {
         self.with(self.df.clone().window(exprs))
     }
 
-    /// The optimized physical plan DataFusion made.
+    /// The optimized physical plan DataFusion made (with Ember's corrections to the logical
+    /// plan applied first: [`SetOperationRule`]).
     pub fn physical_plan(&self) -> Result<Arc<dyn ExecutionPlan>> {
-        self.session.block_on(self.df.clone().create_physical_plan())?.map_err(Error::from)
+        let logical = SetOperationRule::apply(self.df.logical_plan().clone())?;
+        let state = self.session.inner.df.state();
+        self.session.block_on(state.create_physical_plan(&logical))?.map_err(Error::from)
     }
 
     /// The stages this query runs as, with their exchanges. (Scalar subqueries, which run

@@ -3,6 +3,7 @@
 //! tests itself.
 
 mod harness;
+mod slt;
 mod support;
 mod tpch;
 
@@ -19,5 +20,7 @@ fn main() {
         tpch::answers_match_datafusion_on_local,
         tpch::answers_match_datafusion_on_local_cluster,
         tpch::queries_are_cut_at_exchanges,
+        slt::slt_files_pass_on_local,
+        slt::slt_files_pass_on_local_cluster,
     ]);
 }

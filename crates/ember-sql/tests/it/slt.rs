@@ -53,7 +53,11 @@ fn cell(array: &dyn Array, formatter: &ArrayFormatter, row: usize) -> String {
             Ok(v) if v.is_finite() => {
                 let s = format!("{v:.12}");
                 let s = s.trim_end_matches('0').trim_end_matches('.');
-                if s == "-0" { "0".into() } else { s.to_string() }
+                if s == "-0" {
+                    "0".into()
+                } else {
+                    s.to_string()
+                }
             }
             _ => text,
         },

@@ -3,6 +3,7 @@
 //! tests itself.
 
 mod harness;
+mod recovery;
 mod slt;
 mod support;
 mod tpch;
@@ -22,5 +23,6 @@ fn main() {
         tpch::queries_are_cut_at_exchanges,
         slt::slt_files_pass_on_local,
         slt::slt_files_pass_on_local_cluster,
+        recovery::a_query_survives_a_killed_executor,
     ]);
 }

@@ -17,12 +17,30 @@ use datafusion_proto::bytes::{
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::cache::CachedScanExec;
 use crate::exec::{ExchangeKind, ShuffleReaderExec};
 use crate::runtime::sql_runtime;
 
 /// The extension codec for Ember's physical operators.
 #[derive(Debug, Default)]
 pub struct EmberCodec;
+
+/// A cached scan as it travels.
+#[derive(Serialize, Deserialize)]
+struct CachedScanWire {
+    input: usize,
+    partitions: Vec<usize>,
+    skipped: usize,
+    projection: Option<Vec<usize>>,
+    schema: Vec<u8>,
+}
+
+/// Ember's operators as they travel.
+#[derive(Serialize, Deserialize)]
+enum NodeWire {
+    Reader(ReaderWire),
+    CachedScan(CachedScanWire),
+}
 
 /// A shuffle reader as it travels.
 #[derive(Serialize, Deserialize)]
@@ -63,8 +81,16 @@ impl PhysicalExtensionCodec for EmberCodec {
         if !inputs.is_empty() {
             return Err(DataFusionError::Internal("a shuffle reader has no inputs".into()));
         }
-        let wire: ReaderWire = postcard::from_bytes(buf)
+        let wire: NodeWire = postcard::from_bytes(buf)
             .map_err(|e| DataFusionError::Internal(format!("malformed Ember plan node: {e}")))?;
+        let wire = match wire {
+            NodeWire::Reader(r) => r,
+            NodeWire::CachedScan(c) => {
+                let schema = schema_from_bytes(&c.schema)?;
+                // The cached RDD travels with the stage, as its cached input `c.input`.
+                return Ok(Arc::new(CachedScanExec::new(None, c.input, c.partitions, c.skipped, c.projection, schema)));
+            }
+        };
         let schema = schema_from_bytes(&wire.schema)?;
         // Executors run the plan as cut; the exchange's keys only matter to the planner.
         Ok(Arc::new(ShuffleReaderExec::new(
@@ -82,19 +108,32 @@ impl PhysicalExtensionCodec for EmberCodec {
         buf: &mut Vec<u8>,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<()> {
+        if let Some(scan) = node.downcast_ref::<CachedScanExec>() {
+            let wire = NodeWire::CachedScan(CachedScanWire {
+                input: scan.input,
+                partitions: scan.partitions.clone(),
+                skipped: scan.skipped,
+                projection: scan.projection.clone(),
+                schema: schema_to_bytes(&scan.schema())?,
+            });
+            let bytes = postcard::to_allocvec(&wire)
+                .map_err(|e| DataFusionError::Internal(format!("cannot encode a cached scan: {e}")))?;
+            buf.extend_from_slice(&bytes);
+            return Ok(());
+        }
         let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() else {
             return Err(DataFusionError::NotImplemented(format!(
                 "Ember cannot ship the operator {} to executors",
                 node.name()
             )));
         };
-        let wire = ReaderWire {
+        let wire = NodeWire::Reader(ReaderWire {
             input: reader.input,
             from_stage: reader.from_stage,
             kind: reader.kind,
             partitions: reader.properties().partitioning.partition_count(),
             schema: schema_to_bytes(&reader.schema())?,
-        };
+        });
         let bytes = postcard::to_allocvec(&wire)
             .map_err(|e| DataFusionError::Internal(format!("cannot encode a reader: {e}")))?;
         buf.extend_from_slice(&bytes);

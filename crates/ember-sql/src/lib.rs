@@ -2,6 +2,8 @@
 
 /// Arrow record batches as Ember records (`Batch`), serialized as Arrow IPC.
 pub mod batch;
+/// The columnar cache: cached tables with per-partition statistics.
+pub mod cache;
 /// How stage plans travel: `datafusion-proto` with Ember's extension codec.
 pub mod codec;
 /// The crate's error type.

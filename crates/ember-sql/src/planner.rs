@@ -29,6 +29,10 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::ExecutionPlan;
 
+use ember_core::Rdd;
+
+use crate::batch::Batch;
+use crate::cache::CachedScanExec;
 use crate::error::{Error, Result};
 use crate::exec::{ExchangeKind, ShuffleReaderExec};
 use crate::stage::StageOutput;
@@ -48,6 +52,8 @@ pub struct StagePlan {
     pub output_partitions: usize,
     /// The stages it reads, by input index.
     pub inputs: Vec<usize>,
+    /// The cached tables it scans, by cached input index.
+    pub(crate) cached: Vec<Rdd<Batch>>,
 }
 
 impl StagePlan {
@@ -60,10 +66,17 @@ impl StagePlan {
     }
 }
 
+/// What one stage reads: the stages below it and the cached tables it scans.
+#[derive(Default)]
+struct Inputs {
+    shuffles: Vec<usize>,
+    cached: Vec<Rdd<Batch>>,
+}
+
 /// Cuts `plan` into stages, children first; the last stage is the result stage.
 pub fn cut_stages(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<StagePlan>> {
     let mut stages = Vec::new();
-    let mut inputs = Vec::new();
+    let mut inputs = Inputs::default();
     let root = cut(plan, &mut stages, &mut inputs)?;
     let partitions = root.properties().partitioning.partition_count();
     stages.push(StagePlan {
@@ -72,7 +85,8 @@ pub fn cut_stages(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<StagePlan>> {
         output: StageOutput::Result,
         partitions,
         output_partitions: 1,
-        inputs,
+        inputs: inputs.shuffles,
+        cached: inputs.cached,
     });
     Ok(stages)
 }
@@ -84,9 +98,9 @@ fn add_stage(
     partitions: usize,
     kind: ExchangeKind,
     out: usize,
-    stage_inputs: Vec<usize>,
+    stage_inputs: Inputs,
     stages: &mut Vec<StagePlan>,
-    inputs: &mut Vec<usize>,
+    inputs: &mut Inputs,
 ) -> (usize, usize) {
     let id = stages.len();
     stages.push(StagePlan {
@@ -95,24 +109,32 @@ fn add_stage(
         output: StageOutput::Exchange(kind),
         partitions,
         output_partitions: out,
-        inputs: stage_inputs,
+        inputs: stage_inputs.shuffles,
+        cached: stage_inputs.cached,
     });
-    inputs.push(id);
-    (inputs.len() - 1, id)
+    inputs.shuffles.push(id);
+    (inputs.shuffles.len() - 1, id)
 }
 
 fn cut(
     plan: Arc<dyn ExecutionPlan>,
     stages: &mut Vec<StagePlan>,
-    inputs: &mut Vec<usize>,
+    inputs: &mut Inputs,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(scan) = plan.downcast_ref::<CachedScanExec>() {
+        let Some(rdd) = &scan.rdd else {
+            return Err(Error::Internal("a cached scan without its table reached the planner".into()));
+        };
+        inputs.cached.push(rdd.clone());
+        return Ok(Arc::new(scan.with_input(inputs.cached.len() - 1)));
+    }
     if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
         let kind = match rep.partitioning() {
             Partitioning::Hash(..) => ExchangeKind::Hash,
             Partitioning::RoundRobinBatch(_) => ExchangeKind::RoundRobin,
             other => return Err(Error::Plan(format!("Ember cannot run a repartition by {other:?} yet"))),
         };
-        let mut child_inputs = Vec::new();
+        let mut child_inputs = Inputs::default();
         let child = cut(rep.input().clone(), stages, &mut child_inputs)?;
         let partitions = child.properties().partitioning.partition_count();
         let stage_plan = with_children(plan.clone(), vec![child.clone()])?;
@@ -138,7 +160,7 @@ fn cut(
     // partition is known before cutting below it: nothing to gather, the stage goes on.
     let gathers = |input: &Arc<dyn ExecutionPlan>| input.properties().partitioning.partition_count() > 1;
     if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>().filter(|c| gathers(c.input())) {
-        let mut child_inputs = Vec::new();
+        let mut child_inputs = Inputs::default();
         let child = cut(coalesce.input().clone(), stages, &mut child_inputs)?;
         let partitions = child.properties().partitioning.partition_count();
         let (input, id) = add_stage(child.clone(), partitions, ExchangeKind::Single, 1, child_inputs, stages, inputs);
@@ -152,7 +174,7 @@ fn cut(
         return with_children(plan.clone(), vec![reader]);
     }
     if let Some(merge) = plan.downcast_ref::<SortPreservingMergeExec>().filter(|m| gathers(m.input())) {
-        let mut child_inputs = Vec::new();
+        let mut child_inputs = Inputs::default();
         let child = cut(merge.input().clone(), stages, &mut child_inputs)?;
         let partitions = child.properties().partitioning.partition_count();
         let (input, id) =

@@ -14,7 +14,12 @@ use datafusion::prelude::{CsvReadOptions, Expr, JsonReadOptions, ParquetReadOpti
 use ember_core::shuffle::ShuffleDependency;
 use ember_core::{Context, IndexPartitioner, Rdd};
 
+use datafusion::datasource::TableProvider;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use ember_core::StorageLevel;
+
 use crate::batch::Batch;
+use crate::cache::{partition_stats, CachedTable};
 use crate::codec::PlanShip;
 use crate::error::{Error, Result};
 use crate::planner::{cut_stages, display_stages, StagePlan};
@@ -42,6 +47,8 @@ pub struct Session {
 struct Inner {
     ctx: Context,
     df: SessionContext,
+    /// Tables cached with `CACHE TABLE`: the provider each replaced, put back by `UNCACHE`.
+    cached: std::sync::Mutex<std::collections::HashMap<String, (Option<Arc<dyn TableProvider>>, Arc<CachedTable>)>>,
 }
 
 impl Session {
@@ -53,7 +60,13 @@ impl Session {
             .with_target_partitions(parallelism)
             .with_batch_size(8192)
             .with_information_schema(true);
-        Session { inner: Arc::new(Inner { ctx: ctx.clone(), df: SessionContext::new_with_config(config) }) }
+        Session {
+            inner: Arc::new(Inner {
+                ctx: ctx.clone(),
+                df: SessionContext::new_with_config(config),
+                cached: Default::default(),
+            }),
+        }
     }
 
     /// The Ember context queries run on.
@@ -74,6 +87,9 @@ impl Session {
     /// EXTERNAL TABLE`, `CREATE VIEW`, `DROP TABLE`, `SET`) takes effect at once, and `CREATE
     /// TABLE .. AS SELECT` runs its query on Ember and keeps the result in memory.
     pub fn sql(&self, sql: &str) -> Result<DataFrame> {
+        if let Some(df) = self.cache_statement(sql)? {
+            return Ok(df);
+        }
         let state = self.inner.df.state();
         let plan = self.block_on(state.create_logical_plan(sql))??;
         if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = &plan {
@@ -81,6 +97,97 @@ impl Session {
         }
         let df = self.block_on(self.inner.df.execute_logical_plan(plan))??;
         Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// `CACHE [LAZY] TABLE name [[AS] query]` and `UNCACHE TABLE [IF EXISTS] name`, Spark's
+    /// statements, which DataFusion's parser does not know. Caching is eager either way.
+    fn cache_statement(&self, sql: &str) -> Result<Option<DataFrame>> {
+        let text = sql.trim().trim_end_matches(';').trim();
+        let words: Vec<&str> = text.split_whitespace().take(5).collect();
+        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+        let word = |i: usize| upper.get(i).map(String::as_str);
+        match (word(0), word(1)) {
+            (Some("CACHE"), Some("TABLE" | "LAZY")) => {
+                let at = if word(1) == Some("LAZY") { 2 } else { 1 };
+                if word(at) != Some("TABLE") {
+                    return Err(Error::Plan("expected CACHE [LAZY] TABLE name [AS query]".into()));
+                }
+                let name = words.get(at + 1).ok_or_else(|| Error::Plan("CACHE TABLE needs a table name".into()))?;
+                // The query, if any, is what follows the name (and an optional AS).
+                let rest = text[text.find(name).map_or(text.len(), |i| i + name.len())..].trim_start();
+                let query = match rest.get(..2) {
+                    Some(kw) if kw.eq_ignore_ascii_case("AS") && rest[2..].starts_with(char::is_whitespace) => {
+                        &rest[2..]
+                    }
+                    _ => rest,
+                };
+                self.cache_table(name, (!query.trim().is_empty()).then_some(query))?;
+                Ok(Some(self.empty()?))
+            }
+            (Some("UNCACHE"), Some("TABLE")) => {
+                let if_exists = word(2) == Some("IF") && word(3) == Some("EXISTS");
+                let name = words
+                    .get(if if_exists { 4 } else { 2 })
+                    .ok_or_else(|| Error::Plan("UNCACHE TABLE needs a table name".into()))?;
+                self.uncache_table(name, if_exists)?;
+                Ok(Some(self.empty()?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Caches table `name` (or the result of `query`, registered as `name`): its batches are
+    /// kept in Ember's block manager with per-partition statistics, and later queries read
+    /// them, skipping partitions their filters cannot match.
+    pub fn cache_table(&self, name: &str, query: Option<&str>) -> Result<()> {
+        let df = match query {
+            Some(q) => self.sql(q)?,
+            None => self.table(name)?,
+        };
+        let table = self.cache_dataframe(&df)?;
+        let previous = self.inner.df.deregister_table(name)?;
+        self.inner.df.register_table(name, table.clone())?;
+        let mut cached = self.inner.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((original, old)) = cached.remove(name) {
+            old.unpersist();
+            cached.insert(name.to_string(), (original, table));
+        } else {
+            cached.insert(name.to_string(), (if query.is_some() { None } else { previous }, table));
+        }
+        Ok(())
+    }
+
+    /// Drops table `name`'s cache and puts back what it cached (a table cached from a query
+    /// goes away).
+    pub fn uncache_table(&self, name: &str, if_exists: bool) -> Result<()> {
+        let entry = self.inner.cached.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let Some((original, table)) = entry else {
+            if if_exists {
+                return Ok(());
+            }
+            return Err(Error::Plan(format!("table '{name}' is not cached")));
+        };
+        table.unpersist();
+        self.inner.df.deregister_table(name)?;
+        if let Some(original) = original {
+            self.inner.df.register_table(name, original)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `df` on Ember and keeps its result cached.
+    fn cache_dataframe(&self, df: &DataFrame) -> Result<Arc<CachedTable>> {
+        let plan = df.physical_plan()?;
+        // The partitions are what statistics skip: a final gather into one would leave one.
+        let plan = match plan.downcast_ref::<CoalescePartitionsExec>() {
+            Some(c) if c.fetch().is_none() => c.input().clone(),
+            _ => plan,
+        };
+        let schema = plan.schema();
+        let root = self.rdd_of(plan)?;
+        let rdd = root.map(|(_, b): (u32, Batch)| b).persist(StorageLevel::MemoryAndDisk)?;
+        let stats = rdd.map_partitions(partition_stats).collect()?;
+        Ok(Arc::new(CachedTable::new(rdd, schema, stats)))
     }
 
     /// `CREATE TABLE name AS SELECT ..`: runs the query on Ember and registers its result.
@@ -168,11 +275,17 @@ impl Session {
     /// Runs a physical plan as stages on Ember and returns its batches: scalar subqueries
     /// first, then the plan with their values.
     fn run(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Vec<RecordBatch>> {
+        let root = self.rdd_of(plan)?;
+        Ok(root.collect()?.into_iter().map(|(_, b)| b.0).collect())
+    }
+
+    /// The RDD of a physical plan's result: scalar subqueries run (on Ember) and inlined,
+    /// joins made safe for isolated tasks, stages cut.
+    fn rdd_of(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Rdd<(u32, Batch)>> {
         let plan = inline_scalar_subqueries(plan, &|p| self.run(p))?;
         let plan = DistributedJoinRule::apply(plan, self.target_partitions())?;
         let stages = cut_stages(plan)?;
-        let root = build_rdds(&self.inner.ctx, &stages)?;
-        Ok(root.collect()?.into_iter().map(|(_, b)| b.0).collect())
+        build_rdds(&self.inner.ctx, &stages)
     }
 }
 
@@ -196,6 +309,7 @@ fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<Rdd<(u32, Batch)>> 
                 output: st.output,
                 partitions: st.partitions,
                 inputs,
+                cached: st.cached.clone(),
             },
         );
         match st.output {
@@ -321,6 +435,14 @@ impl DataFrame {
     /// `EXPLAIN`: the stages and their plans, as text.
     pub fn explain_stages(&self) -> Result<String> {
         Ok(display_stages(&self.stages()?))
+    }
+
+    /// Runs the query and keeps its result in Ember's block manager (memory, spilling to disk),
+    /// with per-partition statistics: the DataFrame returned reads the cache, skipping the
+    /// partitions a filter cannot match.
+    pub fn cache(&self) -> Result<DataFrame> {
+        let table = self.session.cache_dataframe(self)?;
+        self.with(self.session.inner.df.read_table(table))
     }
 
     /// Runs the query and returns its batches.

@@ -28,7 +28,7 @@ use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::ExecutionPlan;
 use ember_core::rdd::{Dependency, RddImpl};
 use ember_core::shuffle::{ShuffleDepBase, ShuffleDependency};
-use ember_core::{BoxIter, TaskContext};
+use ember_core::{BoxIter, Rdd, TaskContext};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
@@ -68,6 +68,9 @@ pub(crate) struct StageRdd {
     pub(crate) output: StageOutput,
     pub(crate) partitions: usize,
     pub(crate) inputs: Vec<Arc<ExchangeDep>>,
+    /// Cached tables its scans read, by input index (narrow dependencies: a task reads the
+    /// cached partitions its scan names).
+    pub(crate) cached: Vec<Rdd<Batch>>,
 }
 
 impl RddImpl<(u32, Batch)> for StageRdd {
@@ -78,7 +81,8 @@ impl RddImpl<(u32, Batch)> for StageRdd {
         self.partitions
     }
     fn dependencies(&self) -> Vec<Dependency> {
-        self.inputs.iter().map(|d| Dependency::Shuffle(d.clone() as Arc<dyn ShuffleDepBase>)).collect()
+        let shuffles = self.inputs.iter().map(|d| Dependency::Shuffle(d.clone() as Arc<dyn ShuffleDepBase>));
+        shuffles.chain(self.cached.iter().map(|r| Dependency::Narrow(r.as_base()))).collect()
     }
     fn compute<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, (u32, Batch)> {
         match StageTask::start(self, split, tc) {
@@ -95,6 +99,8 @@ impl RddImpl<(u32, Batch)> for StageRdd {
 enum Msg {
     /// The next batch of partition `partition` of input `input`, please.
     Read { input: usize, partition: usize, reply: oneshot::Sender<DfResult<Option<RecordBatch>>> },
+    /// The next batch of cached partition `partition` of cached input `input`, please.
+    ReadCached { input: usize, partition: usize, reply: oneshot::Sender<DfResult<Option<RecordBatch>>> },
     /// A batch for reduce partition (or, in the result stage, for the driver).
     Out(u32, RecordBatch),
     /// The stream ended, cleanly or not.
@@ -126,6 +132,20 @@ impl TaskBridge {
     }
 }
 
+impl TaskBridge {
+    /// The next batch of partition `partition` of the stage's cached input `input`; `None` at
+    /// its end.
+    pub(crate) async fn read_cached(&self, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::ReadCached { input, partition, reply })
+            .map_err(|_| DataFusionError::Execution("the Ember task reading this cached table has ended".into()))?;
+        answer
+            .await
+            .map_err(|_| DataFusionError::Execution("the Ember task reading this cached table has ended".into()))?
+    }
+}
+
 /// Aborts the stage's stream when the task lets go of it.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -142,6 +162,7 @@ struct StageTask<'a> {
     rx: Receiver<Msg>,
     room: Arc<Semaphore>,
     readers: HashMap<(usize, usize), BoxIter<'a, (u32, Batch)>>,
+    cached_readers: HashMap<(usize, usize), BoxIter<'a, Batch>>,
     _stream: AbortOnDrop,
     done: bool,
 }
@@ -170,7 +191,16 @@ impl<'a> StageTask<'a> {
             }
         };
         let handle = rt.tokio.spawn(run_stream(exec, split, ctx, route, tx, room.clone()));
-        Ok(StageTask { rdd, tc, rx, room, readers: HashMap::new(), _stream: AbortOnDrop(handle), done: false })
+        Ok(StageTask {
+            rdd,
+            tc,
+            rx,
+            room,
+            readers: HashMap::new(),
+            cached_readers: HashMap::new(),
+            _stream: AbortOnDrop(handle),
+            done: false,
+        })
     }
 
     /// Serves a read of an input: the next batch of the shuffle reader for (input, partition).
@@ -196,6 +226,34 @@ impl<'a> StageTask<'a> {
     }
 }
 
+impl StageTask<'_> {
+    /// Serves a read of a cached input.
+    fn serve_cached(&mut self, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
+        let Some(rdd) = self.rdd.cached.get(input) else {
+            return Err(DataFusionError::Internal(format!(
+                "stage {} has {} cached inputs; input {input} was asked for",
+                self.rdd.stage,
+                self.rdd.cached.len()
+            )));
+        };
+        if partition >= rdd.num_partitions() {
+            return Err(DataFusionError::Internal(format!(
+                "cached partition {partition} of {} asked for",
+                rdd.num_partitions()
+            )));
+        }
+        let tc = self.tc;
+        let reader = self.cached_readers.entry((input, partition)).or_insert_with(|| rdd.read_partition(partition, tc));
+        match reader.next() {
+            Some(batch) => Ok(Some(batch.0)),
+            None if tc.should_stop() => Err(from_core(ember_core::Error::Cancelled(
+                "the task's cached input failed or the task was killed".into(),
+            ))),
+            None => Ok(None),
+        }
+    }
+}
+
 impl Iterator for StageTask<'_> {
     type Item = (u32, Batch);
 
@@ -209,6 +267,10 @@ impl Iterator for StageTask<'_> {
                 Ok(Msg::Read { input, partition, reply }) => {
                     let answer = self.serve(input, partition);
                     // The stream may have stopped waiting (aborted): nothing to answer then.
+                    let _ = reply.send(answer);
+                }
+                Ok(Msg::ReadCached { input, partition, reply }) => {
+                    let answer = self.serve_cached(input, partition);
                     let _ = reply.send(answer);
                 }
                 Ok(Msg::Done(result)) => {

@@ -446,6 +446,13 @@ impl<T: Data> Rdd<T> {
         Ok(())
     }
 
+    /// Partition `split` inside a task: read from the cache or checkpoint when present, computed
+    /// from the lineage otherwise. The seam through which a node from another crate reads a
+    /// parent it depends on narrowly (see [`Rdd::from_node`]).
+    pub fn read_partition<'a>(&'a self, split: usize, tc: &'a TaskContext) -> BoxIter<'a, T> {
+        self.iterator(split, tc)
+    }
+
     /// Computes partition `split`, reading the cache or checkpoint when present.
     ///
     /// The task context holds the node implementation the iterator borrows until the task ends,

@@ -2,6 +2,7 @@
 //! started again in executor mode, so `main` calls the executor entry first and then runs the
 //! tests itself.
 
+mod cache;
 mod harness;
 mod recovery;
 mod slt;
@@ -24,5 +25,7 @@ fn main() {
         slt::slt_files_pass_on_local,
         slt::slt_files_pass_on_local_cluster,
         recovery::a_query_survives_a_killed_executor,
+        cache::cached_partitions_are_skipped_by_statistics_on_local,
+        cache::cached_partitions_are_skipped_by_statistics_on_local_cluster,
     ]);
 }

@@ -43,6 +43,7 @@ OTHERS = [e for e in ENGINES if e != "ember"]
 PARTITIONS = 2  # every engine: two partitions / threads / task slots
 SAMPLE_INTERVAL = 0.05  # seconds between two samples of the process tree's memory
 COMPLETE_MARKER = ".tpch-complete.json"
+STARTUP_TIMEOUT = 300.0  # seconds an engine may take to start, at least (else --timeout if longer)
 
 # Targets (ratio = Ember time / other engine's time).
 TARGET_DATAFUSION = 1.3  # total and geometric mean within 1.3x of DataFusion
@@ -215,6 +216,8 @@ class SailEngine(Engine):
     def close(self) -> None:
         try:
             self.spark.stop()
+        except BaseException as e:  # noqa: BLE001 - the results are in; stop the server anyway
+            print(f"stopping the Spark Connect session: {type(e).__name__}: {e}", flush=True)
         finally:
             self.server.terminate()
             try:
@@ -324,7 +327,7 @@ class TreeSampler(threading.Thread):
         self.peak = 0
         self.peak_children = 0
         self.samples = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def sample(self) -> None:
         import psutil
@@ -353,11 +356,11 @@ class TreeSampler(threading.Thread):
     def run(self) -> None:
         while True:
             self.sample()
-            if self._stop.wait(SAMPLE_INTERVAL):
+            if self._halt.wait(SAMPLE_INTERVAL):
                 break
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -411,6 +414,7 @@ class EngineRun:
     versions: dict = field(default_factory=dict)
     processes: int = 0
     setup_seconds: list[float] = field(default_factory=list)
+    load_before: float = 0.0  # 1-minute load average when the engine started
 
 
 class EmberParser:
@@ -485,7 +489,7 @@ class Orchestrator:
         """Runs every query on one engine: one process, restarted after a timeout or a crash with
         the queries still to run."""
         iterations = self.a.iterations + 1  # iteration 0 is the warm-up
-        er = EngineRun(engine, scale)
+        er = EngineRun(engine, scale, load_before=os.getloadavg()[0])
         todo = list(self.a.queries)
         attempt = 0
         while todo:
@@ -495,10 +499,10 @@ class Orchestrator:
         return er
 
     def _run_process(self, engine, scale, data, todo, iterations, er: EngineRun, attempt: int) -> set[int]:
-        stem = self.logs / f"{engine}-sf{scale_name(scale)}-{attempt}"
+        stem = f"{engine}-sf{scale_name(scale)}-{attempt}"
         cmd = self.command(engine, data, todo, iterations)
-        log_path = stem.with_suffix(".log")
-        stem.with_suffix(".cmd").write_text(shlex.join(cmd) + "\n")
+        log_path = self.logs / f"{stem}.log"
+        (self.logs / f"{stem}.cmd").write_text(shlex.join(cmd) + "\n")
         logf = open(log_path, "w")
         lines: queue.Queue = queue.Queue()
         if engine == "ember":
@@ -540,7 +544,9 @@ class Orchestrator:
         timed_out = False
         timeout = self.a.timeout
         while True:
-            wait = None if timeout is None else max(0.0, clock + timeout - time.monotonic())
+            # starting up (JVM, server, registering the tables) may take longer than one query
+            limit = timeout if timeout is None or current is not None else max(timeout, STARTUP_TIMEOUT)
+            wait = None if limit is None else max(0.0, clock + limit - time.monotonic())
             try:
                 line = lines.get(timeout=wait)
             except queue.Empty:
@@ -600,7 +606,7 @@ class Orchestrator:
             log(f"  {engine} sf{scale_name(scale)} q{q}: {status.upper()}: {msg[:300]}")
         elif not ready or fatal:
             # the engine never got going: every query left fails with the reason
-            msg = fatal or (f"timed out after {timeout:g} s while starting" if timed_out
+            msg = fatal or (f"timed out after {max(timeout, STARTUP_TIMEOUT):g} s while starting" if timed_out
                             else f"engine process exited with code {code} before running a query: {log_tail(log_path)}")
             for q in todo:
                 if q not in finished:
@@ -849,22 +855,29 @@ def write_outputs(a: argparse.Namespace, runs: dict[tuple[str, float], EngineRun
             ratio = fmt_ratio(em_peak / er.peak_rss) if em_peak and er.peak_rss and e != "ember" else "–"
             md.append(f"| {e} | {human_bytes(er.peak_rss)} | {without} | {ratio} |")
         md.append("")
+        md.append("1-minute load average when each engine started (above about 0.5, something else was "
+                  "using the CPUs): " + ", ".join(f"{e} {runs[(e, scale)].load_before:.2f}" for e in engines) + ".\n")
 
-        if "ember" in engines:
+        checks = targets(scale, engines, oc, common, totals, geos, runs) if "ember" in engines else []
+        if checks:
             md.append("Targets:\n")
-            md.extend(targets(scale, engines, oc, common, totals, geos, runs))
+            md.extend(checks)
             md.append("")
 
     md.append("## Settings\n")
     md.append(f"- every engine: {PARTITIONS} partitions / threads, one engine at a time"
               + (f", pinned to CPUs {','.join(map(str, a.cpu_list))}" if a.cpu_list else ", not pinned (the machine has no more CPUs than that)"))
-    md.append(f"- ember: `ember tpch run --master local[{PARTITIONS}] --iterations {a.iterations + 1}` (the first run of each query is the warm-up)")
-    md.append(f"- datafusion: `SessionContext(SessionConfig().with_target_partitions({PARTITIONS}))`, `register_parquet` per table directory; `collect()`")
-    md.append(f"- sail: `sail spark server` in local mode with `SAIL_EXECUTION__DEFAULT_PARALLELISM={PARTITIONS}`"
-              + (f" and {' '.join(a.sail_env)}" if a.sail_env else "") + "; Spark Connect client; temp views over `spark.read.parquet`; `toArrow()`")
-    md.append(f"- duckdb: `SET threads={PARTITIONS}`, views over `read_parquet('DIR/table/*.parquet')`; `fetchall()`")
-    sc = spark_conf(a)
-    md.append(f"- spark: `local[{PARTITIONS}]`, " + ", ".join(f"`{k}={v}`" for k, v in sc.items()) + "; temp views over `spark.read.parquet`; `collect()`")
+    settings = {
+        "ember": f"`ember tpch run --master local[{PARTITIONS}] --iterations {a.iterations + 1}` (the first run of each query is the warm-up)",
+        "datafusion": f"`SessionContext(SessionConfig().with_target_partitions({PARTITIONS}))`, `register_parquet` per table directory; `collect()`",
+        "sail": f"`sail spark server` in local mode with `SAIL_EXECUTION__DEFAULT_PARALLELISM={PARTITIONS}`"
+                + (f" and `{' '.join(a.sail_env)}`" if a.sail_env else "")
+                + "; Spark Connect client; temp views over `spark.read.parquet`; `toArrow()`",
+        "duckdb": f"`SET threads={PARTITIONS}`, views over `read_parquet('DIR/table/*.parquet')`; `fetchall()`",
+        "spark": f"`local[{PARTITIONS}]`, " + ", ".join(f"`{k}={v}`" for k, v in spark_conf(a).items())
+                 + "; temp views over `spark.read.parquet`; `collect()`",
+    }
+    md.extend(f"- {e}: {settings[e]}" for e in engines)
     if a.timeout:
         md.append(f"- timeout per query run: {a.timeout:g} s")
     md.append("\n## Versions\n")

@@ -49,6 +49,8 @@ struct ReaderWire {
     from_stage: usize,
     kind: ExchangeKind,
     partitions: usize,
+    reduce_partitions: usize,
+    gather: bool,
     schema: Vec<u8>,
 }
 
@@ -93,13 +95,19 @@ impl PhysicalExtensionCodec for EmberCodec {
         };
         let schema = schema_from_bytes(&wire.schema)?;
         // Executors run the plan as cut; the exchange's keys only matter to the planner.
-        Ok(Arc::new(ShuffleReaderExec::new(
+        let mut reader = ShuffleReaderExec::new(
             wire.input,
             wire.from_stage,
             wire.kind,
             Partitioning::UnknownPartitioning(wire.partitions),
             EquivalenceProperties::new(schema),
-        )))
+        );
+        reader.reduce_partitions = wire.reduce_partitions;
+        reader.gather = wire.gather;
+        if wire.gather && wire.partitions != 1 {
+            return Err(DataFusionError::Internal("a gathering shuffle reader has one partition".into()));
+        }
+        Ok(Arc::new(reader))
     }
 
     fn try_encode(
@@ -132,6 +140,8 @@ impl PhysicalExtensionCodec for EmberCodec {
             from_stage: reader.from_stage,
             kind: reader.kind,
             partitions: reader.properties().partitioning.partition_count(),
+            reduce_partitions: reader.reduce_partitions,
+            gather: reader.gather,
             schema: schema_to_bytes(&reader.schema())?,
         });
         let bytes = postcard::to_allocvec(&wire)

@@ -14,7 +14,7 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSe
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 
-use crate::stage::TaskBridge;
+use crate::stage::{ExchangeDep, TaskBridge};
 
 /// How the stage below an exchange split its output, which decides what a reduce partition
 /// holds.
@@ -48,13 +48,18 @@ impl fmt::Display for ExchangeKind {
 /// Ember task running the stage serves its reads (the task's slot thread owns the shuffle
 /// readers, which borrow the task's context), and this node asks for the next batch through
 /// the [`TaskBridge`] in the task's DataFusion context. Executed outside an Ember task it fails.
-#[derive(Debug)]
 pub struct ShuffleReaderExec {
     /// Which input of the stage (an index into the stage's shuffle dependencies).
     pub(crate) input: usize,
     /// The id of the stage that writes this input, for EXPLAIN.
     pub(crate) from_stage: usize,
     pub(crate) kind: ExchangeKind,
+    /// Reduce partitions of the shuffle: partition `p` reads reduce partition `p`, or, when the
+    /// reader gathers (a broadcast side), its one partition reads all of them.
+    pub(crate) reduce_partitions: usize,
+    pub(crate) gather: bool,
+    /// On the driver, a shuffle already written (adaptive execution ran its stage first).
+    pub(crate) done: Option<Arc<ExchangeDep>>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -71,20 +76,84 @@ impl ShuffleReaderExec {
         eq: EquivalenceProperties,
     ) -> Self {
         let schema = eq.schema().clone();
+        let reduce_partitions = partitioning.partition_count();
         let properties = PlanProperties::new(eq, partitioning, EmissionType::Incremental, Boundedness::Bounded);
         ShuffleReaderExec {
             input,
             from_stage,
             kind,
+            reduce_partitions,
+            gather: false,
+            done: None,
             schema,
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
+
+    /// A reader of a shuffle already written, as partitioned as it was written.
+    pub(crate) fn written(
+        dep: Arc<ExchangeDep>,
+        from_stage: usize,
+        kind: ExchangeKind,
+        partitioning: Partitioning,
+        eq: EquivalenceProperties,
+    ) -> Self {
+        ShuffleReaderExec { done: Some(dep), ..ShuffleReaderExec::new(0, from_stage, kind, partitioning, eq) }
+    }
+
+    /// A reader of a shuffle already written that gathers all its partitions into one: the
+    /// build side of a broadcast join.
+    pub(crate) fn gathering(dep: Arc<ExchangeDep>, from_stage: usize, kind: ExchangeKind, schema: SchemaRef) -> Self {
+        let reduce_partitions = dep.num_partitions();
+        ShuffleReaderExec {
+            reduce_partitions,
+            gather: true,
+            done: Some(dep),
+            ..ShuffleReaderExec::new(
+                0,
+                from_stage,
+                kind,
+                Partitioning::UnknownPartitioning(1),
+                EquivalenceProperties::new(schema),
+            )
+        }
+    }
+
+    /// A copy reading input `input` of its stage.
+    pub(crate) fn with_input(&self, input: usize) -> Self {
+        ShuffleReaderExec {
+            input,
+            from_stage: self.from_stage,
+            kind: self.kind,
+            reduce_partitions: self.reduce_partitions,
+            gather: self.gather,
+            done: self.done.clone(),
+            schema: self.schema.clone(),
+            properties: self.properties.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ShuffleReaderExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShuffleReaderExec(input {}, stage {}, {})", self.input, self.from_stage, self.kind)
+    }
 }
 
 impl DisplayAs for ShuffleReaderExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        if let (Some(dep), false) = (&self.done, self.gather) {
+            return write!(f, "ShuffleReaderExec: shuffle={} (written), exchange={}", dep.shuffle_id.0, self.kind);
+        }
+        if self.gather {
+            return write!(
+                f,
+                "ShuffleReaderExec: stage={}, exchange={}, broadcast: all {} partitions in one",
+                self.from_stage, self.kind, self.reduce_partitions
+            );
+        }
         write!(
             f,
             "ShuffleReaderExec: stage={}, exchange={}, partitions={}",
@@ -124,14 +193,7 @@ impl ExecutionPlan for ShuffleReaderExec {
     }
 
     fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(ShuffleReaderExec {
-            input: self.input,
-            from_stage: self.from_stage,
-            kind: self.kind,
-            schema: self.schema.clone(),
-            properties: self.properties.clone(),
-            metrics: ExecutionPlanMetricsSet::new(),
-        }))
+        Ok(Arc::new(self.with_input(self.input)))
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
@@ -146,21 +208,26 @@ impl ExecutionPlan for ShuffleReaderExec {
         })?;
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let input = self.input;
-        let stream = futures::stream::unfold(Some((bridge, baseline)), move |state| async move {
-            let (bridge, baseline) = state?;
-            let timer = baseline.elapsed_compute().timer();
-            let next = bridge.read(input, partition).await;
-            timer.done();
-            match next {
-                Ok(Some(batch)) => {
-                    baseline.record_output(batch.num_rows());
-                    Some((Ok(batch), Some((bridge, baseline))))
-                }
-                Ok(None) => {
+        // The reduce partitions this partition reads, in order.
+        let (first, end) = if self.gather { (0, self.reduce_partitions) } else { (partition, partition + 1) };
+        let stream = futures::stream::unfold(Some((bridge, baseline, first)), move |state| async move {
+            let (bridge, baseline, mut reduce) = state?;
+            loop {
+                if reduce >= end {
                     baseline.done();
-                    None
+                    return None;
                 }
-                Err(e) => Some((Err(e), None)),
+                let timer = baseline.elapsed_compute().timer();
+                let next = bridge.read(input, reduce).await;
+                timer.done();
+                match next {
+                    Ok(Some(batch)) => {
+                        baseline.record_output(batch.num_rows());
+                        return Some((Ok(batch), Some((bridge, baseline, reduce))));
+                    }
+                    Ok(None) => reduce += 1,
+                    Err(e) => return Some((Err(e), None)),
+                }
             }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))

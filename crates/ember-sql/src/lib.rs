@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+/// Adaptive execution: re-planning with the real sizes of map stages.
+pub mod adaptive;
 /// Arrow record batches as Ember records (`Batch`), serialized as Arrow IPC.
 pub mod batch;
 /// The columnar cache: cached tables with per-partition statistics.

@@ -18,6 +18,7 @@
 //!
 //! What remains between exchanges runs pipelined inside one Ember task per partition.
 
+use std::fmt;
 use std::sync::Arc;
 
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
@@ -35,7 +36,7 @@ use crate::batch::Batch;
 use crate::cache::CachedScanExec;
 use crate::error::{Error, Result};
 use crate::exec::{ExchangeKind, ShuffleReaderExec};
-use crate::stage::StageOutput;
+use crate::stage::{ExchangeDep, StageOutput};
 
 /// One stage of a cut plan.
 #[derive(Debug, Clone)]
@@ -50,8 +51,8 @@ pub struct StagePlan {
     pub partitions: usize,
     /// Partitions of the exchange above it (1 for the result stage).
     pub output_partitions: usize,
-    /// The stages it reads, by input index.
-    pub inputs: Vec<usize>,
+    /// What it reads, by input index: stages of this plan, or shuffles an earlier job wrote.
+    pub(crate) inputs: Vec<InputRef>,
     /// The cached tables it scans, by cached input index.
     pub(crate) cached: Vec<Rdd<Batch>>,
 }
@@ -66,10 +67,28 @@ impl StagePlan {
     }
 }
 
-/// What one stage reads: the stages below it and the cached tables it scans.
+/// A shuffle a stage reads.
+#[derive(Clone)]
+pub(crate) enum InputRef {
+    /// Written by another stage of the same plan.
+    Stage(usize),
+    /// Already written (adaptive execution ran its stage first).
+    Done(Arc<ExchangeDep>),
+}
+
+impl fmt::Debug for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputRef::Stage(s) => write!(f, "stage {s}"),
+            InputRef::Done(d) => write!(f, "shuffle {}", d.shuffle_id.0),
+        }
+    }
+}
+
+/// What one stage reads: the shuffles below it and the cached tables it scans.
 #[derive(Default)]
 struct Inputs {
-    shuffles: Vec<usize>,
+    shuffles: Vec<InputRef>,
     cached: Vec<Rdd<Batch>>,
 }
 
@@ -112,7 +131,7 @@ fn add_stage(
         inputs: stage_inputs.shuffles,
         cached: stage_inputs.cached,
     });
-    inputs.shuffles.push(id);
+    inputs.shuffles.push(InputRef::Stage(id));
     (inputs.shuffles.len() - 1, id)
 }
 
@@ -127,6 +146,14 @@ fn cut(
         };
         inputs.cached.push(rdd.clone());
         return Ok(Arc::new(scan.with_input(inputs.cached.len() - 1)));
+    }
+    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
+        // A shuffle written before this plan was cut: the stage reads it as it is.
+        let Some(dep) = &reader.done else {
+            return Err(Error::Internal("a shuffle reader without its shuffle reached the planner".into()));
+        };
+        inputs.shuffles.push(InputRef::Done(dep.clone()));
+        return Ok(Arc::new(reader.with_input(inputs.shuffles.len() - 1)));
     }
     if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
         let kind = match rep.partitioning() {

@@ -18,14 +18,15 @@ use datafusion::datasource::TableProvider;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use ember_core::StorageLevel;
 
+use crate::adaptive::{adapt, AdaptiveConf, AdaptivePlans};
 use crate::batch::Batch;
 use crate::cache::{partition_stats, CachedTable};
 use crate::codec::PlanShip;
 use crate::error::{Error, Result};
-use crate::planner::{cut_stages, display_stages, StagePlan};
+use crate::planner::{cut_stages, display_stages, InputRef, StagePlan};
 use crate::rules::{inline_scalar_subqueries, DistributedJoinRule, SetOperationRule};
 use crate::runtime::sql_runtime;
-use crate::stage::{ExchangeDep, StageOutput, StageRdd};
+use crate::stage::{ExchangeDep, MaterializeRdd, StageOutput, StageRdd};
 
 /// The entry point of Ember SQL, like Spark's `SparkSession`: a catalog of tables and the
 /// settings queries are planned with, on an Ember [`Context`] that runs them.
@@ -47,6 +48,10 @@ pub struct Session {
 struct Inner {
     ctx: Context,
     df: SessionContext,
+    /// Adaptive execution's settings.
+    adaptive: std::sync::Mutex<AdaptiveConf>,
+    /// The plans of the last query adaptive execution ran.
+    last_plans: std::sync::Mutex<Option<AdaptivePlans>>,
     /// Tables cached with `CACHE TABLE`: the provider each replaced, put back by `UNCACHE`.
     cached: std::sync::Mutex<std::collections::HashMap<String, (Option<Arc<dyn TableProvider>>, Arc<CachedTable>)>>,
 }
@@ -65,6 +70,8 @@ impl Session {
                 ctx: ctx.clone(),
                 df: SessionContext::new_with_config(config),
                 cached: Default::default(),
+                adaptive: Default::default(),
+                last_plans: Default::default(),
             }),
         }
     }
@@ -267,6 +274,46 @@ impl Session {
         Ok(())
     }
 
+    /// Adaptive execution's settings (on by default, broadcasting build sides of up to 10 MiB).
+    pub fn adaptive(&self) -> AdaptiveConf {
+        *self.inner.adaptive.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes adaptive execution's settings.
+    pub fn set_adaptive(&self, conf: AdaptiveConf) {
+        *self.inner.adaptive.lock().unwrap_or_else(|p| p.into_inner()) = conf;
+    }
+
+    /// The stages of the last query that adaptive execution changed, before and after, with
+    /// its decisions.
+    pub fn last_adaptive_plans(&self) -> Option<AdaptivePlans> {
+        self.inner.last_plans.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs an exchange's stages (a plan whose root is the exchange) and returns its shuffle and
+    /// the bytes it wrote.
+    fn run_exchange(&self, exchange: Arc<dyn ExecutionPlan>) -> Result<(Arc<ExchangeDep>, u64)> {
+        let stages = cut_stages(exchange)?;
+        let (_, deps) = build_rdds(&self.inner.ctx, &stages)?;
+        // The last stage only reads the exchange; the one before it writes it.
+        let dep = stages
+            .len()
+            .checked_sub(2)
+            .and_then(|i| deps.get(i).cloned().flatten())
+            .ok_or_else(|| Error::Internal("an exchange cut into no map stage".into()))?;
+        Rdd::from_node(&self.inner.ctx, MaterializeRdd { dep: dep.clone() }).count()?;
+        let bytes = self
+            .inner
+            .ctx
+            .map_output_tracker()
+            .statuses(dep.shuffle_id)
+            .iter()
+            .flatten()
+            .map(|s| s.segments.total())
+            .sum();
+        Ok((dep, bytes))
+    }
+
     /// The partition count queries are planned for.
     fn target_partitions(&self) -> usize {
         self.inner.df.state().config().target_partitions()
@@ -284,21 +331,31 @@ impl Session {
     fn rdd_of(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Rdd<(u32, Batch)>> {
         let plan = inline_scalar_subqueries(plan, &|p| self.run(p))?;
         let plan = DistributedJoinRule::apply(plan, self.target_partitions())?;
+        let before = self.adaptive().enabled.then(|| cut_stages(plan.clone()).map(|s| display_stages(&s)));
+        let (plan, decisions) = adapt(plan, self.adaptive(), &|exchange| self.run_exchange(exchange))?;
         let stages = cut_stages(plan)?;
-        build_rdds(&self.inner.ctx, &stages)
+        if !decisions.is_empty() {
+            let before = before.transpose()?.unwrap_or_default();
+            let plans = AdaptivePlans { before, after: display_stages(&stages), decisions };
+            *self.inner.last_plans.lock().unwrap_or_else(|p| p.into_inner()) = Some(plans);
+        }
+        Ok(build_rdds(&self.inner.ctx, &stages)?.0)
     }
 }
 
 /// The RDDs of a cut plan: one stage RDD per stage, joined by shuffle dependencies; returns the
-/// result stage's.
-fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<Rdd<(u32, Batch)>> {
+/// result stage's, and each map stage's shuffle.
+fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<(Rdd<(u32, Batch)>, Vec<Option<Arc<ExchangeDep>>>)> {
     let mut deps: Vec<Option<Arc<ExchangeDep>>> = vec![None; stages.len()];
     let mut root = None;
     for st in stages {
         let inputs = st
             .inputs
             .iter()
-            .map(|i| deps.get(*i).cloned().flatten())
+            .map(|i| match i {
+                InputRef::Stage(i) => deps.get(*i).cloned().flatten(),
+                InputRef::Done(dep) => Some(dep.clone()),
+            })
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::Internal(format!("stage {} reads a stage not planned before it", st.id)))?;
         let rdd = Rdd::from_node(
@@ -320,7 +377,8 @@ fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<Rdd<(u32, Batch)>> 
             StageOutput::Result => root = Some(rdd),
         }
     }
-    root.ok_or_else(|| Error::Internal("a cut plan without a result stage".into()))
+    let root = root.ok_or_else(|| Error::Internal("a cut plan without a result stage".into()))?;
+    Ok((root, deps))
 }
 
 /// A lazy query: a DataFusion logical plan bound to a [`Session`]. Transformations return new

@@ -95,6 +95,27 @@ impl RddImpl<(u32, Batch)> for StageRdd {
     }
 }
 
+/// A job's final RDD that only makes a shuffle's map stage run: one task, which reads nothing.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct MaterializeRdd {
+    pub(crate) dep: Arc<ExchangeDep>,
+}
+
+impl RddImpl<u8> for MaterializeRdd {
+    fn name(&self) -> &'static str {
+        "sql exchange"
+    }
+    fn num_partitions(&self) -> usize {
+        1
+    }
+    fn dependencies(&self) -> Vec<Dependency> {
+        vec![Dependency::Shuffle(self.dep.clone() as Arc<dyn ShuffleDepBase>)]
+    }
+    fn compute<'a>(&'a self, _split: usize, _tc: &'a TaskContext) -> BoxIter<'a, u8> {
+        Box::new(std::iter::empty())
+    }
+}
+
 /// A message from a stage's DataFusion stream to the slot thread running its task.
 enum Msg {
     /// The next batch of partition `partition` of input `input`, please.
@@ -212,6 +233,12 @@ impl<'a> StageTask<'a> {
                 self.rdd.inputs.len()
             )));
         };
+        if partition >= dep.num_partitions() {
+            return Err(DataFusionError::Internal(format!(
+                "reduce partition {partition} of a shuffle of {} asked for",
+                dep.num_partitions()
+            )));
+        }
         let tc = self.tc;
         let reader = self.readers.entry((input, partition)).or_insert_with(|| dep.read_partition(partition, tc));
         match reader.next() {

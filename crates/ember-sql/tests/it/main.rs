@@ -2,6 +2,7 @@
 //! started again in executor mode, so `main` calls the executor entry first and then runs the
 //! tests itself.
 
+mod adaptive;
 mod cache;
 mod harness;
 mod recovery;
@@ -27,5 +28,7 @@ fn main() {
         recovery::a_query_survives_a_killed_executor,
         cache::cached_partitions_are_skipped_by_statistics_on_local,
         cache::cached_partitions_are_skipped_by_statistics_on_local_cluster,
+        adaptive::a_small_build_side_becomes_a_broadcast_join_on_local,
+        adaptive::a_small_build_side_becomes_a_broadcast_join_on_local_cluster,
     ]);
 }

@@ -12,6 +12,8 @@ pub mod codec;
 pub mod error;
 /// Ember's physical operators: the shuffle reader.
 pub mod exec;
+/// Per-operator metrics of queries run on Ember (`EXPLAIN ANALYZE`).
+pub mod metrics;
 /// The distributed planner: stages cut at exchanges.
 pub mod planner;
 /// Plan rewrites for isolated tasks: distributed joins, inlined scalar subqueries.

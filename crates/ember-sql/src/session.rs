@@ -12,7 +12,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan, SortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{CsvReadOptions, Expr, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use ember_core::shuffle::ShuffleDependency;
-use ember_core::{Context, IndexPartitioner, Rdd};
+use ember_core::{Accumulator, Context, IndexPartitioner, Rdd};
 
 use datafusion::datasource::TableProvider;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -23,6 +23,8 @@ use crate::batch::Batch;
 use crate::cache::{partition_stats, CachedTable};
 use crate::codec::PlanShip;
 use crate::error::{Error, Result};
+use crate::exec::ExchangeKind;
+use crate::metrics::PlanMetricsSum;
 use crate::planner::{cut_stages, display_stages, InputRef, StagePlan};
 use crate::rules::{inline_scalar_subqueries, DistributedJoinRule, SetOperationRule};
 use crate::runtime::sql_runtime;
@@ -99,11 +101,87 @@ impl Session {
         }
         let state = self.inner.df.state();
         let plan = self.block_on(state.create_logical_plan(sql))??;
-        if let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) = &plan {
-            return self.create_table_as(create);
+        match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => return self.create_table_as(create),
+            LogicalPlan::Explain(e) => return self.explain(e.plan.as_ref().clone(), e.verbose),
+            LogicalPlan::Analyze(a) => return self.explain_analyze(a.input.as_ref().clone()),
+            _ => {}
         }
         let df = self.block_on(self.inner.df.execute_logical_plan(plan))??;
         Ok(DataFrame { session: self.clone(), df })
+    }
+
+    /// A DataFrame of text rows `(plan_type, plan)`, as `EXPLAIN` returns.
+    fn text_rows(&self, rows: Vec<(&str, String)>) -> Result<DataFrame> {
+        use datafusion::arrow::array::StringArray;
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        let (kinds, texts): (Vec<&str>, Vec<String>) = rows.into_iter().unzip();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(kinds)), Arc::new(StringArray::from(texts))])
+                .map_err(datafusion::error::DataFusionError::from)?;
+        Ok(DataFrame { session: self.clone(), df: self.inner.df.read_batch(batch)? })
+    }
+
+    /// `EXPLAIN query`: the stages the query runs as, with their exchanges (and, verbose,
+    /// DataFusion's physical plan before cutting).
+    fn explain(&self, plan: LogicalPlan, verbose: bool) -> Result<DataFrame> {
+        let df = DataFrame { session: self.clone(), df: DfDataFrame::new(self.inner.df.state(), plan) };
+        let physical = DistributedJoinRule::apply(df.physical_plan()?, self.target_partitions())?;
+        let mut rows = vec![("stages", display_stages(&cut_stages(physical.clone())?))];
+        if verbose {
+            rows.push((
+                "physical_plan",
+                datafusion::physical_plan::displayable(physical.as_ref()).indent(true).to_string(),
+            ));
+        }
+        if self.adaptive().enabled {
+            rows.push(("note", "adaptive execution may change joins once their build sides have run".into()));
+        }
+        self.text_rows(rows)
+    }
+
+    /// `EXPLAIN ANALYZE query`: runs the query and shows its stages as run, each operator with
+    /// its metrics summed over its tasks, and each stage's tasks and shuffle bytes.
+    fn explain_analyze(&self, plan: LogicalPlan) -> Result<DataFrame> {
+        let df = DataFrame { session: self.clone(), df: DfDataFrame::new(self.inner.df.state(), plan) };
+        let acc = self.inner.ctx.accumulator(PlanMetricsSum);
+        let first_job = self.inner.ctx.job_summaries().iter().map(|j| j.id.0 + 1).max().unwrap_or(0);
+        let started = std::time::Instant::now();
+        let (root, stages, rdd_ids) = self.planned(df.physical_plan()?, Some(acc.clone()))?;
+        let rows: usize = root.collect()?.iter().map(|(_, b)| b.num_rows()).sum();
+        let elapsed = started.elapsed();
+        let metrics = acc.value()?;
+        let summaries: Vec<ember_core::StageSummary> =
+            self.inner.ctx.job_summaries().into_iter().filter(|j| j.id.0 >= first_job).flat_map(|j| j.stages).collect();
+        let mut text = format!("{rows} rows in {:.3} s\n", elapsed.as_secs_f64());
+        for (st, rdd) in stages.iter().zip(rdd_ids) {
+            let suffix = format!("at rdd {}", rdd.0);
+            let ember: Vec<&ember_core::StageSummary> =
+                summaries.iter().filter(|s| s.name.ends_with(&suffix)).collect();
+            let launched: usize = ember.iter().map(|s| s.launched).sum();
+            let written: u64 = ember.iter().map(|s| s.metrics.shuffle_bytes_written).sum();
+            let read: u64 = ember.iter().map(|s| s.metrics.shuffle_bytes_read).sum();
+            let spilled: u64 = ember.iter().map(|s| s.metrics.disk_bytes_spilled).sum();
+            let head = match st.exchange() {
+                None => format!("Stage {} (result)", st.id),
+                Some(k) => format!("Stage {} (exchange: {k} into {} partitions)", st.id, st.output_partitions),
+            };
+            text.push_str(&format!(
+                "{head}: {} tasks ({launched} attempts), shuffle read {read} B, shuffle written {written} B, spilled {spilled} B\n",
+                st.partitions
+            ));
+            let splits = matches!(st.exchange(), Some(ExchangeKind::Hash | ExchangeKind::RoundRobin));
+            text.push_str(&crate::metrics::render(st.id as u32, &st.plan, &metrics, splits));
+        }
+        let mut out = vec![("Plan with Metrics", text)];
+        if let Some(p) = self.last_adaptive_plans().filter(|_| !stages.is_empty()) {
+            out.push(("adaptive decisions", p.decisions.join("\n")));
+        }
+        self.text_rows(out)
     }
 
     /// `CACHE [LAZY] TABLE name [[AS] query]` and `UNCACHE TABLE [IF EXISTS] name`, Spark's
@@ -329,6 +407,16 @@ impl Session {
     /// The RDD of a physical plan's result: scalar subqueries run (on Ember) and inlined,
     /// joins made safe for isolated tasks, stages cut.
     fn rdd_of(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Rdd<(u32, Batch)>> {
+        Ok(self.planned(plan, None)?.0)
+    }
+
+    /// The RDD of a physical plan's result with the stages it was cut into and the RDD of each,
+    /// its tasks adding their metrics to `metrics` when given.
+    fn planned(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        metrics: Option<Accumulator<PlanMetricsSum>>,
+    ) -> Result<(Rdd<(u32, Batch)>, Vec<StagePlan>, Vec<ember_core::storage::RddId>)> {
         let plan = inline_scalar_subqueries(plan, &|p| self.run(p))?;
         let plan = DistributedJoinRule::apply(plan, self.target_partitions())?;
         let before = self.adaptive().enabled.then(|| cut_stages(plan.clone()).map(|s| display_stages(&s)));
@@ -339,13 +427,25 @@ impl Session {
             let plans = AdaptivePlans { before, after: display_stages(&stages), decisions };
             *self.inner.last_plans.lock().unwrap_or_else(|p| p.into_inner()) = Some(plans);
         }
-        Ok(build_rdds(&self.inner.ctx, &stages)?.0)
+        let (root, _, ids) = build_rdds_with(&self.inner.ctx, &stages, metrics)?;
+        Ok((root, stages, ids))
     }
 }
 
 /// The RDDs of a cut plan: one stage RDD per stage, joined by shuffle dependencies; returns the
 /// result stage's, and each map stage's shuffle.
 fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<(Rdd<(u32, Batch)>, Vec<Option<Arc<ExchangeDep>>>)> {
+    let (root, deps, _) = build_rdds_with(ctx, stages, None)?;
+    Ok((root, deps))
+}
+
+/// [`build_rdds`], with the RDD id of every stage, and `metrics` collecting operator metrics.
+fn build_rdds_with(
+    ctx: &Context,
+    stages: &[StagePlan],
+    metrics: Option<Accumulator<PlanMetricsSum>>,
+) -> Result<(Rdd<(u32, Batch)>, Vec<Option<Arc<ExchangeDep>>>, Vec<ember_core::storage::RddId>)> {
+    let mut ids = Vec::with_capacity(stages.len());
     let mut deps: Vec<Option<Arc<ExchangeDep>>> = vec![None; stages.len()];
     let mut root = None;
     for st in stages {
@@ -367,8 +467,10 @@ fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<(Rdd<(u32, Batch)>,
                 partitions: st.partitions,
                 inputs,
                 cached: st.cached.clone(),
+                metrics: metrics.clone(),
             },
         );
+        ids.push(rdd.id());
         match st.output {
             StageOutput::Exchange(_) => {
                 deps[st.id] =
@@ -378,7 +480,7 @@ fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<(Rdd<(u32, Batch)>,
         }
     }
     let root = root.ok_or_else(|| Error::Internal("a cut plan without a result stage".into()))?;
-    Ok((root, deps))
+    Ok((root, deps, ids))
 }
 
 /// A lazy query: a DataFusion logical plan bound to a [`Session`]. Transformations return new

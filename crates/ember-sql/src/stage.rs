@@ -28,7 +28,7 @@ use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::ExecutionPlan;
 use ember_core::rdd::{Dependency, RddImpl};
 use ember_core::shuffle::{ShuffleDepBase, ShuffleDependency};
-use ember_core::{BoxIter, Rdd, TaskContext};
+use ember_core::{Accumulator, BoxIter, Rdd, TaskContext};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Semaphore};
@@ -37,6 +37,7 @@ use crate::batch::Batch;
 use crate::codec::PlanShip;
 use crate::error::{from_core, to_task_error};
 use crate::exec::ExchangeKind;
+use crate::metrics::{PlanMetrics, PlanMetricsSum};
 use crate::runtime::sql_runtime;
 
 /// The shuffle between two stages: records are (reduce partition, batch).
@@ -71,6 +72,8 @@ pub(crate) struct StageRdd {
     /// Cached tables its scans read, by input index (narrow dependencies: a task reads the
     /// cached partitions its scan names).
     pub(crate) cached: Vec<Rdd<Batch>>,
+    /// Where tasks add their operators' metrics, when the query is analyzed.
+    pub(crate) metrics: Option<Accumulator<PlanMetricsSum>>,
 }
 
 impl RddImpl<(u32, Batch)> for StageRdd {
@@ -124,8 +127,8 @@ enum Msg {
     ReadCached { input: usize, partition: usize, reply: oneshot::Sender<DfResult<Option<RecordBatch>>> },
     /// A batch for reduce partition (or, in the result stage, for the driver).
     Out(u32, RecordBatch),
-    /// The stream ended, cleanly or not.
-    Done(DfResult<()>),
+    /// The stream ended, cleanly or not, with its operators' metrics when they are wanted.
+    Done(DfResult<()>, Option<PlanMetrics>),
 }
 
 /// The task's end of the bridge, in the DataFusion task context of the stage's stream: how a
@@ -211,7 +214,8 @@ impl<'a> StageTask<'a> {
                 (rep.input().clone(), Route::Split(Box::new(partitioner)))
             }
         };
-        let handle = rt.tokio.spawn(run_stream(exec, split, ctx, route, tx, room.clone()));
+        let want_metrics = rdd.metrics.is_some().then_some(rdd.stage as u32);
+        let handle = rt.tokio.spawn(run_stream(exec, split, ctx, route, tx, room.clone(), want_metrics));
         Ok(StageTask {
             rdd,
             tc,
@@ -300,8 +304,11 @@ impl Iterator for StageTask<'_> {
                     let answer = self.serve_cached(input, partition);
                     let _ = reply.send(answer);
                 }
-                Ok(Msg::Done(result)) => {
+                Ok(Msg::Done(result, metrics)) => {
                     self.done = true;
+                    if let (Some(acc), Some(m)) = (&self.rdd.metrics, metrics) {
+                        acc.add(m);
+                    }
                     if let Err(e) = result {
                         // A failure the task already recorded (a failed fetch) is the cause:
                         // the first error wins.
@@ -342,9 +349,10 @@ async fn run_stream(
     mut route: Route,
     tx: Sender<Msg>,
     room: Arc<Semaphore>,
+    want_metrics: Option<u32>,
 ) {
     let result = async {
-        let mut stream = plan.execute(split, ctx)?;
+        let mut stream = plan.execute(split, ctx.clone())?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
@@ -373,5 +381,6 @@ async fn run_stream(
         Ok(())
     }
     .await;
-    let _ = tx.send(Msg::Done(result));
+    let metrics = want_metrics.map(|stage| crate::metrics::collect(stage, &plan));
+    let _ = tx.send(Msg::Done(result, metrics));
 }

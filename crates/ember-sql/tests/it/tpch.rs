@@ -78,5 +78,22 @@ pub fn queries_are_cut_at_exchanges() {
     let text = session.sql(tpch::query(3).unwrap()).unwrap().explain_stages().unwrap();
     assert!(text.contains("ShuffleReaderExec"), "{text}");
     assert!(!text.contains("RepartitionExec: partitioning=Hash") || text.contains("exchange: hash"), "{text}");
+
+    // EXPLAIN shows the stages; EXPLAIN ANALYZE runs the query and shows each operator's
+    // metrics and each stage's shuffle bytes.
+    let explained = rows(&session.sql(&format!("EXPLAIN {}", tpch::query(3).unwrap())).unwrap().collect().unwrap());
+    assert!(explained[0].starts_with("stages | Stage 0"), "{explained:?}");
+    let analyzed =
+        rows(&session.sql(&format!("EXPLAIN ANALYZE {}", tpch::query(3).unwrap())).unwrap().collect().unwrap());
+    let text = analyzed.join("\n");
+    assert!(text.contains("10 rows in"), "{text}");
+    for needle in
+        ["Stage 0", "shuffle written", "output_rows=", "spill_count=", "elapsed_compute=", "ShuffleReaderExec"]
+    {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    let written: u64 =
+        text.split("shuffle written ").skip(1).filter_map(|s| s.split(' ').next()?.parse::<u64>().ok()).sum();
+    assert!(written > 0, "{text}");
     ctx.stop();
 }

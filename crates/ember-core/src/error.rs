@@ -259,8 +259,6 @@ pub enum WireError {
     InvalidMaster(String),
     /// [`Error::InvalidArgument`].
     InvalidArgument(String),
-    /// [`Error::Query`].
-    Query(String),
     /// [`Error::InputNotFound`].
     InputNotFound(PathBuf),
     /// [`Error::OutputExists`].
@@ -293,6 +291,8 @@ pub enum WireError {
     Internal(String),
     /// [`Error::ExecutorLost`]: executor, reason.
     ExecutorLost(String, String),
+    /// [`Error::Query`].
+    Query(String),
 }
 
 impl From<&Error> for WireError {

@@ -9,9 +9,13 @@
 
 use std::sync::Arc;
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::JoinType;
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
+use datafusion::physical_optimizer::ensure_requirements::EnsureRequirements;
+use datafusion::physical_optimizer::output_requirements::OutputRequirements;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -94,6 +98,7 @@ fn replace(
 pub(crate) fn adapt(
     mut plan: Arc<dyn ExecutionPlan>,
     conf: AdaptiveConf,
+    options: &ConfigOptions,
     run_exchange: &dyn Fn(Arc<dyn ExecutionPlan>) -> Result<(Arc<ExchangeDep>, u64)>,
 ) -> Result<(Arc<dyn ExecutionPlan>, Vec<String>)> {
     let mut decisions = Vec::new();
@@ -112,7 +117,7 @@ pub(crate) fn adapt(
                 conf.broadcast_threshold
             ));
             let gather: Arc<dyn ExecutionPlan> =
-                Arc::new(ShuffleReaderExec::gathering(dep, usize::MAX, ExchangeKind::Hash, schema));
+                Arc::new(ShuffleReaderExec::gathering(dep, ExchangeKind::Hash, schema));
             let probe = right
                 .downcast_ref::<RepartitionExec>()
                 .map(|r| r.input().clone())
@@ -130,7 +135,6 @@ pub(crate) fn adapt(
             let partitioning = left.properties().partitioning.clone();
             let written: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::written(
                 dep,
-                usize::MAX,
                 ExchangeKind::Hash,
                 partitioning,
                 EquivalenceProperties::new(schema),
@@ -138,6 +142,13 @@ pub(crate) fn adapt(
             join.builder().with_new_children(vec![written, right])?.build_exec()?
         };
         plan = replace(plan, &node, new)?;
+        // A broadcast join's output is partitioned as its probe side was, not on its keys:
+        // what above relied on the shuffle join's partitioning gets an exchange of its own.
+        // The result's own ordering (a final merge) is kept as a requirement meanwhile, as
+        // DataFusion's optimizer does, or the merge would be dropped as unneeded.
+        plan = OutputRequirements::new_add_mode().optimize(plan, options)?;
+        plan = EnsureRequirements::new().optimize(plan, options)?;
+        plan = OutputRequirements::new_remove_mode().optimize(plan, options)?;
     }
     Ok((plan, decisions))
 }

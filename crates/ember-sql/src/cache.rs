@@ -287,6 +287,11 @@ impl CachedScanExec {
         self.skipped
     }
 
+    /// A copy scanning `table`, as the planner finds it before cutting.
+    pub(crate) fn with_table(&self, table: Rdd<Batch>) -> Self {
+        CachedScanExec { rdd: Some(table), ..self.with_input(0) }
+    }
+
     /// A copy reading input `input` of its stage.
     pub(crate) fn with_input(&self, input: usize) -> Self {
         CachedScanExec::new(

@@ -94,18 +94,19 @@ impl ShuffleReaderExec {
     /// A reader of a shuffle already written, as partitioned as it was written.
     pub(crate) fn written(
         dep: Arc<ExchangeDep>,
-        from_stage: usize,
         kind: ExchangeKind,
         partitioning: Partitioning,
         eq: EquivalenceProperties,
     ) -> Self {
-        ShuffleReaderExec { done: Some(dep), ..ShuffleReaderExec::new(0, from_stage, kind, partitioning, eq) }
+        let shuffle = dep.shuffle_id.0 as usize;
+        ShuffleReaderExec { done: Some(dep), ..ShuffleReaderExec::new(0, shuffle, kind, partitioning, eq) }
     }
 
     /// A reader of a shuffle already written that gathers all its partitions into one: the
     /// build side of a broadcast join.
-    pub(crate) fn gathering(dep: Arc<ExchangeDep>, from_stage: usize, kind: ExchangeKind, schema: SchemaRef) -> Self {
+    pub(crate) fn gathering(dep: Arc<ExchangeDep>, kind: ExchangeKind, schema: SchemaRef) -> Self {
         let reduce_partitions = dep.num_partitions();
+        let from_stage = dep.shuffle_id.0 as usize;
         ShuffleReaderExec {
             reduce_partitions,
             gather: true,
@@ -150,7 +151,7 @@ impl DisplayAs for ShuffleReaderExec {
         if self.gather {
             return write!(
                 f,
-                "ShuffleReaderExec: stage={}, exchange={}, broadcast: all {} partitions in one",
+                "ShuffleReaderExec: shuffle={} (written), exchange={}, broadcast: all {} partitions in one",
                 self.from_stage, self.kind, self.reduce_partitions
             );
         }

@@ -38,6 +38,7 @@ use datafusion_proto::physical_plan::{
 };
 use datafusion_proto::protobuf;
 
+use crate::cache::CachedScanExec;
 use crate::codec::EmberCodec;
 use crate::error::{Error, Result};
 
@@ -158,10 +159,53 @@ pub fn inline_scalar_subqueries(
     }
     // Re-encode the plan with each subquery expression as its value, then decode it: every
     // operator's expressions are rewritten without knowing each operator's constructor.
-    let proto = SubqueryInliner.execution_plan_to_proto(&plan, &EmberCodec)?;
+    let codec = KeepTables::default();
+    let proto = SubqueryInliner.execution_plan_to_proto(&plan, &codec)?;
     let rt = crate::runtime::sql_runtime()?;
-    let ctx = PhysicalPlanDecodeContext::new(&rt.base, &EmberCodec);
+    let ctx = PhysicalPlanDecodeContext::new(&rt.base, &codec);
     Ok(DefaultPhysicalProtoConverter {}.proto_to_execution_plan(&proto, &ctx)?)
+}
+
+/// [`EmberCodec`] for a plan re-encoded in the driver: cached scans keep their tables (which
+/// on the way to an executor travel with the stage instead).
+#[derive(Debug, Default)]
+struct KeepTables {
+    tables: std::sync::Mutex<Vec<ember_core::Rdd<crate::batch::Batch>>>,
+}
+
+impl PhysicalExtensionCodec for KeepTables {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &datafusion::execution::TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let node = EmberCodec.try_decode(buf, inputs, ctx, proto_converter)?;
+        let Some(scan) = node.downcast_ref::<CachedScanExec>() else { return Ok(node) };
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let table = tables.get(scan.input).cloned().ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal("a re-encoded cached scan lost its table".into())
+        })?;
+        Ok(Arc::new(scan.with_table(table)))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> DfResult<()> {
+        if let Some(scan) = node.downcast_ref::<CachedScanExec>() {
+            if let Some(table) = &scan.rdd {
+                let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+                tables.push(table.clone());
+                let stashed: Arc<dyn ExecutionPlan> = Arc::new(scan.with_input(tables.len() - 1));
+                return EmberCodec.try_encode(stashed, buf, proto_converter);
+            }
+        }
+        EmberCodec.try_encode(node, buf, proto_converter)
+    }
 }
 
 /// Encodes a plan with every scalar subquery expression replaced by its (filled) value and

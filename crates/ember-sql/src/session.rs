@@ -63,10 +63,17 @@ impl Session {
     /// parallelism (its cores).
     pub fn new(ctx: &Context) -> Session {
         let parallelism = ctx.default_parallelism().max(1);
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_target_partitions(parallelism)
             .with_batch_size(8192)
             .with_information_schema(true);
+        // Dynamic filters are state that an operator (a join's build, an aggregate's running
+        // bound, a top-k) shares with the scan below it, through the plan: a task's copy of
+        // the plan would share it with other tasks and attempts in the same process.
+        config.options_mut().optimizer.enable_dynamic_filter_pushdown = false;
+        config.options_mut().optimizer.enable_topk_dynamic_filter_pushdown = false;
+        config.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+        config.options_mut().optimizer.enable_aggregate_dynamic_filter_pushdown = false;
         Session {
             inner: Arc::new(Inner {
                 ctx: ctx.clone(),
@@ -188,37 +195,49 @@ impl Session {
     /// statements, which DataFusion's parser does not know. Caching is eager either way.
     fn cache_statement(&self, sql: &str) -> Result<Option<DataFrame>> {
         let text = sql.trim().trim_end_matches(';').trim();
-        let words: Vec<&str> = text.split_whitespace().take(5).collect();
-        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-        let word = |i: usize| upper.get(i).map(String::as_str);
-        match (word(0), word(1)) {
-            (Some("CACHE"), Some("TABLE" | "LAZY")) => {
-                let at = if word(1) == Some("LAZY") { 2 } else { 1 };
-                if word(at) != Some("TABLE") {
-                    return Err(Error::Plan("expected CACHE [LAZY] TABLE name [AS query]".into()));
-                }
-                let name = words.get(at + 1).ok_or_else(|| Error::Plan("CACHE TABLE needs a table name".into()))?;
-                // The query, if any, is what follows the name (and an optional AS).
-                let rest = text[text.find(name).map_or(text.len(), |i| i + name.len())..].trim_start();
-                let query = match rest.get(..2) {
-                    Some(kw) if kw.eq_ignore_ascii_case("AS") && rest[2..].starts_with(char::is_whitespace) => {
-                        &rest[2..]
+        // Words with their byte offsets, so that what follows a word is found by position.
+        let mut words: Vec<(usize, &str)> = Vec::new();
+        let mut start = None;
+        for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
+            match (c.is_whitespace(), start) {
+                (true, Some(s)) => {
+                    words.push((s, &text[s..i]));
+                    start = None;
+                    if words.len() == 6 {
+                        break;
                     }
-                    _ => rest,
-                };
-                self.cache_table(name, (!query.trim().is_empty()).then_some(query))?;
-                Ok(Some(self.empty()?))
+                }
+                (false, None) => start = Some(i),
+                _ => {}
             }
-            (Some("UNCACHE"), Some("TABLE")) => {
-                let if_exists = word(2) == Some("IF") && word(3) == Some("EXISTS");
-                let name = words
-                    .get(if if_exists { 4 } else { 2 })
-                    .ok_or_else(|| Error::Plan("UNCACHE TABLE needs a table name".into()))?;
-                self.uncache_table(name, if_exists)?;
-                Ok(Some(self.empty()?))
-            }
-            _ => Ok(None),
         }
+        let word = |i: usize| words.get(i).map(|(_, w)| w.to_ascii_uppercase());
+        let is = |i: usize, w: &str| word(i).as_deref() == Some(w);
+        if is(0, "CACHE") && (is(1, "TABLE") || is(1, "LAZY")) {
+            let at = if is(1, "LAZY") { 2 } else { 1 };
+            if !is(at, "TABLE") {
+                return Err(Error::Plan("expected CACHE [LAZY] TABLE name [AS query]".into()));
+            }
+            let &(offset, name) =
+                words.get(at + 1).ok_or_else(|| Error::Plan("CACHE TABLE needs a table name".into()))?;
+            // The query, if any, follows the name (and an optional AS).
+            let rest = text[offset + name.len()..].trim_start();
+            let query = match rest.get(..2) {
+                Some(kw) if kw.eq_ignore_ascii_case("AS") && rest[2..].starts_with(char::is_whitespace) => &rest[2..],
+                _ => rest,
+            };
+            self.cache_table(&table_name(name), (!query.trim().is_empty()).then_some(query))?;
+            return Ok(Some(self.empty()?));
+        }
+        if is(0, "UNCACHE") && is(1, "TABLE") {
+            let if_exists = is(2, "IF") && is(3, "EXISTS");
+            let &(_, name) = words
+                .get(if if_exists { 4 } else { 2 })
+                .ok_or_else(|| Error::Plan("UNCACHE TABLE needs a table name".into()))?;
+            self.uncache_table(&table_name(name), if_exists)?;
+            return Ok(Some(self.empty()?));
+        }
+        Ok(None)
     }
 
     /// Caches table `name` (or the result of `query`, registered as `name`): its batches are
@@ -420,15 +439,26 @@ impl Session {
         let plan = inline_scalar_subqueries(plan, &|p| self.run(p))?;
         let plan = DistributedJoinRule::apply(plan, self.target_partitions())?;
         let before = self.adaptive().enabled.then(|| cut_stages(plan.clone()).map(|s| display_stages(&s)));
-        let (plan, decisions) = adapt(plan, self.adaptive(), &|exchange| self.run_exchange(exchange))?;
+        let options = self.inner.df.state().config_options().clone();
+        let (plan, decisions) = adapt(plan, self.adaptive(), &options, &|exchange| self.run_exchange(exchange))?;
         let stages = cut_stages(plan)?;
-        if !decisions.is_empty() {
+        let plans = if decisions.is_empty() {
+            None
+        } else {
             let before = before.transpose()?.unwrap_or_default();
-            let plans = AdaptivePlans { before, after: display_stages(&stages), decisions };
-            *self.inner.last_plans.lock().unwrap_or_else(|p| p.into_inner()) = Some(plans);
-        }
+            Some(AdaptivePlans { before, after: display_stages(&stages), decisions })
+        };
+        *self.inner.last_plans.lock().unwrap_or_else(|p| p.into_inner()) = plans;
         let (root, _, ids) = build_rdds_with(&self.inner.ctx, &stages, metrics)?;
         Ok((root, stages, ids))
+    }
+}
+
+/// A table name as SQL names it: folded to lower case unless quoted.
+fn table_name(word: &str) -> String {
+    match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(quoted) => quoted.to_string(),
+        None => word.to_ascii_lowercase(),
     }
 }
 

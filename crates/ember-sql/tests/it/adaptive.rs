@@ -51,6 +51,21 @@ fn check(master: &str) {
     let shuffled: u64 = summary.stages.iter().map(|s| s.metrics.shuffle_records_written).sum();
     assert!(shuffled < 20, "only small results were shuffled: {summary:?}");
 
+    // A broadcast join's output is no longer partitioned on its keys: an aggregate on the key
+    // above it must still see each key in one partition.
+    let grouped = "SELECT d.k, count(*) AS n FROM dims d JOIN facts f ON d.k = f.g WHERE d.name LIKE 'd1%' GROUP BY d.k ORDER BY d.k";
+    session.set_adaptive(AdaptiveConf { enabled: false, ..AdaptiveConf::default() });
+    let want_grouped = rows(&session.sql(grouped).unwrap().collect().unwrap());
+    // Keys 1 and 10..19 of g = v % 100, 500 rows each.
+    assert_eq!(want_grouped.len(), 11);
+    assert!(want_grouped.iter().all(|r| r.ends_with("| 500")), "{want_grouped:?}");
+    session.set_adaptive(AdaptiveConf::default());
+    assert_eq!(rows(&session.sql(grouped).unwrap().collect().unwrap()), want_grouped);
+    assert!(session.last_adaptive_plans().unwrap().decisions[0].starts_with("broadcast join"));
+    // A query without joins leaves no adaptive plans behind.
+    session.sql("SELECT count(*) FROM facts").unwrap().collect().unwrap();
+    assert!(session.last_adaptive_plans().is_none());
+
     // A build side over the threshold keeps the shuffle join (its written shuffle is reused).
     session.set_adaptive(AdaptiveConf { enabled: true, broadcast_threshold: 0 });
     assert_eq!(rows(&session.sql(QUERY).unwrap().collect().unwrap()), want);

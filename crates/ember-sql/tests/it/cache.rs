@@ -52,7 +52,7 @@ fn check(master: &str) {
     let want = rows(&session.sql(query).unwrap().collect().unwrap());
     assert_eq!(want, vec!["1100 | 2254450 | 990"]);
 
-    session.sql("CACHE TABLE t").unwrap();
+    session.sql("cache table T").unwrap();
     let df = session.sql(query).unwrap();
     let mut scans = Vec::new();
     cached_scans(&df.physical_plan().unwrap(), &mut scans);
@@ -71,7 +71,11 @@ fn check(master: &str) {
     let all = session.sql("SELECT count(*) FROM t WHERE s IS NULL").unwrap();
     assert_eq!(rows(&all.collect().unwrap()), vec!["800"]);
 
-    session.sql("UNCACHE TABLE t").unwrap();
+    // A scalar subquery over the cached table.
+    let above = "SELECT count(*) FROM t WHERE v > (SELECT avg(v) FROM t)";
+    assert_eq!(rows(&session.sql(above).unwrap().collect().unwrap()), vec!["4000"]);
+
+    session.sql("uncache table T").unwrap();
     let df = session.sql(query).unwrap();
     let mut scans = Vec::new();
     cached_scans(&df.physical_plan().unwrap(), &mut scans);

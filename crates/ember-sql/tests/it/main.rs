@@ -22,6 +22,7 @@ fn main() {
     harness::run(tests![
         tpch::answers_match_datafusion_on_local,
         tpch::answers_match_datafusion_on_local_cluster,
+        tpch::answers_match_datafusion_with_adaptive_joins,
         tpch::queries_are_cut_at_exchanges,
         slt::slt_files_pass_on_local,
         slt::slt_files_pass_on_local_cluster,

@@ -24,15 +24,24 @@ fn reference() -> Vec<Vec<String>> {
 }
 
 fn check_all(master: &str) {
+    check_with(master, &[]);
+}
+
+fn check_with(master: &str, settings: &[&str]) {
     let want = reference();
     let ctx = context(master, &[]);
     let session = Session::new(&ctx);
+    for s in settings {
+        session.sql(s).unwrap().collect().unwrap();
+    }
     tpch::register(&session, tpch_dir()).unwrap();
     let mut nonempty = 0;
     let mut wrong = Vec::new();
+    let mut adapted = 0;
     for (i, q) in tpch::QUERIES.iter().enumerate() {
         match session.sql(q).and_then(|df| df.collect()) {
             Ok(batches) => {
+                adapted += usize::from(session.last_adaptive_plans().is_some());
                 let got = rows(&batches);
                 if got != want[i] {
                     wrong.push(format!(
@@ -50,6 +59,9 @@ fn check_all(master: &str) {
     assert!(wrong.is_empty(), "on {master}, answers differ from DataFusion's:\n{}", wrong.join("\n"));
     // At this scale a few queries select nothing; most must have answers to compare.
     assert!(nonempty >= 18, "only {nonempty} queries returned rows");
+    if !settings.is_empty() {
+        assert!(adapted >= 10, "adaptive execution re-planned only {adapted} queries");
+    }
     ctx.stop();
 }
 
@@ -59,6 +71,18 @@ pub fn answers_match_datafusion_on_local() {
 
 pub fn answers_match_datafusion_on_local_cluster() {
     check_all("local-cluster[2,1,2048]");
+}
+
+/// Every join planned as a shuffle join: adaptive execution turns the ones with small build
+/// sides into broadcast joins, and re-plans what was above them.
+pub fn answers_match_datafusion_with_adaptive_joins() {
+    check_with(
+        "local[2]",
+        &[
+            "SET datafusion.optimizer.hash_join_single_partition_threshold = 0",
+            "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0",
+        ],
+    );
 }
 
 pub fn queries_are_cut_at_exchanges() {

@@ -23,10 +23,11 @@ impl Batch {
 
     /// Encodes the batch as an Arrow IPC stream.
     pub fn to_ipc(&self) -> Result<Vec<u8>, datafusion::arrow::error::ArrowError> {
-        let mut out = Vec::with_capacity(self.0.get_array_memory_size() + 1024);
+        let batch = compact_views(&self.0)?;
+        let mut out = Vec::with_capacity(batch.get_array_memory_size().min(64 << 20) + 1024);
         {
-            let mut w = StreamWriter::try_new(&mut out, &self.0.schema())?;
-            w.write(&self.0)?;
+            let mut w = StreamWriter::try_new(&mut out, &batch.schema())?;
+            w.write(&batch)?;
             w.finish()?;
         }
         Ok(out)
@@ -53,6 +54,38 @@ impl Batch {
             None => Ok(Batch(batch)),
             Some(_) => Err("bad Arrow IPC batch: the stream holds more than one batch".into()),
         }
+    }
+}
+
+/// The batch with its string and binary view columns copied down to the bytes their rows use.
+///
+/// A view array made by `take` or `filter` (a join's output, say) shares the data buffers of the
+/// array it came from, and Arrow IPC writes a view array's buffers whole: without this, every
+/// small batch out of a join would carry the whole build side's strings.
+fn compact_views(batch: &RecordBatch) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{Array, ArrayRef, BinaryViewArray, StringViewArray};
+    use datafusion::arrow::datatypes::DataType;
+    let wasteful = |used: usize, held: usize| held > 2 * used + 4096;
+    let mut columns: Option<Vec<ArrayRef>> = None;
+    for (i, col) in batch.columns().iter().enumerate() {
+        let compacted: Option<ArrayRef> = match col.data_type() {
+            DataType::Utf8View => col.as_any().downcast_ref::<StringViewArray>().and_then(|a| {
+                let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+                wasteful(a.total_buffer_bytes_used(), held).then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
+            }),
+            DataType::BinaryView => col.as_any().downcast_ref::<BinaryViewArray>().and_then(|a| {
+                let held: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+                wasteful(a.total_buffer_bytes_used(), held).then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
+            }),
+            _ => None,
+        };
+        if let Some(c) = compacted {
+            columns.get_or_insert_with(|| batch.columns().to_vec())[i] = c;
+        }
+    }
+    match columns {
+        Some(c) => RecordBatch::try_new(batch.schema(), c),
+        None => Ok(batch.clone()),
     }
 }
 
@@ -141,6 +174,23 @@ mod tests {
         let bytes = postcard::to_allocvec(&b).expect("encodes");
         let back: Batch = postcard::from_bytes(&bytes).expect("decodes");
         assert_eq!(back.0, b.0);
+    }
+
+    #[test]
+    fn a_view_column_taken_from_a_large_one_travels_alone() {
+        use datafusion::arrow::array::{Array, StringViewArray, UInt32Array};
+        use datafusion::arrow::compute::take;
+        let big: StringViewArray =
+            (0..10_000).map(|i| Some(format!("a string long enough to be out of line {i}"))).collect();
+        let taken = take(&big, &UInt32Array::from(vec![7, 9_999]), None).expect("take");
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8View, false)]));
+        let b = Batch(RecordBatch::try_new(schema, vec![taken]).expect("batch"));
+        let ipc = b.to_ipc().expect("encodes");
+        assert!(ipc.len() < 2_000, "two strings took {} bytes", ipc.len());
+        let back = Batch::from_ipc(&ipc).expect("decodes");
+        let col = back.0.column(0).as_any().downcast_ref::<StringViewArray>().expect("views");
+        assert_eq!(col.value(1), "a string long enough to be out of line 9999");
+        assert_eq!(col.len(), 2);
     }
 
     #[test]

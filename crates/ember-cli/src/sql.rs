@@ -113,8 +113,9 @@ fn print_batches(
     batches: &[RecordBatch],
     format: Format,
 ) -> ember_sql::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Formatted whole before anything is printed: a value the format cannot hold (a nested
+    // type in CSV) fails the statement without half a result on standard output.
+    let mut out: Vec<u8> = Vec::new();
     let io = |e: std::io::Error| ember_sql::Error::io("standard output", e);
     let arrow = |e: ember_sql::datafusion::arrow::error::ArrowError| ember_sql::Error::DataFusion(e.into());
     match format {
@@ -145,7 +146,10 @@ fn print_batches(
             w.finish().map_err(arrow)?;
         }
     }
-    out.flush().map_err(io)
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    lock.write_all(&out).map_err(io)?;
+    lock.flush().map_err(io)
 }
 
 /// The interactive shell: line editing and history; a statement runs once a line ends it with

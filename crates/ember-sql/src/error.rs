@@ -63,7 +63,12 @@ pub(crate) fn to_task_error(e: DataFusionError) -> ember_core::Error {
             other => other,
         },
         DataFusionError::ResourcesExhausted(m) => ember_core::Error::ResourcesExhausted(m),
+        // Reading input can fail for a while (a file system or object store hiccup): retried.
         DataFusionError::IoError(io) => ember_core::Error::io("query input", io),
+        DataFusionError::ObjectStore(e) => ember_core::Error::io("query input", std::io::Error::other(e.to_string())),
+        DataFusionError::ArrowError(e, context) if matches!(*e, datafusion::arrow::error::ArrowError::IoError(..)) => {
+            ember_core::Error::io("query input", std::io::Error::other(format!("{e}{}", context.unwrap_or_default())))
+        }
         other => ember_core::Error::Query(other.to_string()),
     }
 }

@@ -25,6 +25,7 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::displayable;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -214,6 +215,12 @@ fn cut(
             child.properties().equivalence_properties().clone(),
         ));
         return with_children(plan.clone(), vec![reader]);
+    }
+    if plan.is::<RecursiveQueryExec>() {
+        // A recursive query runs its recursive term again and again inside one task: its
+        // exchanges stay in the task (DataFusion runs them in process), where they can be run
+        // again.
+        return Ok(plan);
     }
     let children: Vec<Arc<dyn ExecutionPlan>> = plan.children().into_iter().cloned().collect();
     if children.is_empty() {

@@ -52,9 +52,22 @@ fn task_config() -> SessionConfig {
 impl SqlRuntime {
     /// A DataFusion task context for one Ember task, carrying `extension` (the task's bridge to
     /// its shuffle inputs) in its session configuration.
-    pub(crate) fn task_context<T: Send + Sync + 'static>(&self, extension: Arc<T>) -> Arc<TaskContext> {
+    pub(crate) fn task_context<T: Send + Sync + 'static>(
+        &self,
+        extension: Arc<T>,
+        settings: &[(String, String)],
+    ) -> Arc<TaskContext> {
         let base = &self.base;
-        let config = base.session_config().clone().with_extension(extension);
+        let mut config = base.session_config().clone();
+        for (key, value) in settings {
+            // They come from a session's valid configuration; one this build does not know is
+            // left at its default.
+            if let Err(e) = config.options_mut().set(key, value) {
+                tracing::warn!("SQL task setting {key} = {value} ignored: {e}");
+            }
+        }
+        config.options_mut().execution.enable_file_stream_work_stealing = false;
+        let config = config.with_extension(extension);
         Arc::new(TaskContext::new(
             None,
             base.session_id(),

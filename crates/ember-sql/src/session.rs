@@ -391,7 +391,7 @@ impl Session {
     /// the bytes it wrote.
     fn run_exchange(&self, exchange: Arc<dyn ExecutionPlan>) -> Result<(Arc<ExchangeDep>, u64)> {
         let stages = cut_stages(exchange)?;
-        let (_, deps) = build_rdds(&self.inner.ctx, &stages)?;
+        let (_, deps, _) = build_rdds(&self.inner.ctx, &stages, None, self.task_settings())?;
         // The last stage only reads the exchange; the one before it writes it.
         let dep = stages
             .len()
@@ -409,6 +409,36 @@ impl Session {
             .map(|s| s.segments.total())
             .sum();
         Ok((dep, bytes))
+    }
+
+    /// When tasks are encoded (executors in other processes), checks that every stage plan can
+    /// be, so that an operator executors cannot take is named here rather than lost in a
+    /// serialization error.
+    fn check_shippable(&self, stages: &[StagePlan]) -> Result<()> {
+        let settings = self.inner.ctx.settings();
+        if matches!(settings.master, ember_core::conf::Master::Local { .. }) && !settings.serialize_tasks {
+            return Ok(());
+        }
+        for st in stages {
+            datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+                st.plan.clone(),
+                &crate::codec::EmberCodec,
+            )
+            .map_err(|e| Error::Plan(format!("stage {} cannot run on executors: {e}", st.id)))?;
+        }
+        Ok(())
+    }
+
+    /// The session's execution settings, which its tasks run with.
+    fn task_settings(&self) -> Vec<(String, String)> {
+        let state = self.inner.df.state();
+        state
+            .config_options()
+            .entries()
+            .into_iter()
+            .filter(|e| e.key.starts_with("datafusion.execution."))
+            .filter_map(|e| Some((e.key, e.value?)))
+            .collect()
     }
 
     /// The partition count queries are planned for.
@@ -449,7 +479,8 @@ impl Session {
             Some(AdaptivePlans { before, after: display_stages(&stages), decisions })
         };
         *self.inner.last_plans.lock().unwrap_or_else(|p| p.into_inner()) = plans;
-        let (root, _, ids) = build_rdds_with(&self.inner.ctx, &stages, metrics)?;
+        self.check_shippable(&stages)?;
+        let (root, _, ids) = build_rdds(&self.inner.ctx, &stages, metrics, self.task_settings())?;
         Ok((root, stages, ids))
     }
 }
@@ -462,18 +493,14 @@ fn table_name(word: &str) -> String {
     }
 }
 
-/// The RDDs of a cut plan: one stage RDD per stage, joined by shuffle dependencies; returns the
-/// result stage's, and each map stage's shuffle.
-fn build_rdds(ctx: &Context, stages: &[StagePlan]) -> Result<(Rdd<(u32, Batch)>, Vec<Option<Arc<ExchangeDep>>>)> {
-    let (root, deps, _) = build_rdds_with(ctx, stages, None)?;
-    Ok((root, deps))
-}
-
-/// [`build_rdds`], with the RDD id of every stage, and `metrics` collecting operator metrics.
-fn build_rdds_with(
+/// The RDDs of a cut plan: one stage RDD per stage, joined by shuffle dependencies, its tasks
+/// running with `settings` and adding their operators' metrics to `metrics` when given. Returns
+/// the result stage's RDD, each map stage's shuffle and each stage's RDD id.
+fn build_rdds(
     ctx: &Context,
     stages: &[StagePlan],
     metrics: Option<Accumulator<PlanMetricsSum>>,
+    settings: Vec<(String, String)>,
 ) -> Result<(Rdd<(u32, Batch)>, Vec<Option<Arc<ExchangeDep>>>, Vec<ember_core::storage::RddId>)> {
     let mut ids = Vec::with_capacity(stages.len());
     let mut deps: Vec<Option<Arc<ExchangeDep>>> = vec![None; stages.len()];
@@ -498,6 +525,7 @@ fn build_rdds_with(
                 inputs,
                 cached: st.cached.clone(),
                 metrics: metrics.clone(),
+                settings: settings.clone(),
             },
         );
         ids.push(rdd.id());

@@ -74,6 +74,9 @@ pub(crate) struct StageRdd {
     pub(crate) cached: Vec<Rdd<Batch>>,
     /// Where tasks add their operators' metrics, when the query is analyzed.
     pub(crate) metrics: Option<Accumulator<PlanMetricsSum>>,
+    /// The session's execution settings (`datafusion.execution.*`: batch size, spilling, ...),
+    /// which its tasks run with.
+    pub(crate) settings: Vec<(String, String)>,
 }
 
 impl RddImpl<(u32, Batch)> for StageRdd {
@@ -198,7 +201,7 @@ impl<'a> StageTask<'a> {
         // join side) must not share it with another attempt or another task.
         let plan = reset_plan_states(rdd.plan.plan().clone()).map_err(to_task_error)?;
         let (tx, rx) = crossbeam_channel::unbounded();
-        let ctx = rt.task_context(Arc::new(TaskBridge { tx: tx.clone() }));
+        let ctx = rt.task_context(Arc::new(TaskBridge { tx: tx.clone() }), &rdd.settings);
         let room = Arc::new(Semaphore::new(OUTPUT_AHEAD));
         let (exec, route) = match rdd.output {
             StageOutput::Result => (plan, Route::To(0)),

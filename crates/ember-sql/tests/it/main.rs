@@ -4,6 +4,7 @@
 
 mod adaptive;
 mod cache;
+mod features;
 mod harness;
 mod recovery;
 mod slt;
@@ -24,6 +25,9 @@ fn main() {
         tpch::answers_match_datafusion_on_local_cluster,
         tpch::answers_match_datafusion_with_adaptive_joins,
         tpch::queries_are_cut_at_exchanges,
+        features::recursive_queries_run_in_one_task,
+        features::session_settings_reach_the_tasks,
+        features::dataframe_operations_run_on_ember,
         slt::slt_files_pass_on_local,
         slt::slt_files_pass_on_local_cluster,
         recovery::a_query_survives_a_killed_executor,

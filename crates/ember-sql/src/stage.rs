@@ -14,6 +14,7 @@
 //! thread stops the stream when the task is killed, and an error on either side fails the
 //! attempt with its class intact (a failed fetch stays a fetch failure).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,8 +189,7 @@ struct StageTask<'a> {
     tc: &'a TaskContext,
     rx: Receiver<Msg>,
     room: Arc<Semaphore>,
-    readers: HashMap<(usize, usize), BoxIter<'a, (u32, Batch)>>,
-    cached_readers: HashMap<(usize, usize), BoxIter<'a, Batch>>,
+    readers: HashMap<(Source, usize, usize), BoxIter<'a, Batch>>,
     _stream: AbortOnDrop,
     done: bool,
 }
@@ -219,73 +219,65 @@ impl<'a> StageTask<'a> {
         };
         let want_metrics = rdd.metrics.is_some().then_some(rdd.stage as u32);
         let handle = rt.tokio.spawn(run_stream(exec, split, ctx, route, tx, room.clone(), want_metrics));
-        Ok(StageTask {
-            rdd,
-            tc,
-            rx,
-            room,
-            readers: HashMap::new(),
-            cached_readers: HashMap::new(),
-            _stream: AbortOnDrop(handle),
-            done: false,
-        })
+        Ok(StageTask { rdd, tc, rx, room, readers: HashMap::new(), _stream: AbortOnDrop(handle), done: false })
     }
 
-    /// Serves a read of an input: the next batch of the shuffle reader for (input, partition).
-    fn serve(&mut self, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
-        let Some(dep) = self.rdd.inputs.get(input) else {
-            return Err(DataFusionError::Internal(format!(
-                "stage {} has {} inputs; input {input} was asked for",
-                self.rdd.stage,
-                self.rdd.inputs.len()
-            )));
+    /// Serves a read of an input: the next batch of partition `partition` of shuffle input
+    /// `input`, or of cached input `input`. Each (input, partition) has one reader for the task.
+    fn serve(&mut self, source: Source, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
+        let (tc, rdd) = (self.tc, self.rdd);
+        let reader = match self.readers.entry((source, input, partition)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(open(rdd, source, input, partition, tc)?),
         };
-        if partition >= dep.num_partitions() {
-            return Err(DataFusionError::Internal(format!(
-                "reduce partition {partition} of a shuffle of {} asked for",
-                dep.num_partitions()
-            )));
-        }
-        let tc = self.tc;
-        let reader = self.readers.entry((input, partition)).or_insert_with(|| dep.read_partition(partition, tc));
         match reader.next() {
-            Some((_, batch)) => Ok(Some(batch.0)),
-            // The reader ends early on a failed fetch or a kill, recorded in the task's context:
+            Some(batch) => Ok(Some(batch.0)),
+            // A reader ends early on a failed fetch or a kill, recorded in the task's context:
             // stop the stream rather than let it run on a partial input.
-            None if tc.should_stop() => Err(from_core(ember_core::Error::Cancelled(
-                "the task's shuffle input failed or the task was killed".into(),
-            ))),
+            None if tc.should_stop() => {
+                Err(from_core(ember_core::Error::Cancelled("the task's input failed or the task was killed".into())))
+            }
             None => Ok(None),
         }
     }
 }
 
-impl StageTask<'_> {
-    /// Serves a read of a cached input.
-    fn serve_cached(&mut self, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
-        let Some(rdd) = self.rdd.cached.get(input) else {
-            return Err(DataFusionError::Internal(format!(
-                "stage {} has {} cached inputs; input {input} was asked for",
-                self.rdd.stage,
-                self.rdd.cached.len()
-            )));
-        };
-        if partition >= rdd.num_partitions() {
-            return Err(DataFusionError::Internal(format!(
-                "cached partition {partition} of {} asked for",
-                rdd.num_partitions()
-            )));
-        }
-        let tc = self.tc;
-        let reader = self.cached_readers.entry((input, partition)).or_insert_with(|| rdd.read_partition(partition, tc));
-        match reader.next() {
-            Some(batch) => Ok(Some(batch.0)),
-            None if tc.should_stop() => Err(from_core(ember_core::Error::Cancelled(
-                "the task's cached input failed or the task was killed".into(),
-            ))),
-            None => Ok(None),
-        }
+/// Where a stage reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    /// A shuffle written by a stage below.
+    Shuffle,
+    /// A cached table.
+    Cached,
+}
+
+/// Opens the reader of partition `partition` of input `input` of `source`.
+fn open<'a>(
+    rdd: &'a StageRdd,
+    source: Source,
+    input: usize,
+    partition: usize,
+    tc: &'a TaskContext,
+) -> DfResult<BoxIter<'a, Batch>> {
+    let (count, partitions) = match source {
+        Source::Shuffle => (rdd.inputs.len(), rdd.inputs.get(input).map(|d| d.num_partitions())),
+        Source::Cached => (rdd.cached.len(), rdd.cached.get(input).map(|r| r.num_partitions())),
+    };
+    let Some(partitions) = partitions else {
+        return Err(DataFusionError::Internal(format!(
+            "stage {} has {count} {source:?} inputs; input {input} was asked for",
+            rdd.stage
+        )));
+    };
+    if partition >= partitions {
+        return Err(DataFusionError::Internal(format!(
+            "partition {partition} of a {source:?} input of {partitions} asked for"
+        )));
     }
+    Ok(match source {
+        Source::Shuffle => Box::new(rdd.inputs[input].read_partition(partition, tc).map(|(_, b)| b)),
+        Source::Cached => rdd.cached[input].read_partition(partition, tc),
+    })
 }
 
 impl Iterator for StageTask<'_> {
@@ -299,12 +291,12 @@ impl Iterator for StageTask<'_> {
                     return Some((p, Batch(batch)));
                 }
                 Ok(Msg::Read { input, partition, reply }) => {
-                    let answer = self.serve(input, partition);
+                    let answer = self.serve(Source::Shuffle, input, partition);
                     // The stream may have stopped waiting (aborted): nothing to answer then.
                     let _ = reply.send(answer);
                 }
                 Ok(Msg::ReadCached { input, partition, reply }) => {
-                    let answer = self.serve_cached(input, partition);
+                    let answer = self.serve(Source::Cached, input, partition);
                     let _ = reply.send(answer);
                 }
                 Ok(Msg::Done(result, metrics)) => {

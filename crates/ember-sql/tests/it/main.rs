@@ -5,6 +5,7 @@
 mod adaptive;
 mod cache;
 mod features;
+#[path = "../../../ember-cluster/tests/it/harness.rs"]
 mod harness;
 mod recovery;
 mod slt;

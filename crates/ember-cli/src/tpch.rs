@@ -18,14 +18,7 @@ pub fn generate(args: Args) -> Result<ExitCode> {
         .ok_or_else(|| CliError::Usage("--scale: expected a positive number".into()))?;
     let out = args.value("--out").ok_or_else(|| CliError::Usage("--out DIR is required".into()))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let files = match args.value("--files") {
-        Some(f) => f
-            .parse::<usize>()
-            .ok()
-            .filter(|&f| f > 0)
-            .ok_or_else(|| CliError::Usage("--files: expected a positive number".into()))?,
-        None => (scale.ceil() as usize).clamp(1, 64).max(threads),
-    };
+    let files = positive(&args, "--files")?.unwrap_or_else(|| (scale.ceil() as usize).clamp(1, 64).max(threads));
     let started = Instant::now();
     let generated = tpch::generate(std::path::Path::new(out), scale, files, threads).map_err(CliError::Sql)?;
     for (table, rows) in &generated.tables {
@@ -33,6 +26,18 @@ pub fn generate(args: Args) -> Result<ExitCode> {
     }
     eprintln!("{} bytes of Parquet in {out} in {:.1} s", generated.bytes, started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A flag's value as a positive whole number, if given.
+fn positive(args: &Args, flag: &str) -> Result<Option<usize>> {
+    args.value(flag)
+        .map(|v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| CliError::Usage(format!("{flag}: expected a positive number")))
+        })
+        .transpose()
 }
 
 /// The queries of `--queries`: `1,3,5-7` (default all 22).
@@ -56,14 +61,7 @@ fn parse_queries(spec: Option<&str>) -> Result<Vec<usize>> {
 pub fn run(args: Args) -> Result<ExitCode> {
     let data = args.value("--data").ok_or_else(|| CliError::Usage("--data DIR is required".into()))?;
     let queries = parse_queries(args.value("--queries"))?;
-    let iterations = match args.value("--iterations") {
-        Some(n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or_else(|| CliError::Usage("--iterations: expected a positive number".into()))?,
-        None => 1,
-    };
+    let iterations = positive(&args, "--iterations")?.unwrap_or(1);
     let ctx = crate::sql::context(&args)?;
     let session = Session::new(&ctx);
     tpch::register(&session, std::path::Path::new(data)).map_err(CliError::Sql)?;

@@ -27,7 +27,7 @@ use ember_core::{BoxIter, Rdd};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
-use crate::stage::TaskBridge;
+use crate::stage::{Source, TaskBridge};
 
 /// What a cached partition holds, for skipping it: its rows, each column's nulls, and each
 /// column's smallest and largest value (a two-row batch, `None` when they could not be
@@ -370,7 +370,7 @@ impl ExecutionPlan for CachedScanExec {
             let projection = projection.clone();
             async move {
                 let (bridge, baseline) = state?;
-                match bridge.read_cached(input, cached).await {
+                match bridge.read(Source::Cached, input, cached).await {
                     Ok(Some(batch)) => {
                         let batch = match &projection {
                             Some(p) => match batch.project(p) {

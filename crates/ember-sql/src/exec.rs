@@ -14,7 +14,7 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSe
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 
-use crate::stage::{ExchangeDep, TaskBridge};
+use crate::stage::{ExchangeDep, Source, TaskBridge};
 
 /// How the stage below an exchange split its output, which decides what a reduce partition
 /// holds.
@@ -219,7 +219,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                     return None;
                 }
                 let timer = baseline.elapsed_compute().timer();
-                let next = bridge.read(input, reduce).await;
+                let next = bridge.read(Source::Shuffle, input, reduce).await;
                 timer.done();
                 match next {
                     Ok(Some(batch)) => {

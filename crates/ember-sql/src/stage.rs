@@ -125,10 +125,8 @@ impl RddImpl<u8> for MaterializeRdd {
 
 /// A message from a stage's DataFusion stream to the slot thread running its task.
 enum Msg {
-    /// The next batch of partition `partition` of input `input`, please.
-    Read { input: usize, partition: usize, reply: oneshot::Sender<DfResult<Option<RecordBatch>>> },
-    /// The next batch of cached partition `partition` of cached input `input`, please.
-    ReadCached { input: usize, partition: usize, reply: oneshot::Sender<DfResult<Option<RecordBatch>>> },
+    /// The next batch of partition `partition` of input `input` from `source`, please.
+    Read { source: Source, input: usize, partition: usize, reply: oneshot::Sender<DfResult<Option<RecordBatch>>> },
     /// A batch for reduce partition (or, in the result stage, for the driver).
     Out(u32, RecordBatch),
     /// The stream ended, cleanly or not, with its operators' metrics when they are wanted.
@@ -148,29 +146,13 @@ impl std::fmt::Debug for TaskBridge {
 }
 
 impl TaskBridge {
-    /// The next batch of partition `partition` of the stage's input `input`; `None` at its end.
-    pub(crate) async fn read(&self, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
+    /// The next batch of partition `partition` of the stage's input `input` from `source`;
+    /// `None` at its end.
+    pub(crate) async fn read(&self, source: Source, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
+        let ended = || DataFusionError::Execution("the Ember task reading this stage's input has ended".into());
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Msg::Read { input, partition, reply })
-            .map_err(|_| DataFusionError::Execution("the Ember task reading this stage's input has ended".into()))?;
-        answer
-            .await
-            .map_err(|_| DataFusionError::Execution("the Ember task reading this stage's input has ended".into()))?
-    }
-}
-
-impl TaskBridge {
-    /// The next batch of partition `partition` of the stage's cached input `input`; `None` at
-    /// its end.
-    pub(crate) async fn read_cached(&self, input: usize, partition: usize) -> DfResult<Option<RecordBatch>> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Msg::ReadCached { input, partition, reply })
-            .map_err(|_| DataFusionError::Execution("the Ember task reading this cached table has ended".into()))?;
-        answer
-            .await
-            .map_err(|_| DataFusionError::Execution("the Ember task reading this cached table has ended".into()))?
+        self.tx.send(Msg::Read { source, input, partition, reply }).map_err(|_| ended())?;
+        answer.await.map_err(|_| ended())?
     }
 }
 
@@ -244,7 +226,7 @@ impl<'a> StageTask<'a> {
 
 /// Where a stage reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
+pub(crate) enum Source {
     /// A shuffle written by a stage below.
     Shuffle,
     /// A cached table.
@@ -290,13 +272,9 @@ impl Iterator for StageTask<'_> {
                     self.room.add_permits(1);
                     return Some((p, Batch(batch)));
                 }
-                Ok(Msg::Read { input, partition, reply }) => {
-                    let answer = self.serve(Source::Shuffle, input, partition);
+                Ok(Msg::Read { source, input, partition, reply }) => {
+                    let answer = self.serve(source, input, partition);
                     // The stream may have stopped waiting (aborted): nothing to answer then.
-                    let _ = reply.send(answer);
-                }
-                Ok(Msg::ReadCached { input, partition, reply }) => {
-                    let answer = self.serve(Source::Cached, input, partition);
                     let _ = reply.send(answer);
                 }
                 Ok(Msg::Done(result, metrics)) => {
